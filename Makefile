@@ -1,0 +1,33 @@
+# The two entry points a newcomer needs: `make demo` and `make test`.
+# Both create the virtual environment first when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/demo
+# bfcl-eval pins old numpy/faiss and many SDKs; only its data files are used, so it is
+# installed without its dependencies.
+BFCL_EVAL ?= bfcl-eval==2026.3.23
+
+.PHONY: demo test lint env clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-deps '$(BFCL_EVAL)'
+	touch $@
+
+env: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/tooldistill run configs/demo.yaml --out $(RUN_DIR)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks ray_jobs
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs

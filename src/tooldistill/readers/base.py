@@ -1,0 +1,142 @@
+"""What every reader shares: the source file, quarantine records, JSON-lines parsing, options.
+
+A reader is a function ``read(source, context) -> Iterator[Trace | Quarantined]``.  It never
+raises for one bad record: it yields a ``Quarantined`` with the line and the reason and goes on.
+It raises only when the whole file cannot be opened.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import pyarrow.fs as pafs
+from pydantic import BaseModel, ConfigDict
+
+from tooldistill.redact import Redactor
+from tooldistill.schema import Trace
+
+EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A record that could not become a trace: where it was and why.
+
+    ``line`` is 1-based; 0 means the file as a whole (empty, unreadable).
+    """
+
+    source: str
+    line: int
+    reason: str
+    excerpt: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "line": self.line, "reason": self.reason, "excerpt": self.excerpt}
+
+
+class ReaderOptions(BaseModel):
+    """Options shared by all readers; part of the ingest config hash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Claude Code tool catalog (JSON file); None uses the catalog shipped with tooldistill.
+    catalog: str | None = None
+    #: Keep assistant replies that call no tool as "no call" decisions (API logs).
+    include_no_call: bool = False
+    #: BFCL categories to read; None means the single-turn default set.
+    categories: tuple[str, ...] | None = None
+    #: Replace secrets in every string with [REDACTED:kind].
+    redact: bool = True
+
+
+@dataclass
+class ReadContext:
+    """Per-worker state for readers: options, the redactor, a cache for loaded catalogs."""
+
+    options: ReaderOptions = field(default_factory=ReaderOptions)
+    redactor: Redactor = field(default_factory=Redactor)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, options: ReaderOptions) -> ReadContext:
+        return cls(options=options, redactor=Redactor(enabled=options.redact))
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file, on any pyarrow filesystem.  ``.gz`` files are decompressed on read."""
+
+    uri: str
+    path: str
+    filesystem: pafs.FileSystem
+
+    @cached_property
+    def data(self) -> bytes:
+        with self.filesystem.open_input_stream(self.path, compression=None) as stream:
+            raw = stream.read()
+        if self.path.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        return bytes(raw)
+
+    def sibling(self, relative: str) -> SourceFile:
+        """Another file relative to this file's folder (e.g. BFCL's possible answers)."""
+        folder = self.path.rsplit("/", 1)[0]
+        base_uri = self.uri.rsplit("/", 1)[0]
+        return SourceFile(f"{base_uri}/{relative}", f"{folder}/{relative}", self.filesystem)
+
+
+Reader = Callable[[SourceFile, ReadContext], Iterator["Trace | Quarantined"]]
+
+
+def excerpt(raw: bytes | str, redactor: Redactor) -> str:
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if len(text) > EXCERPT_CHARS:
+        text = text[:EXCERPT_CHARS] + "…"
+    return redactor.text(text)
+
+
+def iter_json_lines(
+    source: SourceFile, context: ReadContext
+) -> Iterator[tuple[int, dict[str, Any]] | Quarantined]:
+    """Yield ``(line_number, object)`` for each JSON object line, ``Quarantined`` for bad lines.
+
+    Blank lines are skipped.  A bad last line with no newline after it is reported as truncated
+    (the usual result of a process killed mid-write).
+    """
+    data = source.data
+    if not data.strip():
+        yield Quarantined(source.uri, 0, "empty file")
+        return
+    lines = data.split(b"\n")
+    last_index = len(lines) - 1
+    truncated_tail = not data.endswith(b"\n")
+    for index, raw in enumerate(lines):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue
+        number = index + 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield Quarantined(source.uri, number, f"invalid UTF-8 at byte {error.start}", excerpt(raw, context.redactor))
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            if index == last_index and truncated_tail:
+                reason = f"truncated last line ({error.msg} at column {error.colno})"
+            else:
+                reason = f"malformed JSON: {error.msg} at column {error.colno}"
+            yield Quarantined(source.uri, number, reason, excerpt(text, context.redactor))
+            continue
+        if not isinstance(value, dict):
+            yield Quarantined(
+                source.uri, number, f"expected a JSON object, got {type(value).__name__}", excerpt(text, context.redactor)
+            )
+            continue
+        yield number, value
