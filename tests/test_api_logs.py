@@ -21,8 +21,15 @@ def write_jsonl(path, records, tail=""):
 
 
 def read(reader, path, **options):
-    items = list(reader(SourceFile(str(path), str(path), pafs.LocalFileSystem()), ReadContext.create(ReaderOptions(**options))))
-    return [i for i in items if not isinstance(i, Quarantined)], [i for i in items if isinstance(i, Quarantined)]
+    items = list(
+        reader(
+            SourceFile(str(path), str(path), pafs.LocalFileSystem()),
+            ReadContext.create(ReaderOptions(**options)),
+        )
+    )
+    return [i for i in items if not isinstance(i, Quarantined)], [
+        i for i in items if isinstance(i, Quarantined)
+    ]
 
 
 def anthropic_exchange(msg_id, content, messages=None, tools=(WEATHER_TOOL,), system=None):
@@ -51,7 +58,13 @@ def test_anthropic_log(tmp_path):
                 {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Paris"}},
                 {"type": "tool_use", "id": "toolu_b", "name": "get_weather", "input": {"city": "Oslo"}},
             ],
-            system=[{"type": "text", "text": "Use key sk-ant-api03-" + "k" * 30, "cache_control": {"type": "ephemeral"}}],
+            system=[
+                {
+                    "type": "text",
+                    "text": "Use key sk-ant-api03-" + "k" * 30,
+                    "cache_control": {"type": "ephemeral"},
+                }
+            ],
         ),
         # a later turn: history with a tool_use and its tool_result
         anthropic_exchange(
@@ -59,8 +72,24 @@ def test_anthropic_log(tmp_path):
             [{"type": "tool_use", "id": "toolu_c", "name": "get_weather", "input": {"city": "Rome"}}],
             messages=[
                 {"role": "user", "content": "Weather in Paris?"},
-                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Paris"}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_a", "content": "18C"}, {"type": "text", "text": "And Rome?"}]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "toolu_a",
+                            "name": "get_weather",
+                            "input": {"city": "Paris"},
+                        }
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_a", "content": "18C"},
+                        {"type": "text", "text": "And Rome?"},
+                    ],
+                },
             ],
         ),
         anthropic_exchange("msg_3", [{"type": "text", "text": "It is sunny."}]),  # no call
@@ -93,7 +122,16 @@ def openai_exchange(resp_id, choices, messages=None):
         "request": {
             "model": "gpt-4.1",
             "messages": messages or [{"role": "user", "content": "Weather in Paris?"}],
-            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": WEATHER_TOOL["input_schema"]}}],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "description": "Weather",
+                        "parameters": WEATHER_TOOL["input_schema"],
+                    },
+                }
+            ],
         },
         "response": {"id": resp_id, "object": "chat.completion", "model": "gpt-4.1", "choices": choices},
     }
@@ -119,11 +157,30 @@ def test_openai_log(tmp_path):
         openai_exchange("cc-1", [choice(("get_weather", '{"city": "Paris"}'))]),
         openai_exchange(
             "cc-2",
-            [choice(("get_weather", '{"city":"Paris"}')), choice(("get_weather", '{"city":"paris"}'), index=1)],
+            [
+                choice(("get_weather", '{"city":"Paris"}')),
+                choice(("get_weather", '{"city":"paris"}'), index=1),
+            ],
             messages=[
                 {"role": "developer", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "Look at this"}, {"type": "image_url", "image_url": {"url": "data:..."}}]},
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "c0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Nice\"}"}}]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Look at this"},
+                        {"type": "image_url", "image_url": {"url": "data:..."}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c0",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Nice"}'},
+                        }
+                    ],
+                },
                 {"role": "tool", "tool_call_id": "c0", "content": "22C"},
             ],
         ),

@@ -18,7 +18,10 @@ def package_entries(category):
 @pytest.fixture(scope="module")
 def bfcl_dataset(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bfcl") / "traces")
-    result = ingest(IngestConfig(sources=("bfcl",), format="bfcl", out=out, strict=True), LocalExecutor(show_progress=False))
+    result = ingest(
+        IngestConfig(sources=("bfcl",), format="bfcl", out=out, strict=True),
+        LocalExecutor(show_progress=False),
+    )
     return result.dataset
 
 
@@ -42,9 +45,14 @@ def test_reference_calls_and_acceptable_values(bfcl_dataset):
     ]
     assert simple.reference_calls[0].name == "calculate_triangle_area"
     assert simple.reference_calls[0].arguments == {"base": 10, "height": 5, "unit": "units"}
-    assert simple.tools[0].parameters["type"] == "object" and simple.tools[0].parameters["x-bfcl-type"] == "dict"
+    assert (
+        simple.tools[0].parameters["type"] == "object" and simple.tools[0].parameters["x-bfcl-type"] == "dict"
+    )
     parallel = traces["live_parallel_0-0-0"]
-    assert [c.arguments["location"] for c in parallel.reference_calls] == ["Beijing, China", "Shanghai, China"]
+    assert [c.arguments["location"] for c in parallel.reference_calls] == [
+        "Beijing, China",
+        "Shanghai, China",
+    ]
     assert "unit" not in parallel.reference_calls[0].arguments  # first acceptable value is "" → left out
     for trace in traces.values():
         if trace.category in ("irrelevance", "live_irrelevance"):

@@ -10,7 +10,10 @@ from tooldistill.readers import Quarantined, ReadContext, ReaderOptions, SourceF
 from tooldistill.readers.claude_code import load_catalog, read_claude_code
 
 SESSION = CLAUDE_CODE / "projects/-home-ana-shop/6f1c2e1a-3b4d-4c5e-8f90-1a2b3c4d5e6f.jsonl"
-SUBAGENT = CLAUDE_CODE / "projects/-home-ana-shop/6f1c2e1a-3b4d-4c5e-8f90-1a2b3c4d5e6f/subagents/agent-7f3a9c01.jsonl"
+SUBAGENT = (
+    CLAUDE_CODE
+    / "projects/-home-ana-shop/6f1c2e1a-3b4d-4c5e-8f90-1a2b3c4d5e6f/subagents/agent-7f3a9c01.jsonl"
+)
 BROKEN = CLAUDE_CODE / "projects/-home-ana-shop/0a9b8c7d-6e5f-4a3b-9c2d-1e0f9a8b7c6d.jsonl"
 EMPTY = CLAUDE_CODE / "projects/-home-ana-shop/1e2d3c4b-0000-4000-8000-000000000000.jsonl"
 STREAM = CLAUDE_CODE / "stream/etl-run.jsonl"
@@ -26,11 +29,21 @@ def read(path, **options):
 def test_every_reply_that_calls_tools_is_a_decision_point():
     traces, _ = read(SESSION)
     assert sorted(traces) == sorted(
-        ["msg_01AaaaTotalTest", "msg_01BbbbEdit", "msg_01CcccBash", "msg_01SsssSide", "msg_01DdddMcp", "msg_01EeeeWrite"]
+        [
+            "msg_01AaaaTotalTest",
+            "msg_01BbbbEdit",
+            "msg_01CcccBash",
+            "msg_01SsssSide",
+            "msg_01DdddMcp",
+            "msg_01EeeeWrite",
+        ]
     )
     # blocks of one reply (several lines sharing message.id) form one decision with ordered calls
     first = traces["msg_01AaaaTotalTest"]
-    assert [(c.name, c.id) for c in first.reference_calls] == [("Read", "toolu_01Read"), ("Grep", "toolu_01Grep")]
+    assert [(c.name, c.id) for c in first.reference_calls] == [
+        ("Read", "toolu_01Read"),
+        ("Grep", "toolu_01Grep"),
+    ]
     assert first.reference_calls[1].arguments == {
         "pattern": "def total",
         "path": "/home/ana/shop",
@@ -46,8 +59,15 @@ def test_history_is_the_conversation_before_the_reply():
     bash = traces["msg_01CcccBash"]
     assert [m.role for m in bash.messages] == ["user", "assistant", "tool", "tool", "assistant", "tool"]
     earlier = bash.messages[1]
-    assert earlier.content.startswith("I'll read") and [c.name for c in earlier.tool_calls] == ["Read", "Grep"]
-    assert [m.tool_call_id for m in bash.messages if m.role == "tool"] == ["toolu_01Read", "toolu_01Grep", "toolu_01Edit"]
+    assert earlier.content.startswith("I'll read") and [c.name for c in earlier.tool_calls] == [
+        "Read",
+        "Grep",
+    ]
+    assert [m.tool_call_id for m in bash.messages if m.role == "tool"] == [
+        "toolu_01Read",
+        "toolu_01Grep",
+        "toolu_01Edit",
+    ]
     # the thinking block of the Edit reply is not part of the conversation
     assert bash.messages[4].content == "" and bash.messages[4].tool_calls[0].name == "Edit"
     assert "sum starts at 1" not in json.dumps([m.model_dump() for m in bash.messages])

@@ -20,28 +20,55 @@ def invoke(*args):
 
 def test_ingest_prints_a_summary_and_strict_fails_cleanly(tmp_path):
     out = tmp_path / "traces"
-    result = invoke("ingest", CLAUDE_CODE / "projects", "--format", "claude_code", "--out", out, "--executor", "local")
+    result = invoke(
+        "ingest", CLAUDE_CODE / "projects", "--format", "claude_code", "--out", out, "--executor", "local"
+    )
     assert result.exit_code == 0, result.output
     for word in ("files", "traces", "tools called", "quarantined", "truncated last line: 1"):
         assert word in result.output
-    strict = invoke("ingest", CLAUDE_CODE / "projects", "--format", "claude_code", "--out", tmp_path / "s", "--executor", "local", "--strict")
-    assert strict.exit_code == 2 and "--strict: 6 bad records" in strict.output and "Traceback" not in strict.output
+    strict = invoke(
+        "ingest",
+        CLAUDE_CODE / "projects",
+        "--format",
+        "claude_code",
+        "--out",
+        tmp_path / "s",
+        "--executor",
+        "local",
+        "--strict",
+    )
+    assert (
+        strict.exit_code == 2
+        and "--strict: 6 bad records" in strict.output
+        and "Traceback" not in strict.output
+    )
     assert not (tmp_path / "s" / "manifest.json").exists()
-    missing = invoke("ingest", tmp_path / "nope", "--format", "openai", "--out", tmp_path / "m", "--executor", "local")
+    missing = invoke(
+        "ingest", tmp_path / "nope", "--format", "openai", "--out", tmp_path / "m", "--executor", "local"
+    )
     assert missing.exit_code == 2 and "source not found" in missing.output
 
 
 def test_export_then_ingest_is_unchanged(tmp_path):
     first = tmp_path / "first"
-    assert invoke("ingest", CLAUDE_CODE, "--format", "claude_code", "--out", first, "--executor", "local").exit_code == 0
+    assert (
+        invoke(
+            "ingest", CLAUDE_CODE, "--format", "claude_code", "--out", first, "--executor", "local"
+        ).exit_code
+        == 0
+    )
     exported = tmp_path / "export" / "traces.jsonl"
     exported.parent.mkdir()
     assert invoke("export", first, "--out", exported).exit_code == 0
     again = tmp_path / "again"
-    result = invoke("ingest", exported, "--format", "jsonl", "--out", again, "--executor", "local", "--strict")
+    result = invoke(
+        "ingest", exported, "--format", "jsonl", "--out", again, "--executor", "local", "--strict"
+    )
     assert result.exit_code == 0, result.output
     key = lambda t: t.id  # noqa: E731
-    assert sorted(Dataset.open(str(first)).to_traces(), key=key) == sorted(Dataset.open(str(again)).to_traces(), key=key)
+    assert sorted(Dataset.open(str(first)).to_traces(), key=key) == sorted(
+        Dataset.open(str(again)).to_traces(), key=key
+    )
 
     # an edited line gets a new id that remembers the old one; a broken line is quarantined
     lines = exported.read_text().splitlines()

@@ -71,7 +71,10 @@ def test_unchanged_input_is_skipped_and_changed_input_rebuilds(logs, tmp_path):
     ls = next(t for t in rebuilt.dataset.to_traces() if t.source_id == "msg_01XxxxLs")
     assert ls.reference_calls[0].arguments["command"] == "ls -l"
     names = {p.name for p in out.iterdir()}
-    assert names == {p.name for p in rebuilt.dataset.manifest.parts} | {"manifest.json", rebuilt.dataset.manifest.quarantine.file}
+    assert names == {p.name for p in rebuilt.dataset.manifest.parts} | {
+        "manifest.json",
+        rebuilt.dataset.manifest.quarantine.file,
+    }
     # a deleted part makes the dataset out of date
     (out / rebuilt.dataset.manifest.parts[0].name).unlink()
     assert not ingest(claude_code_config(logs, out), LOCAL).skipped
@@ -80,8 +83,12 @@ def test_unchanged_input_is_skipped_and_changed_input_rebuilds(logs, tmp_path):
 def test_strict_mode_publishes_nothing_and_keeps_the_previous_dataset(logs, tmp_path):
     out = tmp_path / "out"
     before = ingest(claude_code_config(logs, out), LOCAL).dataset.manifest
-    (logs / "extra.jsonl").write_text('{"type": "user", "message": {"role": "user", "content": "x"}}\n{oops\n')
-    with pytest.raises(IngestError, match=r"--strict: 7 bad records, nothing published\. First: .*jsonl:2: invalid UTF-8"):
+    (logs / "extra.jsonl").write_text(
+        '{"type": "user", "message": {"role": "user", "content": "x"}}\n{oops\n'
+    )
+    with pytest.raises(
+        IngestError, match=r"--strict: 7 bad records, nothing published\. First: .*jsonl:2: invalid UTF-8"
+    ):
         ingest(claude_code_config(logs, out, strict=True), LOCAL)
     assert store.Dataset.open(str(out)).manifest == before
     assert {p.name for p in out.glob("part-*")} == {p.name for p in before.parts}
@@ -107,4 +114,8 @@ def test_a_reader_crash_on_one_file_loses_nothing_else(logs, tmp_path):
     result = ingest(claude_code_config(logs, tmp_path / "out"), LOCAL)
     assert result.dataset.manifest.rows == 9
     bad = [q for q in result.dataset.quarantined() if q["source"].endswith("bad.jsonl.gz")]
-    assert len(bad) == 1 and bad[0]["line"] == 0 and bad[0]["reason"].startswith("cannot read file: Not a gzipped file")
+    assert (
+        len(bad) == 1
+        and bad[0]["line"] == 0
+        and bad[0]["reason"].startswith("cannot read file: Not a gzipped file")
+    )

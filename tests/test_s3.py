@@ -28,7 +28,16 @@ def test_ingest_from_s3_to_s3_with_ray(ray_cluster, s3_server, bucket, tmp_path)
     assert upload_fixtures(s3_server, bucket) == 4
     out = f"s3://{bucket}/datasets/traces"
     runner = CliRunner()
-    args = ["ingest", f"s3://{bucket}/logs", "--format", "claude_code", "--out", out, "--files-per-shard", "2"]
+    args = [
+        "ingest",
+        f"s3://{bucket}/logs",
+        "--format",
+        "claude_code",
+        "--out",
+        out,
+        "--files-per-shard",
+        "2",
+    ]
     first = runner.invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "9" in first.output and "quarantined" in first.output
@@ -42,7 +51,22 @@ def test_ingest_from_s3_to_s3_with_ray(ray_cluster, s3_server, bucket, tmp_path)
 
     # the same result as a local ingest of the same files
     local = tmp_path / "local"
-    assert runner.invoke(main, ["ingest", str(CLAUDE_CODE / "projects"), "--format", "claude_code", "--out", str(local), "--executor", "local"]).exit_code == 0
+    assert (
+        runner.invoke(
+            main,
+            [
+                "ingest",
+                str(CLAUDE_CODE / "projects"),
+                "--format",
+                "claude_code",
+                "--out",
+                str(local),
+                "--executor",
+                "local",
+            ],
+        ).exit_code
+        == 0
+    )
     assert sorted(Dataset.open(str(local)).to_pandas()["id"]) == sorted(frame["id"])
 
     again = runner.invoke(main, args)
@@ -56,6 +80,8 @@ def test_ingest_from_s3_to_s3_with_ray(ray_cluster, s3_server, bucket, tmp_path)
 
 
 def test_unreachable_bucket_is_a_clear_error(s3_server):
-    result = CliRunner().invoke(main, ["ingest", "s3://no-such-bucket-td/logs", "--format", "jsonl", "--out", "/tmp/x"])
+    result = CliRunner().invoke(
+        main, ["ingest", "s3://no-such-bucket-td/logs", "--format", "jsonl", "--out", "/tmp/x"]
+    )
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output

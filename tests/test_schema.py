@@ -33,7 +33,11 @@ def make_trace(**changes) -> Trace:
             ToolSpec(
                 name="get_weather",
                 description="Current weather",
-                parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                parameters={
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
             )
         ],
         reference_calls=[
@@ -61,7 +65,9 @@ def test_arrow_round_trip_keeps_every_field():
 def test_id_is_stable_and_follows_content():
     first, second = make_trace(), make_trace()
     assert first.id == second.id and len(first.id) == 24
-    changed = make_trace(reference_calls=[ToolCall(name="get_weather", arguments={"city": "Lyon"})], acceptable=None)
+    changed = make_trace(
+        reference_calls=[ToolCall(name="get_weather", arguments={"city": "Lyon"})], acceptable=None
+    )
     assert changed.id != first.id
     # samples and metadata are added by later stages and must not change the id
     assert make_trace(teacher_samples=[], metadata={}).id == first.id

@@ -25,7 +25,14 @@ from tooldistill.schema import SchemaError, trace_to_json
 from tooldistill.store import Dataset, StoreError
 
 console = Console(stderr=True)
-USER_ERRORS: tuple[type[Exception], ...] = (IngestError, StoreError, ConfigError, SchemaError, ValueError, OSError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    IngestError,
+    StoreError,
+    ConfigError,
+    SchemaError,
+    ValueError,
+    OSError,
+)
 
 
 @contextmanager
@@ -39,11 +46,15 @@ def user_errors() -> Iterator[None]:
 
 def _print_ingest(result: IngestResult) -> None:
     manifest = result.dataset.manifest
-    table = Table(title=f"ingest → {result.dataset.uri}" + (" (up to date, skipped)" if result.skipped else ""))
+    table = Table(
+        title=f"ingest → {result.dataset.uri}" + (" (up to date, skipped)" if result.skipped else "")
+    )
     for column in ("source", "files", "traces", "tools called", "quarantined"):
         table.add_column(column, justify="left" if column == "source" else "right")
     for row in result.summary:
-        table.add_row(row["source"], str(row["files"]), str(row["traces"]), str(row["tools"]), str(row["quarantined"]))
+        table.add_row(
+            row["source"], str(row["files"]), str(row["traces"]), str(row["tools"]), str(row["quarantined"])
+        )
     table.add_row(
         "[bold]total",
         str(sum(r["files"] for r in result.summary)),
@@ -54,14 +65,18 @@ def _print_ingest(result: IngestResult) -> None:
     console.print(table)
     if manifest.quarantine.total:
         reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted(manifest.quarantine.by_reason.items()))
-        console.print(f"quarantined ({reasons}) → {result.dataset.uri}/{manifest.quarantine.file}", highlight=False)
+        console.print(
+            f"quarantined ({reasons}) → {result.dataset.uri}/{manifest.quarantine.file}", highlight=False
+        )
     redacted = manifest.stats.get("secrets_redacted") or {}
     if redacted:
         console.print(f"secrets redacted: {sum(redacted.values())} ({', '.join(sorted(redacted))})")
 
 
 def _executor_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local).")(fn)
+    fn = click.option(
+        "--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)."
+    )(fn)
     fn = click.option(
         "--executor",
         type=click.Choice(["ray", "local"]),
@@ -80,13 +95,19 @@ def main() -> None:
 
 @main.command("ingest")
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--format", "format_name", type=click.Choice(sorted(FORMATS)), required=True, help="Input format.")
+@click.option(
+    "--format", "format_name", type=click.Choice(sorted(FORMATS)), required=True, help="Input format."
+)
 @click.option("--out", required=True, help="Output dataset: a folder or s3://bucket/prefix.")
 @click.option("--strict", is_flag=True, help="Fail (publish nothing) when any record is quarantined.")
 @click.option("--force", is_flag=True, help="Rebuild even when the output is up to date.")
 @click.option("--catalog", default=None, help="Tool catalog JSON for Claude Code logs (default: built-in).")
-@click.option("--categories", default=None, help="BFCL categories, comma-separated (default: single-turn set).")
-@click.option("--include-no-call", is_flag=True, help="Keep API-log replies that call no tool as 'no call' traces.")
+@click.option(
+    "--categories", default=None, help="BFCL categories, comma-separated (default: single-turn set)."
+)
+@click.option(
+    "--include-no-call", is_flag=True, help="Keep API-log replies that call no tool as 'no call' traces."
+)
 @click.option("--no-redact", is_flag=True, help="Keep secrets found in the logs (not recommended).")
 @click.option("--files-per-shard", type=int, default=None, help="Files per task and Parquet part.")
 @_executor_option
@@ -140,7 +161,9 @@ def show_command(dataset: str, head: int) -> None:
 
 @main.command("export")
 @click.argument("dataset")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write ('-' for stdout).")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write ('-' for stdout)."
+)
 def export_command(dataset: str, out: str) -> None:
     """Write a traces dataset as tooldistill JSONL (ingest it again with --format jsonl)."""
     with user_errors():

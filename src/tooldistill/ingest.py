@@ -73,7 +73,9 @@ class IngestResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def discover(sources: tuple[str, ...] | list[str], format_name: str, options: ReaderOptions) -> list[InputFile]:
+def discover(
+    sources: tuple[str, ...] | list[str], format_name: str, options: ReaderOptions
+) -> list[InputFile]:
     """Every input file under ``sources`` that the format reads, sorted, without repeats.
 
     Raises ``IngestError`` for a source that does not exist.
@@ -155,11 +157,15 @@ class ShardReader:
                 quarantined.append(Quarantined(uri, 0, f"cannot read file: {error}").to_json())
                 counts["quarantined"] += 1
             except Exception as error:  # a reader bug must not lose the other files
-                quarantined.append(Quarantined(uri, 0, f"reader failed: {type(error).__name__}: {error}").to_json())
+                quarantined.append(
+                    Quarantined(uri, 0, f"reader failed: {type(error).__name__}: {error}").to_json()
+                )
                 counts["quarantined"] += 1
         part = None
         if traces:
-            part = store.write_part(self.out, self.token, shard["index"], traces_to_table(traces)).model_dump()
+            part = store.write_part(
+                self.out, self.token, shard["index"], traces_to_table(traces)
+            ).model_dump()
         for counts in per_file.values():
             counts["tools"] = sorted(counts["tools"])
         return {
@@ -186,7 +192,9 @@ def _stamp(uri: str) -> list[Any]:
     return [uri, info.size, info.mtime_ns]
 
 
-def _shards(files: list[InputFile], files_per_shard: int | None, parallelism: int = 8) -> list[dict[str, Any]]:
+def _shards(
+    files: list[InputFile], files_per_shard: int | None, parallelism: int = 8
+) -> list[dict[str, Any]]:
     if files_per_shard is None:
         files_per_shard = max(1, min(256, math.ceil(len(files) / max(1, parallelism * 4))))
     return [
@@ -213,7 +221,9 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
     if not config.force:
         existing = store.up_to_date(config.out, expected)
         if existing is not None:
-            return IngestResult(store.Dataset(config.out, existing), skipped=True, summary=existing.stats.get("summary", []))
+            return IngestResult(
+                store.Dataset(config.out, existing), skipped=True, summary=existing.stats.get("summary", [])
+            )
 
     token = store.new_token()
     shards = _shards(files, config.files_per_shard)
@@ -263,7 +273,9 @@ def _summary(files: list[InputFile], results: list[dict[str, Any]]) -> list[dict
     for result in results:
         for uri, counts in result["files"].items():
             source = source_of.get(uri, uri)
-            row = rows.setdefault(source, {"source": source, "files": 0, "traces": 0, "tools": 0, "quarantined": 0})
+            row = rows.setdefault(
+                source, {"source": source, "files": 0, "traces": 0, "tools": 0, "quarantined": 0}
+            )
             row["files"] += 1
             row["traces"] += counts["traces"]
             row["quarantined"] += counts["quarantined"]

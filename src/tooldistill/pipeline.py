@@ -23,7 +23,9 @@ def executor_for(config: PipelineConfig) -> Executor:
     return make_executor(config.ray.executor, address=config.ray.address, num_cpus=config.ray.num_cpus)
 
 
-def run_pipeline(config: PipelineConfig, run_dir: str | None = None, executor: Executor | None = None) -> RunResult:
+def run_pipeline(
+    config: PipelineConfig, run_dir: str | None = None, executor: Executor | None = None
+) -> RunResult:
     run_dir = run_dir or config.run_dir
     executor = executor or executor_for(config)
     section = config.ingest

@@ -15,6 +15,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -157,7 +158,13 @@ def read_manifest(uri: str) -> Manifest | None:
 def fingerprint(stage: str, config_hash: str, inputs: Any) -> str:
     """Hash of what decides a stage's output: its name, config, inputs and the code version."""
     payload = json.dumps(
-        {"stage": stage, "config": config_hash, "inputs": inputs, "code": __version__, "schema": SCHEMA_VERSION},
+        {
+            "stage": stage,
+            "config": config_hash,
+            "inputs": inputs,
+            "code": __version__,
+            "schema": SCHEMA_VERSION,
+        },
         sort_keys=True,
         default=str,
     )
@@ -175,7 +182,10 @@ def up_to_date(uri: str, expected_fingerprint: str) -> Manifest | None:
         return None
     filesystem, path = resolve(uri)
     infos = filesystem.get_file_info([f"{path}/{part.name}" for part in manifest.parts])
-    if any(info.type != pafs.FileType.File or info.size != part.bytes for info, part in zip(infos, manifest.parts, strict=True)):
+    if any(
+        info.type != pafs.FileType.File or info.size != part.bytes
+        for info, part in zip(infos, manifest.parts, strict=True)
+    ):
         return None
     return manifest
 
@@ -252,10 +262,8 @@ def discard(uri: str, parts: Iterable[PartInfo]) -> None:
     """Delete parts written by a run that will not be published."""
     filesystem, path = resolve(uri)
     for part in parts:
-        try:
+        with contextlib.suppress(OSError):
             filesystem.delete_file(f"{path}/{part.name}")
-        except OSError:
-            pass
 
 
 def _drop_stale(filesystem: pafs.FileSystem, path: str, manifest: Manifest) -> None:
@@ -267,10 +275,8 @@ def _drop_stale(filesystem: pafs.FileSystem, path: str, manifest: Manifest) -> N
     for info in infos:
         name = info.base_name
         if name not in keep and (_PART.match(name) or _QUARANTINE.match(name)):
-            try:
+            with contextlib.suppress(OSError):
                 filesystem.delete_file(info.path)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,9 +53,7 @@ def _text_of(content: Any, redactor: Redactor, unknown: UnknownBlock) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def blocks_to_messages(
-    role: str, content: Any, redactor: Redactor, unknown: UnknownBlock
-) -> list[Message]:
+def blocks_to_messages(role: str, content: Any, redactor: Redactor, unknown: UnknownBlock) -> list[Message]:
     """Messages for one Anthropic message (``role`` user or assistant) in the neutral shape.
 
     A user message's ``tool_result`` blocks become ``tool`` messages (before its text, as the API
@@ -98,7 +96,9 @@ def tool_call_from_block(block: dict[str, Any], redactor: Redactor) -> ToolCall:
     arguments = block.get("input")
     if not isinstance(arguments, dict):
         arguments = {"input": arguments} if arguments is not None else {}
-    return ToolCall(name=str(block.get("name") or "unknown"), arguments=redactor.value(arguments), id=block.get("id"))
+    return ToolCall(
+        name=str(block.get("name") or "unknown"), arguments=redactor.value(arguments), id=block.get("id")
+    )
 
 
 def tool_specs_from_anthropic(tools: list[Any]) -> list[ToolSpec]:
@@ -162,7 +162,11 @@ def read_anthropic_log(source: SourceFile, context: ReadContext) -> Iterator[Tra
             if not isinstance(turn, dict):
                 unknown_blocks.append("non-object message")
                 continue
-            messages.extend(blocks_to_messages(str(turn.get("role")), turn.get("content"), redactor, unknown_blocks.append))
+            messages.extend(
+                blocks_to_messages(
+                    str(turn.get("role")), turn.get("content"), redactor, unknown_blocks.append
+                )
+            )
         reply = blocks_to_messages("assistant", response.get("content"), redactor, unknown_blocks.append)
         if unknown_blocks:
             yield bad(f"unknown content block type {unknown_blocks[0]!r}")

@@ -123,7 +123,9 @@ def iter_json_lines(
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            yield Quarantined(source.uri, number, f"invalid UTF-8 at byte {error.start}", excerpt(raw, context.redactor))
+            yield Quarantined(
+                source.uri, number, f"invalid UTF-8 at byte {error.start}", excerpt(raw, context.redactor)
+            )
             continue
         try:
             value = json.loads(text)
@@ -136,7 +138,10 @@ def iter_json_lines(
             continue
         if not isinstance(value, dict):
             yield Quarantined(
-                source.uri, number, f"expected a JSON object, got {type(value).__name__}", excerpt(text, context.redactor)
+                source.uri,
+                number,
+                f"expected a JSON object, got {type(value).__name__}",
+                excerpt(text, context.redactor),
             )
             continue
         yield number, value

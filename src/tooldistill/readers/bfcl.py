@@ -161,7 +161,9 @@ def read_bfcl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quar
         else:
             truth = answers.get(entry_id)
             if truth is None:
-                yield Quarantined(source.uri, number, f"no ground truth in possible_answer ({entry_id})", snippet)
+                yield Quarantined(
+                    source.uri, number, f"no ground truth in possible_answer ({entry_id})", snippet
+                )
                 continue
             acceptable = [
                 {"name": name, "arguments": params}

@@ -70,7 +70,9 @@ def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[s
         if path is None:
             text = resources.files("tooldistill.catalogs").joinpath("claude_code.json").read_text("utf-8")
         else:
-            filesystem, fs_path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+            filesystem, fs_path = (
+                pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+            )
             with filesystem.open_input_stream(fs_path) as stream:
                 text = stream.read().decode("utf-8")
         raw = json.loads(text)
@@ -80,7 +82,9 @@ def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[s
     catalog: dict[str, ToolSpec] = {}
     for item in items:
         if not isinstance(item, dict) or not item.get("name"):
-            raise ValueError(f"tool catalog {path or 'built-in'}: every tool needs a name, got {str(item)[:80]}")
+            raise ValueError(
+                f"tool catalog {path or 'built-in'}: every tool needs a name, got {str(item)[:80]}"
+            )
         parameters = item.get("parameters", item.get("input_schema"))
         catalog[item["name"]] = ToolSpec(
             name=item["name"],
@@ -142,7 +146,7 @@ def read_claude_code(source: SourceFile, context: ReadContext) -> Iterator[Trace
         number, record = item
         kind = record.get("type")
         uuid = str(record.get("uuid") or f"line:{number}")
-        parent = record["parentUuid"] if "parentUuid" in record else previous
+        parent = record.get("parentUuid", previous)
         parents[uuid] = parent
         previous = uuid
         if kind == "system" and record.get("subtype") == "init":
@@ -154,12 +158,20 @@ def read_claude_code(source: SourceFile, context: ReadContext) -> Iterator[Trace
             continue
         message = record.get("message")
         if not isinstance(message, dict):
-            yield Quarantined(source.uri, number, f"{kind} line without a message object", excerpt(json.dumps(record), redactor))
+            yield Quarantined(
+                source.uri,
+                number,
+                f"{kind} line without a message object",
+                excerpt(json.dumps(record), redactor),
+            )
             continue
         content, unknown = _known_content(message.get("content"))
         if unknown:
             yield Quarantined(
-                source.uri, number, f"unknown content block type {unknown[0]!r}", excerpt(json.dumps(message), redactor)
+                source.uri,
+                number,
+                f"unknown content block type {unknown[0]!r}",
+                excerpt(json.dumps(message), redactor),
             )
         line = _Line(number, uuid, parent, kind, message.get("id"), content, record)
         if kind == "assistant" and isinstance(content, list):
@@ -180,7 +192,7 @@ def read_claude_code(source: SourceFile, context: ReadContext) -> Iterator[Trace
             converted[key] = blocks_to_messages(role, blocks, redactor, lambda kind: None)
         return converted[key]
 
-    for reply_key, reply_lines in replies.items():
+    for _reply_key, reply_lines in replies.items():
         calls_blocks = [block for line in reply_lines for block in line.calls]
         if not calls_blocks:
             continue
@@ -276,7 +288,11 @@ def _session_tools(
         if isinstance(tool, dict) and tool.get("name"):
             schema = tool.get("input_schema", tool.get("parameters"))
             if isinstance(schema, dict):
-                offered.append(ToolSpec(name=tool["name"], description=str(tool.get("description") or ""), parameters=schema))
+                offered.append(
+                    ToolSpec(
+                        name=tool["name"], description=str(tool.get("description") or ""), parameters=schema
+                    )
+                )
                 continue
             name = str(tool["name"])
         else:

@@ -35,7 +35,9 @@ def read_jsonl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Qua
         try:
             trace = Trace.model_validate(context.redactor.value(record))
         except ValidationError as error:
-            yield Quarantined(source.uri, number, _first_error(error), excerpt(json.dumps(record), context.redactor))
+            yield Quarantined(
+                source.uri, number, _first_error(error), excerpt(json.dumps(record), context.redactor)
+            )
             continue
         problem = validate_trace(trace)
         if problem:

@@ -66,7 +66,9 @@ def _calls(message: dict[str, Any], redactor: Redactor) -> list[ToolCall]:
             try:
                 arguments = json.loads(arguments)
             except json.JSONDecodeError as error:
-                raise _BadRecord(f"arguments of {function['name']!r} are not valid JSON: {error.msg}") from error
+                raise _BadRecord(
+                    f"arguments of {function['name']!r} are not valid JSON: {error.msg}"
+                ) from error
         if not isinstance(arguments, dict):
             raise _BadRecord(f"arguments of {function['name']!r} are not a JSON object")
         calls.append(ToolCall(name=function["name"], arguments=redactor.value(arguments), id=raw.get("id")))
@@ -144,7 +146,11 @@ def read_openai_log(source: SourceFile, context: ReadContext) -> Iterator[Trace 
         try:
             if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
                 raise _BadRecord("no request with a messages list")
-            if not isinstance(response, dict) or not isinstance(response.get("choices"), list) or not response["choices"]:
+            if (
+                not isinstance(response, dict)
+                or not isinstance(response.get("choices"), list)
+                or not response["choices"]
+            ):
                 raise _BadRecord("no response with choices")
             messages = messages_from_openai(request["messages"], redactor)
             samples = []

@@ -1,0 +1,1 @@
+"""Helpers that generate test and benchmark input (no test framework needed)."""
