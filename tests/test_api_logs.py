@@ -198,3 +198,20 @@ def test_openai_log(tmp_path):
     assert sorted(q.line for q in quarantined) == [3, 5]
     assert any("not valid JSON" in q.reason for q in quarantined)
     assert any(q.reason.startswith("truncated last line") for q in quarantined)
+
+
+def test_an_odd_record_is_quarantined_and_the_next_line_still_read(tmp_path):
+    odd = openai_exchange("cc-odd", [choice(("get_weather", '{"city": "Rome"}'))])
+    odd["response"]["choices"][0]["message"]["content"] = {"type": "hologram"}  # neither text nor parts
+    good = openai_exchange("cc-good", [choice(("get_weather", '{"city": "Oslo"}'))])
+    traces, bad = read(read_openai_log, write_jsonl(tmp_path / "o.jsonl", [odd, good]))
+    assert [t.source_id for t in traces] == ["cc-good"]
+    assert len(bad) == 1 and bad[0].line == 1 and "hologram" in bad[0].reason
+
+
+def test_a_secret_cut_by_the_excerpt_limit_does_not_leak(tmp_path):
+    key = "sk-ant-api03-" + "A" * 80
+    record = {"request": {"padding": "x" * 250, "key": key}, "response": None}
+    _, bad = read(read_openai_log, write_jsonl(tmp_path / "o.jsonl", [record]))
+    assert len(bad) == 1
+    assert "sk-ant" not in bad[0].excerpt and "AAAA" not in bad[0].excerpt

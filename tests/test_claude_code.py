@@ -163,3 +163,10 @@ def test_catalog_file_supplies_schemas(tmp_path):
     assert len(load_catalog(None)) >= 20  # the built-in catalog
     with pytest.raises(ValueError, match="cannot read tool catalog"):
         load_catalog(str(tmp_path / "missing.json"))
+
+
+def test_a_user_catalog_adds_to_the_built_in_one(tmp_path):
+    catalog = tmp_path / "mcp.json"
+    catalog.write_text(json.dumps([{"name": "mcp__db__query", "parameters": {"type": "object"}}]))
+    merged = load_catalog(str(catalog))
+    assert "mcp__db__query" in merged and "Bash" in merged and "Read" in merged

@@ -119,3 +119,24 @@ def test_a_reader_crash_on_one_file_loses_nothing_else(logs, tmp_path):
         and bad[0]["line"] == 0
         and bad[0]["reason"].startswith("cannot read file: Not a gzipped file")
     )
+
+
+def test_strict_rerun_over_an_up_to_date_dataset_with_quarantined_records_fails(logs, tmp_path):
+    out = tmp_path / "out"
+    first = ingest(claude_code_config(logs, out), LOCAL)
+    assert first.dataset.manifest.quarantine.total > 0  # the fixtures hold bad lines
+    with pytest.raises(IngestError, match="quarantined records"):
+        ingest(claude_code_config(logs, out, strict=True), LOCAL)
+
+
+def test_bfcl_categories_without_a_single_reference_call_are_refused(tmp_path):
+    from tooldistill.readers import ReaderOptions
+
+    config = IngestConfig(
+        sources=("bfcl",),
+        format="bfcl",
+        out=str(tmp_path / "o"),
+        reader=ReaderOptions(categories=("simple_python", "multi_turn_base")),
+    )
+    with pytest.raises(IngestError, match="multi_turn_base"):
+        ingest(config, LOCAL)

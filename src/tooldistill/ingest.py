@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tooldistill import store
 from tooldistill.executor import Executor, LocalExecutor
 from tooldistill.readers import Quarantined, ReadContext, ReaderOptions, SourceFile, get_format
-from tooldistill.readers.bfcl import package_data_dir
+from tooldistill.readers.bfcl import SINGLE_TURN_CATEGORIES, package_data_dir
 from tooldistill.schema import content_hash, traces_to_table
 
 STAGE = "ingest"
@@ -81,6 +81,13 @@ def discover(
     Raises ``IngestError`` for a source that does not exist.
     """
     fmt = get_format(format_name)
+    if format_name == "bfcl" and options.categories:
+        unsupported = [c for c in options.categories if c not in SINGLE_TURN_CATEGORIES]
+        if unsupported:
+            raise IngestError(
+                f"BFCL categories not supported: {', '.join(unsupported)} (multi-turn, agentic and "
+                f"relevance-only sets have no single reference call); choose from {', '.join(SINGLE_TURN_CATEGORIES)}"
+            )
     found: dict[str, InputFile] = {}
     for source in sources:
         root = str(package_data_dir()) if (format_name == "bfcl" and source == "bfcl") else source
@@ -220,6 +227,11 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
     expected = store.fingerprint(STAGE, config.config_hash(), inputs)
     if not config.force:
         existing = store.up_to_date(config.out, expected)
+        if existing is not None and config.strict and existing.quarantine.total:
+            raise IngestError(
+                f"--strict: the existing dataset {config.out} was built with {existing.quarantine.total} "
+                "quarantined records; fix the input or rebuild without --strict"
+            )
         if existing is not None:
             return IngestResult(
                 store.Dataset(config.out, existing), skipped=True, summary=existing.stats.get("summary", [])

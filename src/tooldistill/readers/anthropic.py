@@ -136,64 +136,77 @@ def request_response(record: dict[str, Any]) -> tuple[Any, Any]:
 
 def read_anthropic_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined]:
     """Traces from a JSONL log of Anthropic Messages API request/response pairs."""
-    redactor = context.redactor
     for item in iter_json_lines(source, context):
         if isinstance(item, Quarantined):
             yield item
             continue
         number, record = item
-        request, response = request_response(record)
-
-        def bad(reason: str, number: int = number, record: dict[str, Any] = record) -> Quarantined:
-            return Quarantined(source.uri, number, reason, excerpt(json.dumps(record)[:400], redactor))
-
-        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-            yield bad("no request with a messages list")
-            continue
-        if not isinstance(response, dict):
-            yield bad("no response object")
-            continue
-        if response.get("type") == "error" or "error" in response and "content" not in response:
-            yield bad(f"response is an API error: {json.dumps(response.get('error'))[:200]}")
-            continue
-        unknown_blocks: list[str] = []
-        messages = system_messages(request.get("system"), redactor, unknown_blocks.append)
-        for turn in request["messages"]:
-            if not isinstance(turn, dict):
-                unknown_blocks.append("non-object message")
-                continue
-            messages.extend(
-                blocks_to_messages(
-                    str(turn.get("role")), turn.get("content"), redactor, unknown_blocks.append
+        try:
+            produced = list(_read_record(source, context, number, record))
+        except Exception as error:  # one odd record must not lose the rest of the file
+            produced = [
+                Quarantined(
+                    source.uri, number, f"reader failed on this record: {type(error).__name__}: {error}"
                 )
-            )
-        reply = blocks_to_messages("assistant", response.get("content"), redactor, unknown_blocks.append)
-        if unknown_blocks:
-            yield bad(f"unknown content block type {unknown_blocks[0]!r}")
+            ]
+        yield from produced
+
+
+def _read_record(
+    source: SourceFile, context: ReadContext, number: int, record: dict[str, Any]
+) -> Iterator[Trace | Quarantined]:
+    """The trace (or quarantined record) of one log line."""
+    redactor = context.redactor
+    request, response = request_response(record)
+
+    def bad(reason: str, number: int = number, record: dict[str, Any] = record) -> Quarantined:
+        return Quarantined(source.uri, number, reason, excerpt(json.dumps(record), redactor))
+
+    if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+        yield bad("no request with a messages list")
+        return
+    if not isinstance(response, dict):
+        yield bad("no response object")
+        return
+    if response.get("type") == "error" or "error" in response and "content" not in response:
+        yield bad(f"response is an API error: {json.dumps(response.get('error'))[:200]}")
+        return
+    unknown_blocks: list[str] = []
+    messages = system_messages(request.get("system"), redactor, unknown_blocks.append)
+    for turn in request["messages"]:
+        if not isinstance(turn, dict):
+            unknown_blocks.append("non-object message")
             continue
-        calls = reply[0].tool_calls if reply else []
-        if not calls and not context.options.include_no_call:
-            continue
-        if not messages:
-            yield bad("request has no messages before the reply")
-            continue
-        trace = Trace(
-            source_id=str(response.get("id") or f"{source.uri}:{number}"),
-            source="anthropic",
-            messages=messages,
-            tools=tool_specs_from_anthropic(request.get("tools") or []),
-            reference_calls=calls,
-            metadata={
-                "file": source.uri,
-                "line": number,
-                "model": response.get("model") or request.get("model"),
-                "stop_reason": response.get("stop_reason"),
-                "assistant_text": reply[0].content if reply else "",
-                "usage": response.get("usage"),
-            },
+        messages.extend(
+            blocks_to_messages(str(turn.get("role")), turn.get("content"), redactor, unknown_blocks.append)
         )
-        problem = validate_trace(trace)
-        if problem:
-            yield bad(problem)
-            continue
-        yield trace.with_id()
+    reply = blocks_to_messages("assistant", response.get("content"), redactor, unknown_blocks.append)
+    if unknown_blocks:
+        yield bad(f"unknown content block type {unknown_blocks[0]!r}")
+        return
+    calls = reply[0].tool_calls if reply else []
+    if not calls and not context.options.include_no_call:
+        return
+    if not messages:
+        yield bad("request has no messages before the reply")
+        return
+    trace = Trace(
+        source_id=str(response.get("id") or f"{source.uri}:{number}"),
+        source="anthropic",
+        messages=messages,
+        tools=tool_specs_from_anthropic(request.get("tools") or []),
+        reference_calls=calls,
+        metadata={
+            "file": source.uri,
+            "line": number,
+            "model": response.get("model") or request.get("model"),
+            "stop_reason": response.get("stop_reason"),
+            "assistant_text": reply[0].content if reply else "",
+            "usage": response.get("usage"),
+        },
+    )
+    problem = validate_trace(trace)
+    if problem:
+        yield bad(problem)
+        return
+    yield trace.with_id()

@@ -95,9 +95,11 @@ Reader = Callable[[SourceFile, ReadContext], Iterator["Trace | Quarantined"]]
 
 def excerpt(raw: bytes | str, redactor: Redactor) -> str:
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    # Redact before cutting: a secret that straddles the cut would otherwise leak its prefix.
+    text = redactor.text(text)
     if len(text) > EXCERPT_CHARS:
         text = text[:EXCERPT_CHARS] + "…"
-    return redactor.text(text)
+    return text
 
 
 def iter_json_lines(

@@ -134,7 +134,7 @@ def read_bfcl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quar
             continue
         number, entry = item
         entry_id = str(entry.get("id", f"{category}:{number}"))
-        snippet = excerpt(json.dumps(entry)[:300], context.redactor)
+        snippet = excerpt(json.dumps(entry), context.redactor)
         question = entry.get("question")
         if not isinstance(question, list) or len(question) != 1 or not isinstance(question[0], list):
             yield Quarantined(source.uri, number, f"not a single-turn question ({entry_id})", snippet)

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from tooldistill.readers.anthropic import SERVER_RESULT_SUFFIX, blocks_to_messages, tool_call_from_block
 from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, iter_json_lines
 from tooldistill.schema import Message, ToolCall, ToolSpec, Trace, validate_trace
@@ -57,7 +55,7 @@ CALL_BLOCKS = {"tool_use", "server_tool_use", "mcp_tool_use"}
 
 
 def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[str, ToolSpec]:
-    """Tool specs by name from a catalog file, or the built-in Claude Code catalog when ``path`` is None.
+    """Tool specs by name: the built-in Claude Code catalog, plus (overriding) a catalog file.
 
     A catalog is JSON: ``{"tools": [...]}`` or a bare list; each tool has ``name``, ``description``
     and ``parameters`` (or Anthropic's ``input_schema``).  Raises ``ValueError`` for an unreadable
@@ -70,16 +68,18 @@ def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[s
         if path is None:
             text = resources.files("tooldistill.catalogs").joinpath("claude_code.json").read_text("utf-8")
         else:
-            filesystem, fs_path = (
-                pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-            )
+            from tooldistill.store import resolve  # same S3 endpoint and credentials as the store
+
+            filesystem, fs_path = resolve(path)
             with filesystem.open_input_stream(fs_path) as stream:
                 text = stream.read().decode("utf-8")
         raw = json.loads(text)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read tool catalog {path}: {error}") from error
     items = raw.get("tools", []) if isinstance(raw, dict) else raw
-    catalog: dict[str, ToolSpec] = {}
+    # A user catalog adds to the built-in one (its entries win), so naming your MCP tools does not
+    # turn Bash and Read into unknown tools.
+    catalog: dict[str, ToolSpec] = {} if path is None else dict(load_catalog(None, context))
     for item in items:
         if not isinstance(item, dict) or not item.get("name"):
             raise ValueError(

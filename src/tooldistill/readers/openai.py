@@ -135,60 +135,75 @@ def tool_specs_from_openai(request: dict[str, Any]) -> list[ToolSpec]:
 
 def read_openai_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined]:
     """Traces from a JSONL log of OpenAI chat-completions request/response pairs."""
-    redactor = context.redactor
     for item in iter_json_lines(source, context):
         if isinstance(item, Quarantined):
             yield item
             continue
         number, record = item
-        request, response = request_response(record)
-        snippet = excerpt(json.dumps(record)[:400], redactor)
         try:
-            if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-                raise _BadRecord("no request with a messages list")
-            if (
-                not isinstance(response, dict)
-                or not isinstance(response.get("choices"), list)
-                or not response["choices"]
-            ):
-                raise _BadRecord("no response with choices")
-            messages = messages_from_openai(request["messages"], redactor)
-            samples = []
-            for choice in response["choices"]:
-                message = choice.get("message") if isinstance(choice, dict) else None
-                if not isinstance(message, dict):
-                    raise _BadRecord("a choice has no message")
-                samples.append(_calls(message, redactor))
-        except _BadRecord as error:
-            yield Quarantined(source.uri, number, str(error), snippet)
-            continue
-        calls = samples[0]
-        if not calls and not context.options.include_no_call:
-            continue
-        if not messages:
-            yield Quarantined(source.uri, number, "request has no messages before the reply", snippet)
-            continue
-        first = response["choices"][0]
-        trace = Trace(
-            source_id=str(response.get("id") or f"{source.uri}:{number}"),
-            source="openai",
-            messages=messages,
-            tools=tool_specs_from_openai(request),
-            reference_calls=calls,
-            teacher_samples=samples if len(samples) > 1 else [],
-            metadata={
-                "file": source.uri,
-                "line": number,
-                "model": response.get("model") or request.get("model"),
-                "finish_reason": first.get("finish_reason"),
-                "assistant_text": _content_text(first["message"].get("content"), redactor)
-                if not isinstance(first["message"].get("content"), list)
-                else "",
-                "usage": response.get("usage"),
-            },
-        )
-        problem = validate_trace(trace)
-        if problem:
-            yield Quarantined(source.uri, number, problem, snippet)
-            continue
-        yield trace.with_id()
+            produced = list(_read_record(source, context, number, record))
+        except Exception as error:  # one odd record must not lose the rest of the file
+            produced = [
+                Quarantined(
+                    source.uri, number, f"reader failed on this record: {type(error).__name__}: {error}"
+                )
+            ]
+        yield from produced
+
+
+def _read_record(
+    source: SourceFile, context: ReadContext, number: int, record: dict[str, Any]
+) -> Iterator[Trace | Quarantined]:
+    """The trace (or quarantined record) of one log line."""
+    redactor = context.redactor
+    request, response = request_response(record)
+    snippet = excerpt(json.dumps(record), redactor)
+    try:
+        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+            raise _BadRecord("no request with a messages list")
+        if (
+            not isinstance(response, dict)
+            or not isinstance(response.get("choices"), list)
+            or not response["choices"]
+        ):
+            raise _BadRecord("no response with choices")
+        messages = messages_from_openai(request["messages"], redactor)
+        samples = []
+        for choice in response["choices"]:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                raise _BadRecord("a choice has no message")
+            samples.append(_calls(message, redactor))
+    except _BadRecord as error:
+        yield Quarantined(source.uri, number, str(error), snippet)
+        return
+    calls = samples[0]
+    if not calls and not context.options.include_no_call:
+        return
+    if not messages:
+        yield Quarantined(source.uri, number, "request has no messages before the reply", snippet)
+        return
+    first = response["choices"][0]
+    trace = Trace(
+        source_id=str(response.get("id") or f"{source.uri}:{number}"),
+        source="openai",
+        messages=messages,
+        tools=tool_specs_from_openai(request),
+        reference_calls=calls,
+        teacher_samples=samples if len(samples) > 1 else [],
+        metadata={
+            "file": source.uri,
+            "line": number,
+            "model": response.get("model") or request.get("model"),
+            "finish_reason": first.get("finish_reason"),
+            "assistant_text": _content_text(first["message"].get("content"), redactor)
+            if not isinstance(first["message"].get("content"), list)
+            else "",
+            "usage": response.get("usage"),
+        },
+    )
+    problem = validate_trace(trace)
+    if problem:
+        yield Quarantined(source.uri, number, problem, snippet)
+        return
+    yield trace.with_id()

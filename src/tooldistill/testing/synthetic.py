@@ -16,7 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_FILES = ["src/app.py", "src/cart.py", "src/api/routes.py", "tests/test_cart.py", "README.md", "pyproject.toml"]
+_FILES = [
+    "src/app.py",
+    "src/cart.py",
+    "src/api/routes.py",
+    "tests/test_cart.py",
+    "README.md",
+    "pyproject.toml",
+]
 _SYMBOLS = ["def total", "class Cart", "TODO", "import requests", "raise ValueError", "async def fetch"]
 _COMMANDS = ["pytest -q", "git status", "ruff check .", "ls -la", "python -m build", "git diff HEAD~1"]
 _ASKS = [
@@ -103,7 +110,9 @@ def session_lines(seed: int, turns: int = 3, root: str = "/home/dev/project") ->
             call_id = f"toolu_{rng.getrandbits(64):016x}"
             ids.append(call_id)
             lines.append(
-                envelope("assistant", reply({"type": "tool_use", "id": call_id, "name": name, "input": arguments}))
+                envelope(
+                    "assistant", reply({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
+                )
             )
         for call_id in ids:
             result = {"type": "tool_result", "tool_use_id": call_id, "content": "ok\n" * rng.randrange(1, 20)}

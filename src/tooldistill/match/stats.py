@@ -1,0 +1,105 @@
+"""Aggregates over scored examples: match rates with Wilson intervals, per-category and per-tool
+tables.  Pure functions over plain records; no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+NONE = "(none)"
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval for a binomial proportion (95% by default)."""
+    if total <= 0:
+        return (0.0, 0.0)
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate(successes: int, total: int) -> dict[str, Any]:
+    low, high = wilson_interval(successes, total)
+    return {
+        "n": total,
+        "matched": successes,
+        "rate": round(successes / total, 4) if total else None,
+        "ci95": [round(low, 4), round(high, 4)],
+    }
+
+
+def tool_pairs(predicted: Sequence[str], expected: Sequence[str]) -> list[tuple[str, str]]:
+    """(expected, predicted) name pairs for a confusion table: same names paired first, then the
+    leftovers in order, then missing (predicted ``(none)``) and extra (expected ``(none)``)."""
+    want, got = Counter(expected), Counter(predicted)
+    common = want & got
+    pairs = [(name, name) for name in common.elements()]
+    missing = list((want - common).elements())
+    extra = list((got - common).elements())
+    pairs += list(zip(missing, extra, strict=False))
+    pairs += [(m, NONE) for m in missing[len(extra) :]]
+    pairs += [(NONE, x) for x in extra[len(missing) :]]
+    if not expected and not predicted:
+        pairs.append((NONE, NONE))
+    return pairs
+
+
+def confusion(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per expected tool: how often it was expected, called right, and what was called instead."""
+    table: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in records:
+        for expected, predicted in tool_pairs(
+            record.get("predicted_tools") or [], record.get("expected_tools") or []
+        ):
+            table[expected][predicted] += 1
+    rows = []
+    for expected, row in sorted(table.items(), key=lambda item: (-sum(item[1].values()), item[0])):
+        total = sum(row.values())
+        instead = Counter({k: v for k, v in row.items() if k != expected})
+        rows.append(
+            {
+                "expected": expected,
+                "n": total,
+                "correct": row.get(expected, 0),
+                "accuracy": round(row.get(expected, 0) / total, 4),
+                "instead": dict(instead.most_common(5)),
+            }
+        )
+    return {"rows": rows}
+
+
+def aggregate(records: Sequence[Mapping[str, Any]], modes: Sequence[str]) -> dict[str, Any]:
+    """Match rate per mode (with Wilson 95% intervals), mean partial score, per-category table and
+    per-tool confusion.  Each record holds ``verdicts`` {mode: {match, score, reason}},
+    ``category``, ``expected_tools``, ``predicted_tools`` and optionally ``error``."""
+    scored = [r for r in records if not r.get("error")]
+    out: dict[str, Any] = {
+        "examples": len(records),
+        "scored": len(scored),
+        "errors": len(records) - len(scored),
+    }
+    out["modes"] = {}
+    for mode in modes:
+        hits = sum(1 for r in scored if r["verdicts"][mode]["match"])
+        entry = rate(hits, len(scored))
+        entry["mean_score"] = (
+            round(sum(r["verdicts"][mode]["score"] for r in scored) / len(scored), 4) if scored else None
+        )
+        out["modes"][mode] = entry
+    unparseable = sum(1 for r in scored if str(r["verdicts"][modes[0]]["reason"]).startswith("unparseable"))
+    out["unparseable"] = unparseable
+    categories: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in scored:
+        categories[str(record.get("category") or NONE)].append(record)
+    out["categories"] = {
+        name: {
+            mode: rate(sum(1 for r in group if r["verdicts"][mode]["match"]), len(group)) for mode in modes
+        }
+        for name, group in sorted(categories.items())
+    }
+    out["tools"] = confusion(scored)
+    return out
