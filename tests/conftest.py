@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,19 @@ def bucket(s3_server: str) -> str:
     name = f"td-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def bfcl_dataset(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Every single-turn BFCL category of the installed bfcl-eval package, ingested once."""
+    from tooldistill.executor import LocalExecutor
+    from tooldistill.ingest import IngestConfig, ingest
+
+    out = str(tmp_path_factory.mktemp("bfcl") / "traces")
+    config = IngestConfig(sources=("bfcl",), format="bfcl", out=out, strict=True)
+    return ingest(config, LocalExecutor(show_progress=False)).dataset
+
+
+@pytest.fixture(scope="session")
+def bfcl_traces(bfcl_dataset: Any) -> list[Any]:
+    return bfcl_dataset.to_traces()

@@ -3,26 +3,12 @@
 import json
 from collections import Counter
 
-import pytest
-
-from tooldistill.executor import LocalExecutor
-from tooldistill.ingest import IngestConfig, ingest
 from tooldistill.readers.bfcl import SINGLE_TURN_CATEGORIES, canonical_call, package_data_dir, to_json_schema
 
 
 def package_entries(category):
     path = package_data_dir() / f"BFCL_v4_{category}.json"
     return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def bfcl_dataset(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("bfcl") / "traces")
-    result = ingest(
-        IngestConfig(sources=("bfcl",), format="bfcl", out=out, strict=True),
-        LocalExecutor(show_progress=False),
-    )
-    return result.dataset
 
 
 def test_one_trace_per_entry_in_every_category(bfcl_dataset):

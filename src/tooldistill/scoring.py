@@ -73,7 +73,7 @@ def judge(
             verdict = Verdict(False, 0.0, parsed.error, (parsed.error,))
         else:
             acceptable = trace.acceptable if reference is None else None
-            verdict = compare(calls, expected, mode, schemas_of(trace), acceptable)
+            verdict = compare(calls, expected, mode, schemas_of(trace), acceptable, trace.category)
         verdicts[mode] = verdict.to_json()
     return {
         "calls": [c.model_dump(exclude_none=True) for c in calls],

@@ -270,7 +270,7 @@ def compare(
         from tooldistill.match.bfcl import check_bfcl
 
         return check_bfcl(
-            predicted, acceptable if acceptable is not None else _as_acceptable(reference), schemas
+            predicted, acceptable if acceptable is not None else _as_acceptable(reference), schemas, category
         )
     if mode not in MODES:
         raise ValueError(f"unknown match mode {mode!r}; choose one of {', '.join(MODES)}")

@@ -97,10 +97,29 @@ def to_json_schema(schema: Any) -> dict[str, Any]:
     return out
 
 
+def _concrete(value: Any) -> Any:
+    """One concrete value from an acceptable value: a dict answer holds, per key, a list of
+    acceptable values again (take the first that is not ``""``; leave the key out if none)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, options in value.items():
+            if isinstance(options, list):
+                chosen = [o for o in options if o != ""]
+                if chosen:
+                    out[key] = _concrete(chosen[0])
+            else:
+                out[key] = options
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [_concrete(v) for v in value]
+    return value
+
+
 def canonical_call(name: str, acceptable: dict[str, list[Any]]) -> ToolCall:
-    """The reference call: each parameter's first acceptable value; left out when that is ``""``."""
+    """The reference call: each parameter's first acceptable value (nested dict answers made
+    concrete the same way); the parameter is left out when that first value is ``""``."""
     arguments = {
-        param: values[0]
+        param: _concrete(values[0])
         for param, values in acceptable.items()
         if isinstance(values, list) and values and values[0] != ""
     }
