@@ -18,6 +18,7 @@ from rich.table import Table
 
 from tooldistill import __version__
 from tooldistill.config import ConfigError, load_config
+from tooldistill.evaluate import EndpointError
 from tooldistill.executor import make_executor
 from tooldistill.ingest import IngestConfig, IngestError, IngestResult, ingest
 from tooldistill.readers import FORMATS, ReaderOptions
@@ -32,6 +33,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     SchemaError,
     ValueError,
     OSError,
+    EndpointError,
 )
 
 
@@ -186,6 +188,137 @@ def run_command(config_path: str, out: str | None) -> None:
         result = run_pipeline(config, run_dir=out)
         _print_ingest(result.ingest)
         console.print(f"[bold]run folder:[/] {result.run_dir}", highlight=False)
+
+
+def _print_rates(title: str, summary: dict[str, Any]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("mode", "matched", "n", "match rate", "95% CI", "mean score"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, entry in summary["modes"].items():
+        low, high = entry["ci95"]
+        rate = "-" if entry["rate"] is None else f"{entry['rate']:.1%}"
+        mean = "-" if entry.get("mean_score") is None else f"{entry['mean_score']:.3f}"
+        table.add_row(mode, str(entry["matched"]), str(entry["n"]), rate, f"{low:.1%}-{high:.1%}", mean)
+    console.print(table)
+    extra = []
+    if summary.get("errors"):
+        extra.append(f"{summary['errors']} not scored (errors)")
+    if summary.get("unparseable"):
+        extra.append(f"{summary['unparseable']} unparseable outputs")
+    if extra:
+        console.print("; ".join(extra))
+
+
+def _print_consistency(report: dict[str, Any]) -> None:
+    if not report.get("traces_with_samples"):
+        console.print("consistency: no trace has two or more teacher samples")
+        return
+    agree = report["all_agree"]
+    low, high = agree["ci95"]
+    console.print(
+        f"teacher consistency over {report['traces_with_samples']} traces "
+        f"({report['samples_per_trace']} samples each on average): all samples agree on "
+        f"{agree['rate']:.1%} [{low:.1%}-{high:.1%}], mean pairwise agreement "
+        f"{report['mean_pairwise_agreement']:.1%}, consensus ties {report['ties']}, "
+        f"consensus equals the reference on {report['consensus_equals_reference']['rate']:.1%}",
+        highlight=False,
+    )
+
+
+def _modes_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--mode",
+        "modes",
+        multiple=True,
+        default=("chain",),
+        show_default=True,
+        help="Match mode: chain, set, names or bfcl (repeat for several; the first is the headline).",
+    )(fn)
+
+
+@main.command("score")
+@click.argument("predictions")
+@click.option("--dataset", required=True, help="Traces dataset the predictions refer to.")
+@_modes_option
+@click.option("--out", required=True, help="Folder for scores.jsonl and summary.json (local or s3://).")
+def score_command(predictions: str, dataset: str, modes: tuple[str, ...], out: str) -> None:
+    """Score a JSONL of predictions ({trace_id|source_id, calls|output, id}) against a dataset."""
+    from tooldistill.scoring import score
+
+    with user_errors():
+        summary = score(predictions, dataset, modes, out)
+        _print_rates(f"score → {out}", summary)
+
+
+@main.command("consistency")
+@click.option("--dataset", required=True, help="Traces dataset with teacher samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def consistency_command(dataset: str, as_json: bool) -> None:
+    """The teacher's consistency ceiling: how often repeated samples agree."""
+    from tooldistill.match.consistency import consistency_report
+
+    with user_errors():
+        report = consistency_report(Dataset.open(dataset).to_traces())
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            _print_consistency(report)
+
+
+@main.command("evaluate")
+@click.option("--dataset", required=True, help="Traces dataset to evaluate on.")
+@click.option("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+@click.option("--model", required=True, help="Model name to send.")
+@click.option("--prompt", default=None, help="Prompt artifact (JSON with 'system', or text).")
+@click.option("--out", default=None, help="Evaluation dataset (default: <dataset>-eval).")
+@_modes_option
+@click.option("--concurrency", default=8, show_default=True, help="Requests in flight.")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds per request.")
+@click.option("--retries", default=3, show_default=True, help="Retries on 429/5xx/connection errors.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N traces.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Env var holding the key.")
+@click.option("--force", is_flag=True, help="Re-run even when the evaluation is up to date.")
+def evaluate_command(
+    dataset: str,
+    endpoint: str,
+    model: str,
+    prompt: str | None,
+    out: str | None,
+    modes: tuple[str, ...],
+    concurrency: int,
+    timeout_s: float,
+    retries: int,
+    limit: int | None,
+    api_key_env: str,
+    force: bool,
+) -> None:
+    """Ask a student endpoint for each trace (native tool calling) and measure the match rate."""
+    from tooldistill.evaluate import EvaluateConfig, evaluate
+
+    with user_errors():
+        all_modes = tuple(dict.fromkeys([*modes, "chain", "set", "names", "bfcl"]))
+        config = EvaluateConfig(
+            dataset=dataset,
+            endpoint=endpoint,
+            model=model,
+            out=out or dataset.rstrip("/") + "-eval",
+            prompt=prompt,
+            modes=all_modes,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            retries=retries,
+            limit=limit,
+            api_key_env=api_key_env,
+            force=force,
+        )
+        result, summary, skipped = evaluate(config)
+        title = f"evaluate {model} → {result.uri}" + (" (up to date, skipped)" if skipped else "")
+        _print_rates(title, summary)
+        if summary.get("vs_consensus"):
+            _print_rates("against the teacher's consensus", {"modes": summary["vs_consensus"]})
+        _print_consistency(summary.get("consistency") or {})
+        if summary.get("first_error"):
+            console.print(f"first error: {summary['first_error']}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 _CALL_START = re.compile(r"^\s*\[?\s*[A-Za-z_][\w.]*\s*\(")
 
 
+#: keys that describe a call and so are never a tool name in the one-key ``{name: args}`` form
+_RESERVED = {"arguments", "parameters", "args", "input", "function", "tool_calls", "type", "id"}
+
+
 class ParseError(ValueError):
     """The output looks like a call but cannot be read as one."""
 
@@ -76,7 +80,9 @@ def _call_from_object(obj: Any) -> list[ToolCall]:
     if isinstance(obj.get("name"), str):
         args = next((obj[k] for k in ("arguments", "parameters", "args", "input") if k in obj), {})
         return [ToolCall(name=obj["name"], arguments=_arguments(args, obj["name"]))]
-    if len(obj) == 1:  # BFCL style {"get_weather": {"city": "Paris"}} or {"f": "<json>"}
+    if (
+        len(obj) == 1 and next(iter(obj)) not in _RESERVED
+    ):  # BFCL style {"get_weather": {"city": "Paris"}} or {"f": "<json>"}
         name, args = next(iter(obj.items()))
         if isinstance(args, (dict, str)):
             return [ToolCall(name=str(name), arguments=_arguments(args, str(name)))]

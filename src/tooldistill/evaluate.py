@@ -1,0 +1,397 @@
+"""Evaluate a student behind any OpenAI-compatible endpoint (``tooldistill evaluate``).
+
+For each trace of a dataset: send its messages with its tools (native tool calling), parse the
+reply, and judge the calls against the trace's reference in every match mode, and against the
+teacher's consensus when the trace has teacher samples.  Requests run in a thread pool with a
+concurrency limit; connection errors, timeouts, 429 and 5xx are retried with backoff.  Each
+example becomes one row of an ``evaluation`` dataset (request, response, parsed calls, verdicts,
+latency, tokens); the aggregate (match rate per mode with Wilson intervals, per-category and
+per-tool tables, the consistency ceiling) goes into the manifest and ``summary.json``.
+
+An endpoint that cannot be reached fails before any example is sent, with one clear error.  The
+API key is read from an environment variable and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tooldistill import __version__, store
+from tooldistill.match.compare import MODES
+from tooldistill.match.consistency import consensus, consistency_report
+from tooldistill.match.parse import Parsed, parse_message
+from tooldistill.match.stats import aggregate
+from tooldistill.schema import Trace, content_hash
+from tooldistill.scoring import check_modes, judge, write_json
+
+STAGE = "evaluate"
+
+EVAL_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("source_id", pa.string()),
+        ("category", pa.string()),
+        ("request", pa.string()),
+        ("response", pa.string()),
+        ("output_form", pa.string()),
+        ("calls", pa.string()),
+        ("verdicts", pa.string()),
+        ("consensus_verdicts", pa.string()),
+        ("match", pa.bool_()),
+        ("score", pa.float64()),
+        ("reason", pa.string()),
+        ("latency_s", pa.float64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("attempts", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+store.SCHEMAS.setdefault("evaluation", EVAL_SCHEMA)
+
+_TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class EndpointError(RuntimeError):
+    """The endpoint cannot be used (unreachable, refuses the model, ...)."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    dataset: str
+    endpoint: str
+    model: str
+    out: str
+    prompt: str | None = None
+    modes: tuple[str, ...] = ("chain", "set", "names", "bfcl")
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    retries: int = 3
+    limit: int | None = None
+    temperature: float = 0.0
+    max_tokens: int = 512
+    api_key_env: str = "OPENAI_API_KEY"
+    force: bool = False
+
+    def config_hash(self) -> str:
+        return content_hash(
+            {
+                "endpoint": self.endpoint.rstrip("/"),
+                "model": self.model,
+                "prompt": load_prompt(self.prompt),
+                "modes": list(self.modes),
+                "limit": self.limit,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            },
+            16,
+        )
+
+
+def load_prompt(path: str | None) -> str | None:
+    """The system prompt of a prompt artifact: a JSON file with ``system`` (or ``instructions``),
+    or plain text."""
+    if path is None:
+        return None
+    filesystem, fs_path = store.resolve(path)
+    try:
+        with filesystem.open_input_stream(fs_path) as handle:
+            text = handle.read().decode("utf-8")
+    except OSError as error:
+        raise EndpointError(f"cannot read prompt artifact {path}: {error}") from error
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, dict):
+        for key in ("system", "instructions", "prompt"):
+            if isinstance(value.get(key), str):
+                return value[key]
+    raise EndpointError(f"prompt artifact {path} has no 'system' text")
+
+
+def _safe_name(name: str) -> str:
+    return _TOOL_NAME.sub("_", name)[:64]
+
+
+def build_request(
+    trace: Trace, model: str, system: str | None, temperature: float, max_tokens: int
+) -> dict[str, Any]:
+    """The chat-completions request for one trace (tool names made API-safe: dots → ``_``)."""
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    for message in trace.messages:
+        item: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.role == "system" and system:
+            messages[0]["content"] = f"{system}\n\n{message.content}"
+            continue
+        if message.tool_calls:
+            item["tool_calls"] = [
+                {
+                    "id": call.id or f"call_{index}",
+                    "type": "function",
+                    "function": {"name": _safe_name(call.name), "arguments": json.dumps(call.arguments)},
+                }
+                for index, call in enumerate(message.tool_calls)
+            ]
+        if message.role == "tool":
+            item["tool_call_id"] = message.tool_call_id or "call_0"
+        messages.append(item)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": _safe_name(t.name),
+                "description": t.description,
+                "parameters": t.parameters,
+            },
+        }
+        for t in trace.tools
+    ]
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    if tools:
+        request["tools"] = tools
+        request["tool_choice"] = "auto"
+    return request
+
+
+@dataclass
+class _Client:
+    endpoint: str
+    timeout_s: float
+    retries: int
+    api_key: str | None = field(default=None, repr=False)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def url(self, path: str) -> str:
+        return f"{self.endpoint.rstrip('/')}/{path.lstrip('/')}"
+
+    def check(self) -> None:
+        """Fail fast when nothing answers at the endpoint (any HTTP answer counts as reachable)."""
+        request = urllib.request.Request(self.url("models"), headers=self._headers())
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.timeout_s, 10)):
+                pass
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise EndpointError(f"cannot reach the endpoint {self.endpoint}: {reason}") from None
+
+    def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """POST /chat/completions with retries; returns (response JSON, attempts)."""
+        data = json.dumps(body).encode("utf-8")
+        last = ""
+        for attempt in range(1, self.retries + 2):
+            request = urllib.request.Request(self.url("chat/completions"), data=data, headers=self._headers())
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return json.loads(response.read().decode("utf-8")), attempt
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode("utf-8", errors="replace")[:200]
+                last = f"HTTP {error.code}: {detail}"
+                if error.code != 429 and error.code < 500:
+                    raise EndpointError(last) from None
+            except (urllib.error.URLError, OSError, TimeoutError) as error:
+                last = f"connection error: {getattr(error, 'reason', error)}"
+            except ValueError as error:
+                raise EndpointError(f"the endpoint answered with invalid JSON: {error}") from None
+            if attempt <= self.retries:
+                time.sleep(min(8.0, 0.25 * 2**attempt))
+        raise EndpointError(f"gave up after {self.retries + 1} attempts: {last}")
+
+
+def evaluate_one(client: _Client, trace: Trace, config: EvaluateConfig, system: str | None) -> dict[str, Any]:
+    request = build_request(trace, config.model, system, config.temperature, config.max_tokens)
+    row: dict[str, Any] = {
+        "trace_id": trace.id,
+        "source_id": trace.source_id,
+        "category": trace.category,
+        "request": json.dumps(request, ensure_ascii=False),
+        "response": None,
+        "output_form": None,
+        "calls": "[]",
+        "verdicts": None,
+        "consensus_verdicts": None,
+        "match": False,
+        "score": 0.0,
+        "reason": None,
+        "latency_s": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "attempts": 0,
+        "error": None,
+    }
+    started = time.perf_counter()
+    try:
+        response, attempts = client.chat(request)
+    except EndpointError as error:
+        row.update(
+            error=str(error), reason=f"endpoint error: {error}", latency_s=time.perf_counter() - started
+        )
+        return row
+    row["latency_s"] = round(time.perf_counter() - started, 4)
+    row["attempts"] = attempts
+    row["response"] = json.dumps(response, ensure_ascii=False)
+    usage = response.get("usage") or {}
+    row["prompt_tokens"] = usage.get("prompt_tokens")
+    row["completion_tokens"] = usage.get("completion_tokens")
+    choices = response.get("choices")
+    message = (
+        choices[0].get("message")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict)
+        else None
+    )
+    parsed = (
+        parse_message(message)
+        if isinstance(message, dict)
+        else Parsed(error="unparseable: response has no message")
+    )
+    judged = judge(trace, parsed, config.modes)
+    first = judged["verdicts"][config.modes[0]]
+    row.update(
+        output_form=parsed.form,
+        calls=json.dumps(judged["calls"], ensure_ascii=False),
+        verdicts=json.dumps(judged["verdicts"]),
+        match=first["match"],
+        score=first["score"],
+        reason=first["reason"],
+    )
+    agreed = consensus(trace)
+    if agreed is not None:
+        against = judge(
+            trace, parsed, [m for m in config.modes if m != "bfcl"] or ["chain"], reference=agreed.calls
+        )
+        row["consensus_verdicts"] = json.dumps(against["verdicts"])
+    return row
+
+
+def evaluate(
+    config: EvaluateConfig, progress: Callable[[int, int], None] | None = None, show_progress: bool = True
+) -> tuple[store.Dataset, dict[str, Any], bool]:
+    """Run the evaluation; returns (dataset, summary, skipped)."""
+    modes = tuple(check_modes(config.modes))
+    source = store.Dataset.open(config.dataset)
+    fingerprint = store.fingerprint(
+        STAGE, config.config_hash(), [config.dataset, source.manifest.fingerprint]
+    )
+    if not config.force:
+        existing = store.up_to_date(config.out, fingerprint)
+        if existing is not None:
+            return store.Dataset(config.out, existing), existing.stats.get("summary", {}), True
+    system = load_prompt(config.prompt)
+    traces = source.to_traces()
+    if config.limit is not None:
+        traces = traces[: config.limit]
+    client = _Client(config.endpoint, config.timeout_s, config.retries, os.environ.get(config.api_key_env))
+    client.check()
+    rows: list[dict[str, Any] | None] = [None] * len(traces)
+    with (
+        Progress(
+            TextColumn("evaluate"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            disable=not show_progress,
+            transient=True,
+        ) as bar,
+        ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool,
+    ):
+        task = bar.add_task("evaluate", total=len(traces))
+        futures = {pool.submit(evaluate_one, client, t, config, system): i for i, t in enumerate(traces)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            rows[futures[future]] = future.result()
+            bar.advance(task)
+            if progress is not None:
+                progress(done, len(traces))
+    complete = [r for r in rows if r is not None]
+    summary = summarize(complete, traces, modes)
+    summary.update(endpoint=config.endpoint, model=config.model, prompt=config.prompt, dataset=config.dataset)
+    token = store.new_token()
+    parts = (
+        [store.write_part(config.out, token, 0, pa.Table.from_pylist(complete, schema=EVAL_SCHEMA))]
+        if complete
+        else []
+    )
+    manifest = store.Manifest(
+        kind="evaluation",
+        stage=STAGE,
+        rows=len(complete),
+        parts=parts,
+        config_hash=config.config_hash(),
+        fingerprint=fingerprint,
+        code_version=__version__,
+        parents=[config.dataset],
+        stats={"summary": summary},
+    )
+    published = store.publish(config.out, token=token, manifest=manifest)
+    write_json(config.out, "summary.json", summary)
+    return store.Dataset(config.out, published), summary, False
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]], traces: Sequence[Trace], modes: Sequence[str]
+) -> dict[str, Any]:
+    """Match rates against the reference and the consensus, beside the consistency ceiling."""
+    by_id = {t.id: t for t in traces}
+    records = []
+    for row in rows:
+        trace = by_id.get(row["trace_id"])
+        calls = json.loads(row["calls"]) if row["calls"] else []
+        records.append(
+            {
+                "category": row["category"],
+                "error": row["error"],
+                "verdicts": json.loads(row["verdicts"]) if row["verdicts"] else {},
+                "predicted_tools": [c["name"] for c in calls],
+                "expected_tools": [c.name for c in trace.reference_calls] if trace else [],
+            }
+        )
+    summary = aggregate(records, list(modes))
+    consensus_rows = [
+        {**record, "verdicts": json.loads(row["consensus_verdicts"])}
+        for record, row in zip(records, rows, strict=True)
+        if row["consensus_verdicts"] and not row["error"]
+    ]
+    if consensus_rows:
+        consensus_modes = list(consensus_rows[0]["verdicts"])
+        summary["vs_consensus"] = aggregate(consensus_rows, consensus_modes)["modes"]
+    summary["consistency"] = consistency_report(traces)
+    latencies = sorted(r["latency_s"] for r in rows if r["latency_s"] is not None and not r["error"])
+    if latencies:
+        summary["latency_s"] = {
+            "p50": round(latencies[len(latencies) // 2], 4),
+            "p95": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))], 4),
+        }
+    summary["tokens"] = {
+        "prompt": sum(r["prompt_tokens"] or 0 for r in rows),
+        "completion": sum(r["completion_tokens"] or 0 for r in rows),
+    }
+    errors = [r["error"] for r in rows if r["error"]]
+    if errors:
+        summary["first_error"] = errors[0]
+    summary["modes_available"] = list(MODES)
+    return summary
