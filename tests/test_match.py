@@ -174,6 +174,9 @@ def test_bfcl_mode_uses_acceptable_values():
             None,
         ),
         ("I don't have a tool for that; the area is 12.", [], None),
+        ("No tool fits; in Python:\n```python\ndef area(b, h):\n    return b * h / 2\n```", [], None),
+        ("The primes are:\n```\n[2, 3, 5]\n```", [], None),
+        ("[calc(speed=v, n=3)]", [("calc", {"speed": "v", "n": 3})], None),  # a variable, kept by name
         ("", [], None),
         ('{"name": "get_weather", "arguments": {"city": ', [], "unparseable: invalid JSON"),
         ("[get_weather('Paris')]", [], "unparseable: get_weather: positional arguments"),

@@ -98,6 +98,10 @@ def _dotted(node: ast.expr) -> str:
 
 
 def _literal(node: ast.expr, name: str, key: str) -> Any:
+    if isinstance(node, ast.Name) and node.id not in ("True", "False", "None"):
+        # A variable where a value belongs (``f(x=v)``): kept as its name, as BFCL's decoder does,
+        # so the comparison says "expected 3, got 'v'" instead of refusing the whole output.
+        return node.id
     try:
         value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as error:
@@ -162,6 +166,21 @@ def _parse_fragment(text: str) -> tuple[list[ToolCall], str]:
     raise ParseError(f"not a call: {stripped[:60]!r}")
 
 
+def _looks_like_call(fragment: str) -> bool:
+    """Whether a fenced block sets out to be a call (and not, say, a list of numbers or code)."""
+    stripped = fragment.strip()
+    if _CALL_START.match(stripped):
+        return True
+    if stripped[:1] not in ("{", "["):
+        return False
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return True  # broken JSON meant as a call
+    items = value if isinstance(value, list) else [value]
+    return bool(items) and all(isinstance(item, dict) for item in items)
+
+
 def parse_text(text: str) -> Parsed:
     """Calls from a model's text output (see the module doc for the accepted forms)."""
     body = _THINK.sub("", text or "").strip()
@@ -174,14 +193,19 @@ def parse_text(text: str) -> Parsed:
                 return Parsed(error=f"unparseable: <tool_call> block: {error}", form="tags")
         return Parsed(calls, form="tags")
     fences = _FENCE.findall(body)
-    if fences:
+    attempts = [f for _, f in fences if _looks_like_call(f)]
+    if attempts:
+        # Fenced blocks that set out to be calls; other fenced code (a function shown to the user
+        # in a prose answer) is text, not a call.
         calls = []
-        for _language, fragment in fences:
+        for fragment in attempts:
             try:
                 calls.extend(_parse_fragment(fragment)[0])
             except ParseError as error:
                 return Parsed(error=f"unparseable: fenced block: {error}", form="fenced")
         return Parsed(calls, form="fenced")
+    if fences:
+        return Parsed([], form="text")
     if body.startswith(("{", "[")) or _CALL_START.match(body):
         try:
             calls, form = _parse_fragment(body)
