@@ -93,7 +93,7 @@ def _type_check(name: str, value: Any, acceptable: list[Any], expected: type, ne
         for option in acceptable:
             if not isinstance(option, list):
                 return variable
-            if all(_item_type_ok(item, option, nested) for item in value):
+            if all(_item_type_ok(item, option, nested) for item in value):  # type: ignore[attr-defined]
                 return variable
         raise _Fail(
             f"argument {name}: expected a list of {_TYPE_WORDS.get(nested, nested.__name__)}, got {format_value(value)}"

@@ -60,7 +60,7 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as error:
+        except json.JSONDecodeError as error:
             raise ParseError(f"{where}: arguments are not valid JSON ({error.msg})") from error
     if not isinstance(value, dict):
         raise ParseError(f"{where}: arguments must be an object, got {type(value).__name__}")
@@ -78,7 +78,7 @@ def _call_from_object(obj: Any) -> list[ToolCall]:
     if isinstance(obj.get("function"), dict):  # OpenAI {"type": "function", "function": {...}}
         return _call_from_object(obj["function"])
     if isinstance(obj.get("name"), str):
-        args = next((obj[k] for k in ("arguments", "parameters", "args", "input") if k in obj), {})
+        args: Any = next((obj[k] for k in ("arguments", "parameters", "args", "input") if k in obj), {})
         return [ToolCall(name=obj["name"], arguments=_arguments(args, obj["name"]))]
     if (
         len(obj) == 1 and next(iter(obj)) not in _RESERVED

@@ -75,7 +75,7 @@ def load_entries(category: str) -> dict[str, tuple[list[dict[str, Any]], list[di
     from tooldistill.readers.bfcl import package_data_dir
 
     data = package_data_dir()
-    entries = {}
+    entries: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = {}
     for line in (data / f"BFCL_v4_{category}.json").read_text(encoding="utf-8").splitlines():
         if line.strip():
             entry = json.loads(line)

@@ -54,7 +54,7 @@ def _other_type(value: Any) -> Any:
 
 
 def _sample_for(schema: Any) -> Any:
-    kind = schema.get("type") if isinstance(schema, dict) else None
+    kind = str(schema.get("type")) if isinstance(schema, dict) else ""
     if isinstance(schema, dict) and "default" in schema and schema["default"] is not None:
         return schema["default"]
     return {"integer": 3, "number": 2.5, "boolean": True, "array": ["a"], "object": {"a": 1}}.get(
