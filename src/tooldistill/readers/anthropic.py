@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, iter_json_lines
+from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, read_records
 from tooldistill.redact import Redactor
 from tooldistill.schema import PERMISSIVE_PARAMETERS, Message, ToolCall, ToolSpec, Trace, validate_trace
 
@@ -136,20 +136,7 @@ def request_response(record: dict[str, Any]) -> tuple[Any, Any]:
 
 def read_anthropic_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined]:
     """Traces from a JSONL log of Anthropic Messages API request/response pairs."""
-    for item in iter_json_lines(source, context):
-        if isinstance(item, Quarantined):
-            yield item
-            continue
-        number, record = item
-        try:
-            produced = list(_read_record(source, context, number, record))
-        except Exception as error:  # one odd record must not lose the rest of the file
-            produced = [
-                Quarantined(
-                    source.uri, number, f"reader failed on this record: {type(error).__name__}: {error}"
-                )
-            ]
-        yield from produced
+    yield from read_records(source, context, _read_record)
 
 
 def _read_record(

@@ -147,3 +147,22 @@ def iter_json_lines(
             )
             continue
         yield number, value
+
+
+RecordReader = Callable[["SourceFile", "ReadContext", int, dict[str, Any]], Iterator[Any]]
+
+
+def read_records(source: SourceFile, context: ReadContext, one: RecordReader) -> Iterator[Any]:
+    """Run ``one`` on every JSON line of ``source``; bad lines and records that make ``one`` raise
+    are quarantined, so one odd record never loses the rest of the file."""
+    for item in iter_json_lines(source, context):
+        if isinstance(item, Quarantined):
+            yield item
+            continue
+        number, record = item
+        try:
+            produced = list(one(source, context, number, record))
+        except Exception as error:
+            reason = f"reader failed on this record: {type(error).__name__}: {error}"
+            produced = [Quarantined(source.uri, number, reason)]
+        yield from produced

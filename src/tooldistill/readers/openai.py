@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tooldistill.readers.anthropic import request_response
-from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, iter_json_lines
+from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, read_records
 from tooldistill.redact import Redactor
 from tooldistill.schema import PERMISSIVE_PARAMETERS, Message, ToolCall, ToolSpec, Trace, validate_trace
 
@@ -135,20 +135,7 @@ def tool_specs_from_openai(request: dict[str, Any]) -> list[ToolSpec]:
 
 def read_openai_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined]:
     """Traces from a JSONL log of OpenAI chat-completions request/response pairs."""
-    for item in iter_json_lines(source, context):
-        if isinstance(item, Quarantined):
-            yield item
-            continue
-        number, record = item
-        try:
-            produced = list(_read_record(source, context, number, record))
-        except Exception as error:  # one odd record must not lose the rest of the file
-            produced = [
-                Quarantined(
-                    source.uri, number, f"reader failed on this record: {type(error).__name__}: {error}"
-                )
-            ]
-        yield from produced
+    yield from read_records(source, context, _read_record)
 
 
 def _read_record(
