@@ -72,7 +72,7 @@ def main() -> int:
 
         executor = RayExecutor(num_cpus=args.num_cpus)
         start = time.perf_counter()
-        executor._ensure_started()
+        executor.start()
         ray_init_s = time.perf_counter() - start
 
         start = time.perf_counter()

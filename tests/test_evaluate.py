@@ -70,6 +70,7 @@ def behaviour(index: int) -> str:
 class StudentHandler(BaseHTTPRequestHandler):
     failed_once = False
     lock = threading.Lock()
+    seen_auth: set[str] = set()
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -90,6 +91,7 @@ class StudentHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        StudentHandler.seen_auth.add(self.headers.get("Authorization") or "")
         if self.path != "/v1/chat/completions" or "tools" not in body:
             self._send(400, {"error": {"message": "expected chat completions with tools"}})
             return
@@ -142,6 +144,7 @@ class StudentHandler(BaseHTTPRequestHandler):
 @pytest.fixture()
 def student():
     StudentHandler.failed_once = False
+    StudentHandler.seen_auth = set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), StudentHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -279,3 +282,29 @@ def test_score_and_consistency_commands(dataset, tmp_path):
     parsed = json.loads(report.output[report.output.index("{") :])
     assert parsed["traces_with_samples"] == 5 and parsed["ties"] == 1
     assert parsed["mean_pairwise_agreement"] == pytest.approx((4 * (1 / 3) + 0) / 5, abs=1e-3)
+
+
+def test_the_api_key_is_sent_but_never_stored(student, dataset, tmp_path, monkeypatch):
+    secret = "sk-test-0123456789abcdef0123456789"
+    monkeypatch.setenv("STUDENT_KEY", secret)
+    out = tmp_path / "eval"
+    config = EvaluateConfig(
+        dataset=dataset, endpoint=student, model="student", out=str(out), api_key_env="STUDENT_KEY"
+    )
+    evaluate(config, show_progress=False)
+    assert StudentHandler.seen_auth == {f"Bearer {secret}"}
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_run_with_endpoint_errors_is_kept_but_not_taken_as_up_to_date(student, dataset, tmp_path):
+    config = EvaluateConfig(
+        dataset=dataset, endpoint=student, model="student", out=str(tmp_path / "e"), retries=0
+    )
+    _, first, skipped = evaluate(config, show_progress=False)
+    assert not skipped and first["errors"] == 1 and first["scored"] == 11  # the 500, not retried
+    assert first["first_error"].startswith("gave up after 1 attempts: HTTP 500")
+    _, second, skipped = evaluate(config, show_progress=False)
+    assert not skipped and second["errors"] == 0  # asked again, not served from the failed run
+    assert evaluate(config, show_progress=False)[2]  # a complete run is up to date

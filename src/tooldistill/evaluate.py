@@ -22,14 +22,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tooldistill import __version__, store
-from tooldistill.match.compare import MODES
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.match.parse import Parsed, parse_message
 from tooldistill.match.stats import aggregate
@@ -85,12 +84,13 @@ class EvaluateConfig:
     api_key_env: str = "OPENAI_API_KEY"
     force: bool = False
 
-    def config_hash(self) -> str:
+    def config_hash(self, system: str | None) -> str:
+        """Hash of what decides the answers; ``system`` is the loaded prompt text."""
         return content_hash(
             {
                 "endpoint": self.endpoint.rstrip("/"),
                 "model": self.model,
-                "prompt": load_prompt(self.prompt),
+                "prompt": system,
                 "modes": list(self.modes),
                 "limit": self.limit,
                 "temperature": self.temperature,
@@ -105,12 +105,10 @@ def load_prompt(path: str | None) -> str | None:
     or plain text."""
     if path is None:
         return None
-    filesystem, fs_path = store.resolve(path)
     try:
-        with filesystem.open_input_stream(fs_path) as handle:
-            text = handle.read().decode("utf-8")
-    except OSError as error:
-        raise EndpointError(f"cannot read prompt artifact {path}: {error}") from error
+        text = store.read_file(path).decode("utf-8")
+    except (store.StoreError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read prompt artifact {path}: {error}") from error
     try:
         value = json.loads(text)
     except ValueError:
@@ -119,7 +117,7 @@ def load_prompt(path: str | None) -> str | None:
         for key in ("system", "instructions", "prompt"):
             if isinstance(value.get(key), str):
                 return value[key]
-    raise EndpointError(f"prompt artifact {path} has no 'system' text")
+    raise ValueError(f"prompt artifact {path} has no 'system' text")
 
 
 def _safe_name(name: str) -> str:
@@ -294,15 +292,15 @@ def evaluate(
 ) -> tuple[store.Dataset, dict[str, Any], bool]:
     """Run the evaluation; returns (dataset, summary, skipped)."""
     modes = tuple(check_modes(config.modes))
+    config = replace(config, modes=modes)
     source = store.Dataset.open(config.dataset)
-    fingerprint = store.fingerprint(
-        STAGE, config.config_hash(), [config.dataset, source.manifest.fingerprint]
-    )
+    system = load_prompt(config.prompt)
+    config_hash = config.config_hash(system)
+    fingerprint = store.fingerprint(STAGE, config_hash, [config.dataset, source.manifest.fingerprint])
     if not config.force:
         existing = store.up_to_date(config.out, fingerprint)
         if existing is not None:
             return store.Dataset(config.out, existing), existing.stats.get("summary", {}), True
-    system = load_prompt(config.prompt)
     traces = source.to_traces()
     if config.limit is not None:
         traces = traces[: config.limit]
@@ -341,8 +339,10 @@ def evaluate(
         stage=STAGE,
         rows=len(complete),
         parts=parts,
-        config_hash=config.config_hash(),
-        fingerprint=fingerprint,
+        config_hash=config_hash,
+        # a run with endpoint errors is published (nothing good is lost) but never counts as up to
+        # date, so the next run asks again instead of keeping the failures
+        fingerprint=fingerprint if not summary["errors"] else f"{fingerprint}-incomplete",
         code_version=__version__,
         parents=[config.dataset],
         stats={"summary": summary},
@@ -393,5 +393,4 @@ def summarize(
     errors = [r["error"] for r in rows if r["error"]]
     if errors:
         summary["first_error"] = errors[0]
-    summary["modes_available"] = list(MODES)
     return summary

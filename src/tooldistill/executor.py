@@ -75,7 +75,8 @@ class RayExecutor:
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.num_cpus = num_cpus
 
-    def _ensure_started(self) -> None:
+    def start(self) -> None:
+        """Connect to (or start) Ray now; ``map_shards`` calls it, so callers only need it to time start-up."""
         import ray
 
         if ray.is_initialized():
@@ -90,7 +91,7 @@ class RayExecutor:
     def map_shards(self, fn: ShardFn, shards: list[dict[str, Any]], description: str) -> list[dict[str, Any]]:
         if not shards:
             return []
-        self._ensure_started()
+        self.start()
         import ray.data
 
         items = [{"index": i, "shard": json.dumps(s)} for i, s in enumerate(shards)]

@@ -146,12 +146,10 @@ def score(predictions: str, dataset: str, modes: Sequence[str], out: str) -> dic
     """Score a predictions JSONL (local or s3://) against a dataset; writes ``out/scores.jsonl`` and
     ``out/summary.json``; returns the summary."""
     modes = check_modes(modes)
-    filesystem, path = store.resolve(predictions)
     try:
-        with filesystem.open_input_stream(path) as handle:
-            text = handle.read().decode("utf-8", errors="replace")
-    except (FileNotFoundError, OSError) as error:
-        raise ScoreError(f"cannot read predictions {predictions}: {error}") from error
+        text = store.read_file(predictions).decode("utf-8", errors="replace")
+    except store.StoreError as error:
+        raise ScoreError(f"predictions: {error}") from error
     traces = store.Dataset.open(dataset).to_traces()
     records = list(score_lines(text.splitlines(), traces, modes))
     summary = aggregate(records, modes)
@@ -162,19 +160,11 @@ def score(predictions: str, dataset: str, modes: Sequence[str], out: str) -> dic
 
 
 def write_records(folder: str, name: str, records: Iterable[Mapping[str, Any]]) -> str:
-    filesystem, path = store.resolve(folder)
-    if not folder.startswith("s3://"):
-        filesystem.create_dir(path, recursive=True)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with filesystem.open_output_stream(f"{path}/{name}") as handle:
-        handle.write(body.encode("utf-8"))
-    return store.join(folder, name)
+    return store.write_file(folder, name, body.encode("utf-8"))
 
 
 def write_json(folder: str, name: str, value: Any) -> str:
-    filesystem, path = store.resolve(folder)
-    if not folder.startswith("s3://"):
-        filesystem.create_dir(path, recursive=True)
-    with filesystem.open_output_stream(f"{path}/{name}") as handle:
-        handle.write((json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    return store.join(folder, name)
+    return store.write_file(
+        folder, name, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    )

@@ -94,6 +94,25 @@ def _read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
         return bytes(stream.read())
 
 
+def read_file(uri: str) -> bytes:
+    """The bytes of one file, local or ``s3://`` (same endpoint and credentials as datasets)."""
+    filesystem, path = resolve(uri)
+    try:
+        return _read_bytes(filesystem, path)
+    except OSError as error:
+        raise StoreError(f"cannot read {uri}: {error}") from error
+
+
+def write_file(folder: str, name: str, data: bytes) -> str:
+    """Write ``folder/name`` (local or ``s3://``), creating local folders; returns its URI."""
+    filesystem, path = resolve(folder)
+    try:
+        _write_bytes(filesystem, f"{path}/{name}", data)
+    except OSError as error:
+        raise StoreError(f"cannot write {join(folder, name)}: {error}") from error
+    return join(folder, name)
+
+
 def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
     return filesystem.get_file_info(path).type == pafs.FileType.File
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tooldistill.match.normalize import canonical, format_call, format_value, normalize_arguments
+from tooldistill.match.normalize import format_call, format_value, normalize_arguments
 from tooldistill.schema import ToolCall
 
 MODES = ("chain", "set", "names", "bfcl")
@@ -119,13 +119,8 @@ def _similarity(predicted: _Call, expected: _Call) -> float:
 
 
 def _occurrence(calls: list[_Call], index: int) -> str:
-    """'second call to f' when f appears more than once in ``calls``, else 'call to f'."""
-    name = calls[index].name
-    total = sum(1 for c in calls if c.name == name)
-    if total == 1:
-        return f"call to {calls[index].text()}"
-    nth = sum(1 for c in calls[: index + 1] if c.name == name)
-    return f"{ordinal(nth)} call to {calls[index].text()}"
+    """'second call to f(x=1)' when f appears more than once in ``calls``, else 'call to f(x=1)'."""
+    return _where(calls, index).removesuffix(calls[index].name) + calls[index].text()
 
 
 def _empty_cases(predicted: list[_Call], expected: list[_Call]) -> Verdict | None:
@@ -295,15 +290,10 @@ def _as_acceptable(reference: Sequence[ToolCall | Mapping[str, Any]]) -> list[di
     return out
 
 
-def same_calls(a: Sequence[ToolCall], b: Sequence[ToolCall], schemas: Schemas | None = None) -> bool:
-    """True when two call lists are equal in ``chain`` mode (used for consistency)."""
-    return compare(a, b, "chain", schemas).match
-
-
 def chain_key(calls: Sequence[ToolCall], schemas: Schemas | None = None) -> str:
     """A hashable key equal for calls that ``chain`` mode calls equal."""
     prepared = _prepare(calls, schemas or {})
     return "\x01".join(_key(c) for c in prepared)
 
 
-__all__ = ["MODES", "Verdict", "canonical", "chain_key", "compare", "ordinal", "same_calls"]
+__all__ = ["MODES", "Verdict", "chain_key", "compare", "ordinal"]

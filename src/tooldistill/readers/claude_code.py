@@ -68,11 +68,12 @@ def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[s
         if path is None:
             text = resources.files("tooldistill.catalogs").joinpath("claude_code.json").read_text("utf-8")
         else:
-            from tooldistill.store import resolve  # same S3 endpoint and credentials as the store
+            from tooldistill.store import StoreError, read_file  # the store's S3 settings
 
-            filesystem, fs_path = resolve(path)
-            with filesystem.open_input_stream(fs_path) as stream:
-                text = stream.read().decode("utf-8")
+            try:
+                text = read_file(path).decode("utf-8")
+            except StoreError as error:
+                raise OSError(str(error)) from error
         raw = json.loads(text)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read tool catalog {path}: {error}") from error

@@ -15,7 +15,6 @@ import sys
 import types
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 #: A prompt-mode model name: function names keep their dots.
@@ -88,9 +87,3 @@ def load_entries(category: str) -> dict[str, tuple[list[dict[str, Any]], list[di
                 if answer["id"] in entries:
                     entries[answer["id"]] = (entries[answer["id"]][0], answer["ground_truth"])
     return entries
-
-
-def data_dir() -> Path:
-    from tooldistill.readers.bfcl import package_data_dir
-
-    return package_data_dir()
