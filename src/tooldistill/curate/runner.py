@@ -1,0 +1,241 @@
+"""How curation runs its heavy steps: in this process, or on Ray.  The only curate module that
+imports Ray (lazily), in the spirit of ``tooldistill.executor``.
+
+Two kinds of work:
+
+- ``map_stage``: a *stage with setup* (the embedder: load a model once, then embed many shards)
+  over JSON shard descriptions.  Locally: ``setup()`` once, then a loop.  On Ray: Ray Data
+  ``map_batches`` with an **actor pool** (``concurrency`` actors, each ``num_cpus``/``num_gpus``),
+  one shard per batch; each actor calls ``setup()`` once in its constructor.
+- ``map_arrays``: a pure function over work items that all read the same large arrays (SemDeDup's
+  within-cluster step reads the cluster-sorted embedding matrix).  Locally: a loop.  On Ray: the
+  arrays are put in the object store once (workers map them zero-copy) and every item group runs
+  as a Ray task.
+
+Both return results in input order and show one rich progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import numpy as np
+
+from tooldistill.curate.common import progress_bar
+
+
+class SetupStage(Protocol):
+    """A picklable callable with a heavy ``setup()`` (run once per process or actor)."""
+
+    def setup(self, cpus: float, gpus: float) -> None: ...
+
+    def __call__(self, shard: dict[str, Any]) -> dict[str, Any]: ...
+
+
+ArrayFn = Callable[[dict[str, np.ndarray], Any], Any]
+
+
+class Runner(Protocol):
+    name: str
+
+    def map_stage(
+        self,
+        stage: SetupStage,
+        shards: list[dict[str, Any]],
+        description: str,
+        *,
+        concurrency: int | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+    ) -> list[dict[str, Any]]: ...
+
+    def map_arrays(
+        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str
+    ) -> list[Any]: ...
+
+    def resources(self) -> dict[str, float]:
+        """CPUs and GPUs available to this runner."""
+        ...
+
+
+class LocalRunner:
+    """Everything in this process, one item after another."""
+
+    name = "local"
+
+    def __init__(self, show_progress: bool = True) -> None:
+        self.show_progress = show_progress
+
+    def resources(self) -> dict[str, float]:
+        gpus = 0.0
+        try:
+            import torch
+
+            gpus = float(torch.cuda.device_count())
+        except ImportError:
+            pass
+        return {"CPU": float(os.cpu_count() or 1), "GPU": gpus}
+
+    def map_stage(
+        self,
+        stage: SetupStage,
+        shards: list[dict[str, Any]],
+        description: str,
+        *,
+        concurrency: int | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        if not shards:
+            return []
+        # One process: all of its cores belong to the one model.
+        stage.setup(float(os.cpu_count() or 1), num_gpus)
+        results = []
+        with progress_bar(description, len(shards), self.show_progress) as advance:
+            for shard in shards:
+                results.append(stage(shard))
+                advance(1)
+        return results
+
+    def map_arrays(
+        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str
+    ) -> list[Any]:
+        results = []
+        with progress_bar(description, len(items), self.show_progress) as advance:
+            for item in items:
+                results.append(fn(arrays, item))
+                advance(1)
+        return results
+
+
+class _ActorAdapter:
+    """Ray Data actor: builds the stage once (``setup``), then runs one shard per batch."""
+
+    def __init__(self, stage: SetupStage, cpus: float, gpus: float) -> None:
+        self.stage = stage
+        stage.setup(cpus, gpus)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        results = [json.dumps(self.stage(json.loads(shard))) for shard in batch["shard"]]
+        return {"index": list(batch["index"]), "result": results}
+
+
+def _run_items(fn: ArrayFn, items: list[Any], names: list[str], *arrays: np.ndarray) -> list[Any]:
+    shared = dict(zip(names, arrays, strict=True))
+    return [fn(shared, item) for item in items]
+
+
+@contextmanager
+def _no_reservation() -> Any:
+    """Ray Data's per-operator resource reservation holds back half the CPUs for operators that do
+    not exist in a one-operator pipeline; on 2 cores it ran one task at a time (measured for
+    ingest, see ``tooldistill.executor``).  Off for the duration of one execution; Ray Data's own
+    progress bars are off too (the runner draws one)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    saved = (context.op_resource_reservation_enabled, context.enable_progress_bars)
+    context.op_resource_reservation_enabled = False
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled, context.enable_progress_bars = saved
+
+
+class RayRunner:
+    """Ray Data actor pools and Ray tasks on the cluster that ``ray.init`` reaches."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, show_progress: bool = True):
+        from tooldistill.executor import RayExecutor
+
+        self._executor = RayExecutor(address=address, num_cpus=num_cpus)
+        self.show_progress = show_progress
+
+    def start(self) -> None:
+        self._executor.start()
+
+    def resources(self) -> dict[str, float]:
+        import ray
+
+        self.start()
+        total = ray.cluster_resources()
+        return {"CPU": float(total.get("CPU", 1.0)), "GPU": float(total.get("GPU", 0.0))}
+
+    def map_stage(
+        self,
+        stage: SetupStage,
+        shards: list[dict[str, Any]],
+        description: str,
+        *,
+        concurrency: int | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        if not shards:
+            return []
+        self.start()
+        import ray.data
+
+        if concurrency is None:
+            available = self.resources()
+            concurrency = int(available["GPU"] // num_gpus) if num_gpus else int(available["CPU"] // num_cpus)
+        concurrency = max(1, min(concurrency, len(shards)))
+        items = [{"index": i, "shard": json.dumps(s)} for i, s in enumerate(shards)]
+        rows: list[dict[str, Any]] = []
+        with _no_reservation(), progress_bar(description, len(shards), self.show_progress) as advance:
+            # Built inside the context: a Ray Data dataset keeps the DataContext it was made under.
+            dataset = ray.data.from_items(items, override_num_blocks=len(items))
+            mapped = dataset.map_batches(
+                _ActorAdapter,
+                fn_constructor_args=(stage, num_cpus, num_gpus),
+                batch_size=1,
+                concurrency=concurrency,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus or None,
+            )
+            for row in mapped.iter_rows():
+                rows.append(row)
+                advance(1)
+        rows.sort(key=lambda row: int(row["index"]))
+        return [json.loads(row["result"]) for row in rows]
+
+    def map_arrays(
+        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str
+    ) -> list[Any]:
+        if not items:
+            return []
+        self.start()
+        import ray
+
+        names = list(arrays)
+        refs = [ray.put(arrays[name]) for name in names]
+        task = ray.remote(num_cpus=1)(_run_items)
+        # Small groups of items per task: enough tasks to balance, few enough to keep overhead low.
+        workers = max(1, int(self.resources()["CPU"]))
+        size = max(1, len(items) // (workers * 8))
+        groups = [list(items[start : start + size]) for start in range(0, len(items), size)]
+        pending = {task.remote(fn, group, names, *refs): g for g, group in enumerate(groups)}
+        done: dict[int, list[Any]] = {}
+        with progress_bar(description, len(items), self.show_progress) as advance:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    g = pending.pop(ref)
+                    done[g] = ray.get(ref)
+                    advance(len(groups[g]))
+        return [result for g in range(len(groups)) for result in done[g]]
+
+
+def make_runner(name: str, address: str | None = None, num_cpus: int | None = None) -> Runner:
+    if name == "local":
+        return LocalRunner()
+    if name == "ray":
+        return RayRunner(address=address, num_cpus=num_cpus)
+    raise ValueError(f"unknown executor {name!r}; choose 'ray' or 'local'")
