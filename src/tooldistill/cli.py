@@ -321,5 +321,11 @@ def evaluate_command(
             console.print(f"first error: {summary['first_error']}", highlight=False)
 
 
+# The curation commands live in cli_curate.py (they import this module lazily, so no cycle).
+from tooldistill.cli_curate import curate  # noqa: E402
+
+main.add_command(curate)
+
+
 if __name__ == "__main__":
     main()

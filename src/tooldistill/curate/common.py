@@ -240,13 +240,17 @@ def hash_order(ids: Sequence[str], seed: int) -> np.ndarray:
     out = np.empty(len(ids), dtype=np.float64)
     prefix = f"{seed}:".encode()
     for i, trace_id in enumerate(ids):
-        out[i] = int.from_bytes(hashlib.blake2b(prefix + trace_id.encode(), digest_size=8).digest(), "big") / 2**64
+        out[i] = (
+            int.from_bytes(hashlib.blake2b(prefix + trace_id.encode(), digest_size=8).digest(), "big") / 2**64
+        )
     return out
 
 
 def id_ranks(ids: Sequence[str]) -> np.ndarray:
     """Each id's position in sorted order: the tie-breaker that makes every ranking deterministic."""
-    return np.argsort(np.argsort(np.asarray(ids, dtype=object), kind="stable"), kind="stable").astype(np.int64)
+    return np.argsort(np.argsort(np.asarray(ids, dtype=object), kind="stable"), kind="stable").astype(
+        np.int64
+    )
 
 
 __all__ = [

@@ -61,7 +61,9 @@ def resolve_model(model: str | None) -> str:
             "sentence-transformers model; nothing is downloaded)"
         )
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
-        raise CurateError(f"{path} does not look like a sentence-transformers model (no modules.json or config.json)")
+        raise CurateError(
+            f"{path} does not look like a sentence-transformers model (no modules.json or config.json)"
+        )
     return str(path.resolve())
 
 
@@ -209,7 +211,12 @@ def _shards(dataset: store.Dataset, rows_per_shard: int | None, workers: int) ->
     for index, part in enumerate(dataset.manifest.parts):
         for start in range(0, part.rows, rows_per_shard):
             shards.append(
-                {"index": len(shards), "part": index, "start": start, "stop": min(part.rows, start + rows_per_shard)}
+                {
+                    "index": len(shards),
+                    "part": index,
+                    "start": start,
+                    "stop": min(part.rows, start + rows_per_shard),
+                }
             )
     return shards
 

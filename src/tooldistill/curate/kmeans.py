@@ -107,7 +107,13 @@ def assign(
 
 
 def cluster(
-    x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, gpu: bool | None = None, show_progress: bool = False
+    x: np.ndarray,
+    k: int,
+    *,
+    niter: int = 20,
+    seed: int = 0,
+    gpu: bool | None = None,
+    show_progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Centroids, labels and similarity to the own centroid for unit rows ``x``; with timings."""
     start = time.perf_counter()

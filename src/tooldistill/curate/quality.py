@@ -121,7 +121,9 @@ class QualityConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    weights: dict[str, float] = Field(default_factory=lambda: {"consistency": 1.0, "schema": 1.0, "judge": 1.0})
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"consistency": 1.0, "schema": 1.0, "judge": 1.0}
+    )
     #: The quality of a trace no scorer applies to.
     default: float = Field(default=0.5, ge=0.0, le=1.0)
 
@@ -130,7 +132,9 @@ class QualityConfig(BaseModel):
     def _known(cls, value: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(value) - set(SCORERS))
         if unknown:
-            raise ValueError(f"unknown quality scorer {', '.join(unknown)}; known: {', '.join(sorted(SCORERS))}")
+            raise ValueError(
+                f"unknown quality scorer {', '.join(unknown)}; known: {', '.join(sorted(SCORERS))}"
+            )
         if any(w < 0 or not math.isfinite(w) for w in value.values()):
             raise ValueError("quality weights must be finite and >= 0")
         if not any(value.values()):

@@ -281,7 +281,9 @@ class StageResult:
     stats: dict[str, Any]
 
 
-def run_semdedup(config: SemDedupConfig, runner: Runner | None = None, show_progress: bool = True) -> StageResult:
+def run_semdedup(
+    config: SemDedupConfig, runner: Runner | None = None, show_progress: bool = True
+) -> StageResult:
     """Run SemDeDup on a dataset with an ``embedding`` column; writes the kept traces to ``out`` and
     every trace's decision to ``out/decisions``."""
     runner = runner or LocalRunner(show_progress=show_progress)

@@ -1,0 +1,423 @@
+"""``tooldistill curate embed|semdedup|car|split|all``: the curation stages on the command line.
+
+Registered on the main command in ``cli.py``.  Each command builds a stage config from its flags,
+runs it, and prints what happened (skipped when up to date) and the funnel: traces in, duplicates,
+kept, selected, and the split sizes.  Errors the user can act on exit with status 2 (``CurateError``
+is a ``ValueError``, one of the CLI's user errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.table import Table
+
+from tooldistill import store
+
+
+def _console() -> Any:
+    from tooldistill.cli import console
+
+    return console
+
+
+def _user_errors() -> Any:
+    from tooldistill.cli import user_errors
+
+    return user_errors()
+
+
+def _runner(executor: str, ray_address: str | None) -> Any:
+    from tooldistill.curate.runner import make_runner
+
+    return make_runner(executor, address=ray_address)
+
+
+def _options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+_io = _options(
+    click.option("--dataset", required=True, help="Input traces dataset (folder or s3://)."),
+    click.option("--out", required=True, help="Output dataset (folder or s3://)."),
+    click.option("--force", is_flag=True, help="Rebuild even when the output is up to date."),
+)
+_executor = _options(
+    click.option(
+        "--executor",
+        type=click.Choice(["ray", "local"]),
+        default="ray",
+        show_default=True,
+        help="ray: Ray Data actor pool / Ray tasks; local: this process only.",
+    ),
+    click.option("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)."),
+)
+_embedding = _options(
+    click.option(
+        "--model", default=None, help="Local sentence-transformers folder (default: all-MiniLM-L6-v2)."
+    ),
+    click.option("--batch-size", default=64, show_default=True, help="Texts per forward pass."),
+    click.option("--concurrency", type=int, default=None, help="Embedding actors (default: per CPU or GPU)."),
+    click.option(
+        "--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs)."
+    ),
+    click.option("--cpus-per-actor", type=float, default=1.0, show_default=True, help="CPUs per actor."),
+    click.option("--rows-per-shard", type=int, default=None, help="Rows per task and output part."),
+    click.option(
+        "--request",
+        type=click.Choice(["last_user", "first_user", "all_user", "none"]),
+        default="last_user",
+        show_default=True,
+        help="Which user messages go into the text view.",
+    ),
+    click.option(
+        "--calls",
+        type=click.Choice(["full", "names", "none"]),
+        default="full",
+        show_default=True,
+        help="How the chosen calls go into the text view.",
+    ),
+    click.option("--system", is_flag=True, help="Put the system prompt into the text view."),
+    click.option("--tool-names", is_flag=True, help="Put the offered tools' names into the text view."),
+    click.option("--tool-schemas", is_flag=True, help="Put the offered tools' schemas into the text view."),
+    click.option(
+        "--on-empty",
+        type=click.Choice(["error", "drop"]),
+        default="error",
+        show_default=True,
+        help="A trace with an empty text view: fail, or leave it out.",
+    ),
+)
+_quality = click.option(
+    "--quality-weights",
+    default="consistency=1,schema=1,judge=1",
+    show_default=True,
+    help="Quality scorers and weights, NAME=WEIGHT,...",
+)
+_seed = click.option("--seed", default=0, show_default=True, help="Seed for k-means, random rank and split.")
+
+
+def _embed_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    from tooldistill.curate.text import TextView
+
+    return {
+        "model": kwargs["model"],
+        "batch_size": kwargs["batch_size"],
+        "concurrency": kwargs["concurrency"],
+        "num_gpus": kwargs["num_gpus"],
+        "cpus_per_actor": kwargs["cpus_per_actor"],
+        "rows_per_shard": kwargs["rows_per_shard"],
+        "on_empty": kwargs["on_empty"],
+        "view": TextView(
+            request=kwargs["request"],
+            calls=kwargs["calls"],
+            system=kwargs["system"],
+            tool_names=kwargs["tool_names"],
+            tool_schemas=kwargs["tool_schemas"],
+        ),
+    }
+
+
+def _quality_config(text: str) -> Any:
+    from tooldistill.curate.quality import QualityConfig, parse_weights
+
+    return QualityConfig(weights=parse_weights(text))
+
+
+def _title(stage: str, uri: str, skipped: bool) -> str:
+    return f"{stage} → {uri}" + (" (up to date, skipped)" if skipped else "")
+
+
+def _print_funnel(title: str, rows: list[tuple[str, Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    table.add_column("traces", justify="right")
+    for name, value in rows:
+        table.add_row(name, str(value))
+    _console().print(table)
+
+
+def _print_rates(stats: dict[str, Any]) -> None:
+    rates = ", ".join(f"ε={eps}: {rate:.1%}" for eps, rate in stats["removal_rates"].items())
+    _console().print(f"removal rate by ε: {rates}", highlight=False)
+
+
+@click.group("curate")
+def curate() -> None:
+    """Curate traces: embed, SemDeDup, CaR selection, train/val/test split."""
+
+
+@curate.command("embed")
+@_io
+@_embedding
+@_executor
+def embed_command(
+    dataset: str, out: str, force: bool, executor: str, ray_address: str | None, **kwargs: Any
+) -> None:
+    """Embed a text view of every trace (sentence-transformers; Ray Data actor pool)."""
+    from tooldistill.curate.embed import EmbedConfig, embed
+
+    with _user_errors():
+        config = EmbedConfig(dataset=dataset, out=out, force=force, **_embed_options(kwargs))
+        result, skipped = embed(config, _runner(executor, ray_address))
+        stats = result.manifest.stats
+        _print_funnel(
+            _title("embed", result.uri, skipped),
+            [
+                ("in", stats["in"]),
+                ("empty views dropped", stats["empty_dropped"]),
+                ("embedded", stats["embedded"]),
+            ],
+        )
+        if not skipped:
+            _console().print(
+                f"model {stats['model']} (dim {stats['dim']}), {stats['workers']} {stats['executor']} workers, "
+                f"{stats['traces_per_s']} traces/s",
+                highlight=False,
+            )
+
+
+@curate.command("semdedup")
+@_io
+@click.option("--eps", default=0.05, show_default=True, help="Drop above cosine similarity 1 - eps.")
+@click.option("--k", type=int, default=None, help="Clusters (default: N // cluster-size, at least 1).")
+@click.option("--cluster-size", default=5000, show_default=True, help="Traces per cluster for the default k.")
+@click.option(
+    "--rank",
+    type=click.Choice(["quality", "centroid", "random"]),
+    default="quality",
+    show_default=True,
+    help="Which copy survives: highest quality, farthest from the centroid (paper), random.",
+)
+@_quality
+@_seed
+@_embedding
+@_executor
+def semdedup_command(
+    dataset: str,
+    out: str,
+    force: bool,
+    eps: float,
+    k: int | None,
+    cluster_size: int,
+    rank: str,
+    quality_weights: str,
+    seed: int,
+    executor: str,
+    ray_address: str | None,
+    **kwargs: Any,
+) -> None:
+    """Drop near-duplicate traces (embedding first, into OUT/embedded, when DATASET has none)."""
+    from tooldistill.curate.pipeline import ensure_embedded
+    from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup
+
+    with _user_errors():
+        runner = _runner(executor, ray_address)
+        embedded = ensure_embedded(
+            dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
+        )
+        config = SemDedupConfig(
+            dataset=embedded.dataset.uri,
+            out=out,
+            eps=eps,
+            k=k,
+            cluster_size=cluster_size,
+            rank=rank,  # type: ignore[arg-type]
+            quality=_quality_config(quality_weights),
+            seed=seed,
+            force=force,
+        )
+        result = run_semdedup(config, runner)
+        stats = result.stats
+        _print_funnel(
+            _title(f"semdedup ε={eps}", result.dataset.uri, result.skipped),
+            [("in", stats["in"]), ("duplicates", stats["duplicates"]), ("kept", stats["kept"])],
+        )
+        _print_rates(stats)
+
+
+@curate.command("car")
+@_io
+@click.option("--k", type=int, default=None, help="Clusters (default: int(sqrt(N / 2))).")
+@click.option("--per-cluster", default=1, show_default=True, help="Keep the top n of every cluster.")
+@click.option("--top", "top_overall", default=10, show_default=True, help="Keep the top m overall.")
+@_quality
+@_seed
+@_embedding
+@_executor
+def car_command(
+    dataset: str,
+    out: str,
+    force: bool,
+    k: int | None,
+    per_cluster: int,
+    top_overall: int,
+    quality_weights: str,
+    seed: int,
+    executor: str,
+    ray_address: str | None,
+    **kwargs: Any,
+) -> None:
+    """Select the top n traces per cluster plus the top m overall by quality (CaR)."""
+    from tooldistill.curate.car import CarConfig, run_car
+    from tooldistill.curate.pipeline import ensure_embedded
+
+    with _user_errors():
+        runner = _runner(executor, ray_address)
+        embedded = ensure_embedded(
+            dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
+        )
+        config = CarConfig(
+            dataset=embedded.dataset.uri,
+            out=out,
+            k=k,
+            per_cluster=per_cluster,
+            top_overall=top_overall,
+            quality=_quality_config(quality_weights),
+            seed=seed,
+            force=force,
+        )
+        result = run_car(config)
+        stats = result.stats
+        _print_funnel(
+            _title("car", result.dataset.uri, result.skipped),
+            [("in", stats["in"]), ("selected", stats["selected"])],
+        )
+        _console().print(
+            f"{stats['k']} clusters; mean quality {stats['quality']['mean_all']} → "
+            f"{stats['quality']['mean_selected']} selected; reasons in {store.join(out, 'decisions')}",
+            highlight=False,
+        )
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as error:
+        raise click.BadParameter(f"{text!r} is not three numbers, e.g. 0.8,0.1,0.1") from error
+    if len(values) != 3:
+        raise click.BadParameter(f"{text!r} is not three numbers, e.g. 0.8,0.1,0.1")
+    return values  # type: ignore[return-value]
+
+
+_split_fractions = click.option(
+    "--fractions", default="0.8,0.1,0.1", show_default=True, help="Shares of train, val, test."
+)
+
+
+@curate.command("split")
+@_io
+@_split_fractions
+@_seed
+def split_command(dataset: str, out: str, force: bool, fractions: str, seed: int) -> None:
+    """Deterministic train/val/test split, stratified by cluster and tool (OUT/train, OUT/val, OUT/test)."""
+    from tooldistill.curate.split import SplitConfig, run_split
+
+    with _user_errors():
+        config = SplitConfig(
+            dataset=dataset, out=out, fractions=_fractions(fractions), seed=seed, force=force
+        )
+        result = run_split(config)
+        stats = result.stats
+        _print_funnel(
+            _title("split", result.dataset.uri, result.skipped),
+            [("in", stats["in"]), ("train", stats["train"]), ("val", stats["val"]), ("test", stats["test"])],
+        )
+
+
+@curate.command("all")
+@_io
+@click.option("--eps", default=0.05, show_default=True, help="SemDeDup: drop above similarity 1 - eps.")
+@click.option("--dedup-k", type=int, default=None, help="SemDeDup clusters (default: N // cluster-size).")
+@click.option("--cluster-size", default=5000, show_default=True, help="SemDeDup traces per cluster.")
+@click.option(
+    "--rank",
+    type=click.Choice(["quality", "centroid", "random"]),
+    default="quality",
+    show_default=True,
+    help="SemDeDup: which copy survives.",
+)
+@click.option("--car-k", type=int, default=None, help="CaR clusters (default: int(sqrt(N / 2))).")
+@click.option("--per-cluster", default=1, show_default=True, help="CaR: top n of every cluster.")
+@click.option("--top", "top_overall", default=10, show_default=True, help="CaR: top m overall.")
+@_quality
+@_split_fractions
+@_seed
+@_embedding
+@_executor
+def all_command(
+    dataset: str,
+    out: str,
+    force: bool,
+    eps: float,
+    dedup_k: int | None,
+    cluster_size: int,
+    rank: str,
+    car_k: int | None,
+    per_cluster: int,
+    top_overall: int,
+    quality_weights: str,
+    fractions: str,
+    seed: int,
+    executor: str,
+    ray_address: str | None,
+    **kwargs: Any,
+) -> None:
+    """Embed, SemDeDup, CaR and split into OUT/{embedded,deduped,curated,split}."""
+    from tooldistill.curate.pipeline import curate_all
+
+    with _user_errors():
+        quality = _quality_config(quality_weights)
+        result = curate_all(
+            dataset,
+            out,
+            _runner(executor, ray_address),
+            embed_options=_embed_options(kwargs),
+            semdedup_options={
+                "eps": eps,
+                "k": dedup_k,
+                "cluster_size": cluster_size,
+                "rank": rank,
+                "quality": quality,
+                "seed": seed,
+            },
+            car_options={
+                "k": car_k,
+                "per_cluster": per_cluster,
+                "top_overall": top_overall,
+                "quality": quality,
+                "seed": seed,
+            },
+            split_options={"fractions": _fractions(fractions), "seed": seed},
+            force=force,
+        )
+        funnel = result.funnel()
+        skipped = [
+            name
+            for name, stage in (
+                ("embed", result.embedded),
+                ("semdedup", result.deduped),
+                ("car", result.curated),
+                ("split", result.split),
+            )
+            if stage.skipped
+        ]
+        _print_funnel(
+            f"curate → {out}" + (f" (up to date, skipped: {', '.join(skipped)})" if skipped else ""),
+            [
+                ("in", funnel["in"]),
+                ("embedded", funnel["embedded"]),
+                (f"duplicates (ε={eps})", funnel["duplicates"]),
+                ("kept", funnel["kept"]),
+                ("selected (CaR)", funnel["selected"]),
+                ("train / val / test", f"{funnel['train']} / {funnel['val']} / {funnel['test']}"),
+            ],
+        )
+        _print_rates(result.deduped.stats)

@@ -1,0 +1,101 @@
+"""``curate all``: embed → SemDeDup → CaR → split into one folder, and the funnel in numbers.
+
+Layout under ``out``: ``embedded/``, ``deduped/`` (+ ``deduped/decisions/``), ``curated/``
+(+ ``curated/decisions/``), ``split/`` (+ ``split/train|val|test/``).  Each stage is skipped when
+its input and options are unchanged, so a re-run after changing, say, ``top_overall`` recomputes
+only CaR and the split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tooldistill import store
+from tooldistill.curate.car import CarConfig, run_car
+from tooldistill.curate.common import has_column, open_traces
+from tooldistill.curate.embed import EmbedConfig, embed
+from tooldistill.curate.runner import Runner
+from tooldistill.curate.semdedup import SemDedupConfig, StageResult, run_semdedup
+from tooldistill.curate.split import SplitConfig, run_split
+
+
+@dataclass
+class EmbedResult:
+    dataset: store.Dataset
+    skipped: bool
+    #: False when the input already had embeddings and no embed stage ran
+    ran: bool = True
+
+
+def ensure_embedded(
+    dataset: str, out: str, options: dict[str, Any], runner: Runner, force: bool = False
+) -> EmbedResult:
+    """The dataset itself when it has an ``embedding`` column; otherwise embed it into ``out``."""
+    source = open_traces(dataset)
+    if has_column(source, "embedding"):
+        return EmbedResult(source, skipped=True, ran=False)
+    result, skipped = embed(EmbedConfig(dataset=dataset, out=out, force=force, **options), runner)
+    return EmbedResult(result, skipped)
+
+
+@dataclass
+class CurateAllResult:
+    embedded: EmbedResult
+    deduped: StageResult
+    curated: StageResult
+    split: StageResult
+
+    def funnel(self) -> dict[str, Any]:
+        dedup, car, split = self.deduped.stats, self.curated.stats, self.split.stats
+        source_rows = self.embedded.dataset.manifest.stats.get("in", self.embedded.dataset.manifest.rows)
+        return {
+            "in": source_rows,
+            "empty_dropped": self.embedded.dataset.manifest.stats.get("empty_dropped", 0),
+            "embedded": self.embedded.dataset.manifest.rows,
+            "duplicates": dedup["duplicates"],
+            "kept": dedup["kept"],
+            "selected": car["selected"],
+            "train": split["train"],
+            "val": split["val"],
+            "test": split["test"],
+            "removal_rates": dedup["removal_rates"],
+        }
+
+
+def curate_all(
+    dataset: str,
+    out: str,
+    runner: Runner,
+    *,
+    embed_options: dict[str, Any] | None = None,
+    semdedup_options: dict[str, Any] | None = None,
+    car_options: dict[str, Any] | None = None,
+    split_options: dict[str, Any] | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+) -> CurateAllResult:
+    embedded = ensure_embedded(dataset, store.join(out, "embedded"), embed_options or {}, runner, force)
+    deduped = run_semdedup(
+        SemDedupConfig(
+            dataset=embedded.dataset.uri,
+            out=store.join(out, "deduped"),
+            force=force,
+            **(semdedup_options or {}),
+        ),
+        runner,
+        show_progress,
+    )
+    curated = run_car(
+        CarConfig(
+            dataset=deduped.dataset.uri, out=store.join(out, "curated"), force=force, **(car_options or {})
+        ),
+        show_progress,
+    )
+    split = run_split(
+        SplitConfig(
+            dataset=curated.dataset.uri, out=store.join(out, "split"), force=force, **(split_options or {})
+        ),
+        show_progress,
+    )
+    return CurateAllResult(embedded, deduped, curated, split)
