@@ -136,7 +136,8 @@ def _title(stage: str, uri: str, skipped: bool) -> str:
 
 
 def _print_funnel(title: str, rows: list[tuple[str, Any]]) -> None:
-    table = Table(title=title, title_justify="left")
+    _console().print(title, highlight=False, soft_wrap=True)
+    table = Table()
     table.add_column("step")
     table.add_column("traces", justify="right")
     for name, value in rows:

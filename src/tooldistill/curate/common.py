@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tooldistill import store
@@ -37,17 +38,24 @@ class CurateError(ValueError):
 
 @contextmanager
 def progress_bar(description: str, total: int, show: bool = True) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (removed when done); yields ``advance(n)``."""
+    """A rich progress bar on stderr (removed when done; none when stderr is not a terminal, where a
+    transient bar would leave blank lines in logs); yields ``advance(n)``."""
+    console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        disable=not show,
+        console=console,
+        disable=not show or not console.is_terminal,
         transient=True,
     ) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+
+        yield advance
 
 
 def open_traces(uri: str) -> store.Dataset:

@@ -207,7 +207,7 @@ def _shards(dataset: store.Dataset, rows_per_shard: int | None, workers: int) ->
         # About eight shards per actor, so the last wave is short; bounded so a shard stays a
         # reasonable part size and a task a reasonable length.
         rows_per_shard = max(256, min(16_384, math.ceil(total / max(1, workers * 8))))
-    shards = []
+    shards: list[dict[str, Any]] = []
     for index, part in enumerate(dataset.manifest.parts):
         for start in range(0, part.rows, rows_per_shard):
             shards.append(

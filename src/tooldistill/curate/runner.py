@@ -196,7 +196,7 @@ class RayRunner:
                 _ActorAdapter,
                 fn_constructor_args=(stage, num_cpus, num_gpus),
                 batch_size=1,
-                concurrency=concurrency,
+                compute=ray.data.ActorPoolStrategy(size=concurrency),
                 num_cpus=num_cpus,
                 num_gpus=num_gpus or None,
             )

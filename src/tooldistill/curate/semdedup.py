@@ -194,6 +194,7 @@ def semdedup(
         x, k, niter=niter, seed=seed, gpu=gpu, show_progress=show_progress
     )
     start = time.perf_counter()
+    priority: np.ndarray
     if rank == "quality":
         if quality is None or len(quality) != n:
             raise CurateError("rank 'quality' needs one quality score per trace")
@@ -203,7 +204,7 @@ def semdedup(
     elif rank == "centroid":
         priority = -centroid_sim.astype(np.float64)  # farthest from the centroid first
     else:
-        priority = hash_order(ids, seed) if ids is not None else np.random.default_rng(seed).random(n)
+        priority = hash_order(ids, seed) if ids is not None else np.random.default_rng(seed).random(size=n)
     tiebreak = id_ranks(ids) if ids is not None else np.arange(n)
     order = np.lexsort((tiebreak, -priority, labels))
     x_sorted = np.ascontiguousarray(x[order])
