@@ -7,12 +7,15 @@ RUN_DIR ?= runs/demo
 # bfcl-eval pins old numpy/faiss and many SDKs; only its data files are used, so it is
 # installed without its dependencies.
 BFCL_EVAL ?= bfcl-eval==2026.3.23
+TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint env clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	# The CPU build of torch first, so sentence-transformers does not pull a CUDA build.
+	$(BIN)/pip install '$(TORCH)'
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/pip install --no-deps '$(BFCL_EVAL)'
 	touch $@

@@ -1,0 +1,1 @@
+"""Claude as the teacher: capture samples through the Messages and Message Batches APIs, and judge."""

@@ -1,0 +1,432 @@
+"""``tooldistill teacher capture``: ask Claude for N samples per trace, losing nothing paid for.
+
+For every trace of a dataset and every sample index, one request (its messages and tools in
+Anthropic's format, see ``request.py``) is sent through the Messages API or the Message Batches
+API.  Each answer is written to the request cache the moment it arrives; only then does it count as
+done.  A rerun, or a run restarted after a kill, sends only the requests the cache does not hold,
+and resumes polling batches an earlier run submitted.
+
+The output is the input dataset with ``teacher_samples`` filled from the answers (one list of calls
+per sample, in sample order) and ``metadata["teacher"]``: per-sample usage, cost, latency and stop
+reason, and the trace's self-agreement (a quality signal for curation).  The run summary (tokens,
+cost, prompt-cache hits, retries, failures, the consistency ceiling) goes into the manifest and
+``summary.json``.  Requests that still failed after their retries are reported, and the dataset is
+published as incomplete so the next run asks for them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tooldistill import __version__, store
+from tooldistill.match.compare import chain_key
+from tooldistill.match.consistency import consensus, consistency_report
+from tooldistill.schema import ToolCall, Trace, content_hash, traces_to_table
+from tooldistill.scoring import write_json
+from tooldistill.teacher.cache import RequestCache
+from tooldistill.teacher.client import (
+    Answer,
+    BatchSettings,
+    Caller,
+    Failure,
+    Job,
+    PermanentError,
+    RetryPolicy,
+    make_client,
+    run_batches,
+    run_messages,
+)
+from tooldistill.teacher.limits import RateLimiter
+from tooldistill.teacher.pricing import Price, cost, price_for
+from tooldistill.teacher.request import (
+    build_params,
+    calls_from_content,
+    prefix_key,
+    request_key,
+    text_from_content,
+)
+
+STAGE = "teacher"
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+class TeacherError(RuntimeError):
+    """The teacher cannot be asked at all (no key, unknown model, refused credentials)."""
+
+
+class CaptureConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    out: str
+    model: str
+    samples: int = Field(default=1, ge=1, le=64)
+    batch: bool = False
+    max_tokens: int = Field(default=1024, ge=1)
+    #: None leaves the model's default (recent models take no sampling parameters)
+    temperature: float | None = None
+    system_prompt: str | None = None
+    #: cache_control on the last tool and the system prompt
+    prompt_caching: bool = True
+    #: the request cache (default: ``<out>/requests``); share one between runs to never pay twice
+    cache: str | None = None
+    concurrency: int = Field(default=8, ge=1)
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    retries: int = Field(default=6, ge=0)
+    retry_base_s: float = 0.5
+    retry_cap_s: float = 30.0
+    timeout_s: float = 120.0
+    limit: int | None = None
+    poll_s: float = 10.0
+    poll_max_s: float = 120.0
+    resubmits: int = 3
+    batch_max_requests: int = Field(default=100_000, ge=1, le=100_000)
+    batch_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    prices: dict[str, Price] | None = None
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    force: bool = False
+
+    @property
+    def cache_uri(self) -> str:
+        return self.cache or store.join(self.out, "requests")
+
+    def config_hash(self) -> str:
+        """What decides the answers (not how they are fetched: batch or not, concurrency, ...)."""
+        return content_hash(
+            {
+                "model": self.model,
+                "samples": self.samples,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "system": self.system_prompt,
+                "prompt_caching": self.prompt_caching,
+                "limit": self.limit,
+            },
+            16,
+        )
+
+
+@dataclass
+class CaptureResult:
+    dataset: store.Dataset
+    summary: dict[str, Any]
+    skipped: bool = False
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan(traces: list[Trace], config: CaptureConfig) -> tuple[list[Job], dict[str, dict[str, str]]]:
+    """(one job per trace and sample, the API-to-original tool names of each trace)."""
+    jobs: list[Job] = []
+    names: dict[str, dict[str, str]] = {}
+    seen: set[str] = set()
+    for trace in traces:
+        params, api_names = build_params(
+            trace,
+            model=config.model,
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            system_prompt=config.system_prompt,
+            cache=config.prompt_caching,
+        )
+        names[trace.id] = api_names
+        prefix = prefix_key(params) if config.prompt_caching else ""
+        for sample in range(config.samples):
+            key = request_key(params, sample)
+            if key not in seen:
+                seen.add(key)
+                jobs.append(Job(key=key, trace_id=trace.id, sample=sample, params=params, prefix=prefix))
+    return jobs, names
+
+
+def make_record(answer: Answer, names: dict[str, str], prices: dict[str, Price] | None) -> dict[str, Any]:
+    """What is kept of one answer (never the request headers, so never the key)."""
+    message = answer.message
+    content = message.get("content") or []
+    usage = {name: int((message.get("usage") or {}).get(name) or 0) for name in USAGE_FIELDS}
+    model = str(message.get("model") or answer.job.params.get("model") or "")
+    return {
+        "key": answer.job.key,
+        "trace_id": answer.job.trace_id,
+        "sample": answer.job.sample,
+        "model": model,
+        "mode": answer.mode,
+        "message_id": message.get("id"),
+        "content": content,
+        "calls": [c.model_dump() for c in calls_from_content(content, names)],
+        "text": text_from_content(content),
+        "stop_reason": message.get("stop_reason"),
+        "usage": usage,
+        "cost_usd": cost(usage, price_for(model, prices), batch=answer.mode == "batch"),
+        "latency_s": round(answer.latency_s, 4),
+        "attempts": answer.attempts,
+        "at": time.time(),
+    }
+
+
+def capture(
+    config: CaptureConfig,
+    show_progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> CaptureResult:
+    source = store.Dataset.open(config.dataset)
+    fingerprint = store.fingerprint(
+        STAGE, config.config_hash(), [config.dataset, source.manifest.fingerprint]
+    )
+    if not config.force:
+        existing = store.up_to_date(config.out, fingerprint)
+        if existing is not None:
+            return CaptureResult(store.Dataset(config.out, existing), existing.stats.get("summary", {}), True)
+    traces = source.to_traces()
+    if config.limit is not None:
+        traces = traces[: config.limit]
+    jobs, names = plan(traces, config)
+    cache = RequestCache(config.cache_uri)
+    done_before = cache.done_keys()
+    pending = [job for job in jobs if job.key not in done_before]
+    started = time.perf_counter()
+    records: dict[str, dict[str, Any]] = {}
+    failures: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {}
+    if pending:
+        stats = asyncio.run(
+            _send(config, pending, names, cache, records, failures, show_progress, progress, len(jobs))
+        )
+    for job in jobs:
+        if job.key not in records and job.key in done_before:
+            record = cache.get(job.key)
+            if record is not None:
+                records[job.key] = record
+    out_traces = _assemble(traces, jobs, records, config)
+    summary = summarize(jobs, records, failures, done_before, out_traces, config, stats)
+    summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+    token = store.new_token()
+    parts = [store.write_part(config.out, token, 0, traces_to_table(out_traces))] if out_traces else []
+    manifest = store.Manifest(
+        kind="traces",
+        stage=STAGE,
+        rows=len(out_traces),
+        parts=parts,
+        config_hash=config.config_hash(),
+        fingerprint=fingerprint if not failures else f"{fingerprint}-incomplete",
+        code_version=__version__,
+        parents=[config.dataset],
+        stats={"summary": summary},
+    )
+    published = store.publish(config.out, token=token, manifest=manifest)
+    write_json(config.out, "summary.json", summary)
+    return CaptureResult(store.Dataset(config.out, published), summary, False, failures)
+
+
+def _assemble(
+    traces: list[Trace], jobs: list[Job], records: dict[str, dict[str, Any]], config: CaptureConfig
+) -> list[Trace]:
+    by_trace: dict[str, list[dict[str, Any] | None]] = {}
+    for job in jobs:
+        by_trace.setdefault(job.trace_id, []).append(records.get(job.key))
+    return [_with_samples(t, config, by_trace.get(t.id, [])) for t in traces]
+
+
+def _with_samples(trace: Trace, config: CaptureConfig, found: list[dict[str, Any] | None]) -> Trace:
+    got = sorted((r for r in found if r is not None), key=lambda r: r["sample"])
+    samples = [[ToolCall(**c) for c in r["calls"]] for r in got]
+    teacher: dict[str, Any] = {
+        "model": config.model,
+        "requested": config.samples,
+        "samples": len(samples),
+        "requests": [
+            {
+                k: r[k]
+                for k in (
+                    "key",
+                    "sample",
+                    "mode",
+                    "stop_reason",
+                    "usage",
+                    "cost_usd",
+                    "latency_s",
+                    "attempts",
+                )
+            }
+            for r in got
+        ],
+    }
+    updated = trace.model_copy(update={"teacher_samples": samples})
+    if samples:
+        schemas = {tool.name: tool.parameters for tool in trace.tools}
+        reference = chain_key(trace.reference_calls, schemas)
+        teacher["reference_agreement"] = round(
+            sum(chain_key(s, schemas) == reference for s in samples) / len(samples), 4
+        )
+        agreed = consensus(updated)
+        if agreed is not None:
+            teacher.update(
+                pairwise_agreement=round(agreed.pairwise, 4),
+                all_agree=agreed.all_agree,
+                consensus_support=round(agreed.support, 4),
+            )
+    return updated.model_copy(update={"metadata": {**trace.metadata, "teacher": teacher}})
+
+
+async def _send(
+    config: CaptureConfig,
+    pending: list[Job],
+    names: dict[str, dict[str, str]],
+    cache: RequestCache,
+    records: dict[str, dict[str, Any]],
+    failures: list[dict[str, Any]],
+    show_progress: bool,
+    progress: Callable[[int, int], None] | None,
+    total: int,
+) -> dict[str, Any]:
+    client = make_client(config.timeout_s, config.api_key_env)
+    limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+    caller = Caller(limiter, RetryPolicy(config.retries, config.retry_base_s, config.retry_cap_s))
+    await _preflight(client, caller, config.model)
+    already = total - len(pending)
+    with Progress(
+        TextColumn("teacher" + (" (batch)" if config.batch else "")),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        disable=not show_progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("teacher", total=total, completed=already, note="")
+
+        def advance() -> None:
+            bar.advance(task)
+            if progress is not None:
+                progress(len(records) + len(failures) + already, total)
+
+        async def on_answer(answer: Answer) -> None:
+            if answer.job.key in records:
+                return
+            record = make_record(answer, names.get(answer.job.trace_id, {}), config.prices)
+            # durable before it counts: a kill after this line loses nothing paid for
+            await asyncio.to_thread(cache.put, answer.job.key, record)
+            records[answer.job.key] = record
+            advance()
+
+        async def on_failure(failure: Failure) -> None:
+            failures.append(
+                {
+                    "key": failure.job.key,
+                    "trace_id": failure.job.trace_id,
+                    "sample": failure.job.sample,
+                    "reason": failure.reason,
+                    "attempts": failure.attempts,
+                    "permanent": failure.permanent,
+                }
+            )
+            advance()
+
+        batch_counts: dict[str, int] = {}
+        try:
+            if config.batch:
+                settings = BatchSettings(
+                    config.poll_s,
+                    config.poll_max_s,
+                    config.resubmits,
+                    config.batch_max_requests,
+                    config.batch_max_bytes,
+                )
+                batch_counts = await run_batches(
+                    client,
+                    pending,
+                    caller,
+                    settings,
+                    list(cache.open_batches()),
+                    cache.save_batch,
+                    cache.drop_batch,
+                    on_answer,
+                    on_failure,
+                    on_event=lambda text: bar.update(task, note=text),
+                )
+            else:
+                await run_messages(client, pending, caller, config.concurrency, on_answer, on_failure)
+        except PermanentError as error:
+            raise TeacherError(f"the Anthropic API refused the run: {error.reason}") from None
+        finally:
+            await client.close()
+    return {
+        "send": caller.stats.as_dict(),
+        "limiter": {"pauses": limiter.pauses, "waited_s": round(limiter.waited_s, 3)},
+        "batch": batch_counts,
+    }
+
+
+async def _preflight(client: Any, caller: Caller, model: str) -> None:
+    """Check the key and the model name with a free call before any paid request."""
+    try:
+        await caller.call(lambda: client.models.retrieve(model))
+    except PermanentError as error:
+        if error.permanent and error.reason.startswith("HTTP 404"):
+            raise TeacherError(f"unknown model {model!r}: {error.reason}") from None
+        raise TeacherError(f"cannot use the Anthropic API: {error.reason}") from None
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 4)
+
+
+def summarize(
+    jobs: list[Job],
+    records: dict[str, dict[str, Any]],
+    failures: list[dict[str, Any]],
+    done_before: set[str],
+    traces: list[Trace],
+    config: CaptureConfig,
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    keys = {job.key for job in jobs}
+    kept = [records[k] for k in keys if k in records]
+    tokens = {name: sum(r["usage"].get(name, 0) for r in kept) for name in USAGE_FIELDS}
+    prompt_tokens = (
+        tokens["input_tokens"] + tokens["cache_read_input_tokens"] + tokens["cache_creation_input_tokens"]
+    )
+    costs = [r["cost_usd"] for r in kept]
+    new = [r for r in kept if r["key"] not in done_before]
+    return {
+        "model": config.model,
+        "mode": "batch" if config.batch else "messages",
+        "traces": len(traces),
+        "samples_per_trace": config.samples,
+        "requests": {
+            "total": len(jobs),
+            "answered": len(kept),
+            "from_cache": len(keys & done_before),
+            "answered_now": len(new),
+            "failed": len(failures),
+            "failures_by_reason": dict(Counter(f["reason"].split(":")[0] for f in failures)),
+        },
+        "tokens": tokens,
+        "cost_usd": round(sum(costs), 6) if kept and None not in costs else None,
+        "cost_usd_now": round(sum(r["cost_usd"] for r in new), 6) if new and None not in costs else None,
+        "prompt_cache": {
+            "read_share": round(tokens["cache_read_input_tokens"] / prompt_tokens, 4)
+            if prompt_tokens
+            else None,
+            "requests_reading": sum(1 for r in kept if r["usage"].get("cache_read_input_tokens")),
+            "requests_writing": sum(1 for r in kept if r["usage"].get("cache_creation_input_tokens")),
+        },
+        "latency_s": {
+            "p50": _percentile([r["latency_s"] for r in new], 0.5),
+            "p95": _percentile([r["latency_s"] for r in new], 0.95),
+        },
+        "stop_reasons": dict(Counter(str(r["stop_reason"]) for r in kept)),
+        "consistency": consistency_report(traces),
+        **stats,
+    }
