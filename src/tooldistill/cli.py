@@ -326,6 +326,11 @@ from tooldistill.cli_curate import curate  # noqa: E402
 
 main.add_command(curate)
 
+from tooldistill.cli_teacher import judge_command, teacher  # noqa: E402
+
+main.add_command(teacher)
+main.add_command(judge_command)
+
 
 if __name__ == "__main__":
     main()

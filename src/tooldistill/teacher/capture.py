@@ -62,14 +62,33 @@ class TeacherError(RuntimeError):
     """The teacher cannot be asked at all (no key, unknown model, refused credentials)."""
 
 
-class CaptureConfig(BaseModel):
+class ClaudeSettings(BaseModel):
+    """How requests reach Claude: shared by capture and judge."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    model: str
+    batch: bool = False
+    concurrency: int = Field(default=8, ge=1)
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    retries: int = Field(default=6, ge=0)
+    retry_base_s: float = 0.5
+    retry_cap_s: float = 30.0
+    timeout_s: float = 120.0
+    poll_s: float = 10.0
+    poll_max_s: float = 120.0
+    resubmits: int = 3
+    batch_max_requests: int = Field(default=100_000, ge=1, le=100_000)
+    batch_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    prices: dict[str, Price] | None = None
+    api_key_env: str = "ANTHROPIC_API_KEY"
+
+
+class CaptureConfig(ClaudeSettings):
     dataset: str
     out: str
-    model: str
     samples: int = Field(default=1, ge=1, le=64)
-    batch: bool = False
     max_tokens: int = Field(default=1024, ge=1)
     #: None leaves the model's default (recent models take no sampling parameters)
     temperature: float | None = None
@@ -78,21 +97,7 @@ class CaptureConfig(BaseModel):
     prompt_caching: bool = True
     #: the request cache (default: ``<out>/requests``); share one between runs to never pay twice
     cache: str | None = None
-    concurrency: int = Field(default=8, ge=1)
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    retries: int = Field(default=6, ge=0)
-    retry_base_s: float = 0.5
-    retry_cap_s: float = 30.0
-    timeout_s: float = 120.0
     limit: int | None = None
-    poll_s: float = 10.0
-    poll_max_s: float = 120.0
-    resubmits: int = 3
-    batch_max_requests: int = Field(default=100_000, ge=1, le=100_000)
-    batch_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
-    prices: dict[str, Price] | None = None
-    api_key_env: str = "ANTHROPIC_API_KEY"
     force: bool = False
 
     @property
@@ -198,7 +203,7 @@ def capture(
     stats: dict[str, Any] = {}
     if pending:
         stats = asyncio.run(
-            _send(config, pending, names, cache, records, failures, show_progress, progress, len(jobs))
+            ask_claude(config, pending, names, cache, records, failures, show_progress, progress, len(jobs))
         )
     for job in jobs:
         if job.key not in records and job.key in done_before:
@@ -276,8 +281,8 @@ def _with_samples(trace: Trace, config: CaptureConfig, found: list[dict[str, Any
     return updated.model_copy(update={"metadata": {**trace.metadata, "teacher": teacher}})
 
 
-async def _send(
-    config: CaptureConfig,
+async def ask_claude(
+    config: ClaudeSettings,
     pending: list[Job],
     names: dict[str, dict[str, str]],
     cache: RequestCache,
@@ -286,14 +291,17 @@ async def _send(
     show_progress: bool,
     progress: Callable[[int, int], None] | None,
     total: int,
+    label: str = "teacher",
 ) -> dict[str, Any]:
+    """Send ``pending``; every answer is made a record (``make_record``), written to ``cache`` and
+    put in ``records`` by key; requests that fail for good go to ``failures``."""
     client = make_client(config.timeout_s, config.api_key_env)
     limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
     caller = Caller(limiter, RetryPolicy(config.retries, config.retry_base_s, config.retry_cap_s))
     await _preflight(client, caller, config.model)
     already = total - len(pending)
     with Progress(
-        TextColumn("teacher" + (" (batch)" if config.batch else "")),
+        TextColumn(label + (" (batch)" if config.batch else "")),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -301,7 +309,7 @@ async def _send(
         disable=not show_progress,
         transient=True,
     ) as bar:
-        task = bar.add_task("teacher", total=total, completed=already, note="")
+        task = bar.add_task(label, total=total, completed=already, note="")
 
         def advance() -> None:
             bar.advance(task)
