@@ -124,11 +124,15 @@ def planted(n_base: int, d: int, seed: int, topics: int = 12, spread: float = 0.
 
 
 def exact_all_pairs(
-    x: np.ndarray, priority: np.ndarray, eps: float, labels: np.ndarray | None = None
+    x: np.ndarray,
+    priority: np.ndarray,
+    eps: float,
+    labels: np.ndarray | None = None,
+    halo_labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference semantics, written out plainly: rank every row (priority high first, then
     row index), take the full similarity matrix, and drop a row when its similarity to any row
-    ranked before it (in the same cluster, when labels are given) exceeds 1 - eps."""
+    ranked before it (in a cluster they share, when labels are given) exceeds 1 - eps."""
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     n = len(x)
     order = np.lexsort((np.arange(n), -priority))
@@ -137,7 +141,11 @@ def exact_all_pairs(
     sims = x.astype(np.float64) @ x.astype(np.float64).T
     before = position[None, :] < position[:, None]  # column ranked before row
     if labels is not None:
-        before &= labels[None, :] == labels[:, None]
+        second = halo_labels if halo_labels is not None else np.full(n, -1)
+        share = labels[None, :] == labels[:, None]
+        share |= (labels[:, None] == second[None, :]) | (second[:, None] == labels[None, :])
+        share |= (second[:, None] == second[None, :]) & (second[:, None] >= 0)
+        before &= share
     sims = np.where(before, sims, -np.inf)
     max_sim = sims.max(axis=1)
     # for each row, a bool row of the members ranked before it whose similarity is the maximum
@@ -187,19 +195,35 @@ def test_semdedup_k1_equals_exact_all_pairs(vectors: np.ndarray, rule: str) -> N
 
 
 @pytest.mark.parametrize("rule", ["quality", "centroid", "random"])
-def test_semdedup_within_clusters_equals_exact_restricted_to_clusters(vectors: np.ndarray, rule: str) -> None:
+@pytest.mark.parametrize("halo", [0.0, 0.3])
+def test_semdedup_within_clusters_equals_exact_restricted_to_clusters(
+    vectors: np.ndarray, rule: str, halo: float
+) -> None:
     """With many clusters and small blocks (oversized clusters split over several work items), the
-    result equals the exact computation over same-cluster pairs."""
+    result equals the exact computation over pairs that share a cluster (own or halo)."""
     n = len(vectors)
     ids = [f"t{i:05d}" for i in range(n)]
     quality = np.random.default_rng(2).random(n)
     for eps in (0.02, 0.1):
         result = semdedup(
-            vectors, eps=eps, k=7, rank=rule, quality=quality, ids=ids, block_rows=32, target_pairs=4096
-        )  # type: ignore[arg-type]
+            vectors,
+            eps=eps,
+            k=7,
+            rank=rule,
+            quality=quality,
+            ids=ids,
+            block_rows=32,
+            target_pairs=4096,
+            halo=halo,  # type: ignore[arg-type]
+        )
         assert result.timings["work_items"] > 7
+        assert (result.halo_labels >= 0).any() == (halo > 0)
         dropped, max_sim, nearest = exact_all_pairs(
-            vectors, _priority(rule, result, quality, ids), eps, labels=result.labels
+            vectors,
+            _priority(rule, result, quality, ids),
+            eps,
+            labels=result.labels,
+            halo_labels=result.halo_labels,
         )
         _assert_same(result, dropped, max_sim, nearest)
 
@@ -210,9 +234,10 @@ def test_semdedup_with_clusters_matches_global_exact_on_planted_data(vectors: np
     ids = [f"t{i:05d}" for i in range(n)]
     quality = np.random.default_rng(4).random(n)
     for eps in (0.01, 0.05):
-        result = semdedup(vectors, eps=eps, k=6, rank="quality", quality=quality, ids=ids)
-        dropped, _, _ = exact_all_pairs(vectors, quality, eps)
-        assert np.array_equal(~result.kept, dropped)
+        for halo in (0.0, 0.03):
+            result = semdedup(vectors, eps=eps, k=6, rank="quality", quality=quality, ids=ids, halo=halo)
+            dropped, _, _ = exact_all_pairs(vectors, quality, eps)
+            assert np.array_equal(~result.kept, dropped)
 
 
 def test_semdedup_keep_rules_choose_the_survivor() -> None:
@@ -274,8 +299,8 @@ def test_faiss_gpu_kmeans_and_assignment_agree_with_cpu(vectors: np.ndarray) -> 
 
     x = normalize(vectors)
     centroids = spherical_kmeans(x, 6, gpu=True)
-    gpu_labels, gpu_sims = assign(x, centroids, gpu=True)
-    cpu_labels, cpu_sims = assign(x, centroids, gpu=False)
+    gpu_labels, gpu_sims = assign(x, centroids, gpu=True, nearest=2)
+    cpu_labels, cpu_sims = assign(x, centroids, gpu=False, nearest=2)
     assert np.mean(gpu_labels == cpu_labels) > 0.999
     assert np.allclose(gpu_sims, cpu_sims, atol=1e-4)
     gpu = semdedup(vectors, eps=0.05, k=6, rank="random", gpu=True)

@@ -191,6 +191,9 @@ def embed_command(
 @click.option("--k", type=int, default=None, help="Clusters (default: N // cluster-size, at least 1).")
 @click.option("--cluster-size", default=5000, show_default=True, help="Traces per cluster for the default k.")
 @click.option(
+    "--halo", default=0.03, show_default=True, help="Boundary halo (cosine margin); 0: the paper's algorithm."
+)
+@click.option(
     "--rank",
     type=click.Choice(["quality", "centroid", "random"]),
     default="quality",
@@ -208,6 +211,7 @@ def semdedup_command(
     eps: float,
     k: int | None,
     cluster_size: int,
+    halo: float,
     rank: str,
     quality_weights: str,
     seed: int,
@@ -230,6 +234,7 @@ def semdedup_command(
             eps=eps,
             k=k,
             cluster_size=cluster_size,
+            halo=halo,
             rank=rank,  # type: ignore[arg-type]
             quality=_quality_config(quality_weights),
             seed=seed,
@@ -339,6 +344,9 @@ def split_command(dataset: str, out: str, force: bool, fractions: str, seed: int
 @click.option("--dedup-k", type=int, default=None, help="SemDeDup clusters (default: N // cluster-size).")
 @click.option("--cluster-size", default=5000, show_default=True, help="SemDeDup traces per cluster.")
 @click.option(
+    "--halo", default=0.03, show_default=True, help="SemDeDup boundary halo; 0: the paper's algorithm."
+)
+@click.option(
     "--rank",
     type=click.Choice(["quality", "centroid", "random"]),
     default="quality",
@@ -360,6 +368,7 @@ def all_command(
     eps: float,
     dedup_k: int | None,
     cluster_size: int,
+    halo: float,
     rank: str,
     car_k: int | None,
     per_cluster: int,
@@ -385,6 +394,7 @@ def all_command(
                 "eps": eps,
                 "k": dedup_k,
                 "cluster_size": cluster_size,
+                "halo": halo,
                 "rank": rank,
                 "quality": quality,
                 "seed": seed,

@@ -78,7 +78,8 @@ def car_select(
         raise CurateError(f"{int((~np.isfinite(quality)).sum())} quality scores are NaN or infinite")
     k = default_k(n) if k is None else k
     check_k(k, n)
-    _, labels, _, timings = cluster(x, k, niter=niter, seed=seed)
+    _, nearest, _, timings = cluster(x, k, niter=niter, seed=seed)
+    labels = nearest[:, 0]
     tiebreak = id_ranks(ids)
     overall_order = np.lexsort((tiebreak, -quality))
     overall_rank = np.empty(n, dtype=np.int64)

@@ -47,13 +47,16 @@ def spherical_kmeans(
     *,
     niter: int = 20,
     seed: int = 0,
-    max_points_per_centroid: int = 256,
+    train_size: int = 65_536,
     gpu: bool | None = None,
 ) -> np.ndarray:
     """``k`` unit-length centroids of the unit rows of ``x``.
 
-    FAISS trains on a random sample of ``k * max_points_per_centroid`` rows (its default), which is
-    what keeps k-means near-linear in N; every row is then assigned by ``assign``.
+    FAISS trains on a random sample of at least ``train_size`` rows (and at least 256 per centroid,
+    FAISS's default), which keeps k-means cost independent of N; every row is then assigned by
+    ``assign``.  FAISS's default sample alone (256 per centroid, so 1,024 rows for k = 4) left
+    near-duplicates on both sides of poorly placed boundaries: duplicate recall against exact
+    all-pairs on 50,000 planted vectors went from 0.955 to 0.986 with the larger sample.
     """
     n, d = x.shape
     check_k(k, n)
@@ -73,7 +76,7 @@ def spherical_kmeans(
         spherical=True,
         verbose=False,
         gpu=bool(use_gpu),
-        max_points_per_centroid=max_points_per_centroid,
+        max_points_per_centroid=max(256, -(-train_size // k)),
         min_points_per_centroid=1,
     )
     kmeans.train(x)
@@ -81,14 +84,21 @@ def spherical_kmeans(
 
 
 def assign(
-    x: np.ndarray, centroids: np.ndarray, *, gpu: bool | None = None, show_progress: bool = False
+    x: np.ndarray,
+    centroids: np.ndarray,
+    *,
+    gpu: bool | None = None,
+    show_progress: bool = False,
+    nearest: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (by cosine) of every row, and the similarity to it; in blocks."""
+    """The ``nearest`` closest centroids (by cosine) of every row and the similarities to them,
+    N x ``nearest`` each (the closest first; fewer columns when there are fewer centroids)."""
     n = x.shape[0]
-    labels = np.zeros(n, dtype=np.int64)
-    sims = np.empty(n, dtype=np.float32)
+    nearest = min(nearest, centroids.shape[0])
+    labels = np.zeros((n, nearest), dtype=np.int64)
+    sims = np.empty((n, nearest), dtype=np.float32)
     if centroids.shape[0] == 1:
-        sims[:] = x @ centroids[0]
+        sims[:, 0] = x @ centroids[0]
         return labels, sims
     import faiss
 
@@ -99,9 +109,9 @@ def assign(
     with progress_bar("assign clusters", n, show_progress) as advance:
         for start in range(0, n, ASSIGN_BLOCK):
             stop = min(n, start + ASSIGN_BLOCK)
-            distances, found = index.search(x[start:stop], 1)
-            labels[start:stop] = found[:, 0]
-            sims[start:stop] = distances[:, 0]
+            distances, found = index.search(x[start:stop], nearest)
+            labels[start:stop] = found
+            sims[start:stop] = distances
             advance(stop - start)
     return labels, sims
 
@@ -114,11 +124,13 @@ def cluster(
     seed: int = 0,
     gpu: bool | None = None,
     show_progress: bool = False,
+    nearest: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """Centroids, labels and similarity to the own centroid for unit rows ``x``; with timings."""
+    """Centroids, the ``nearest`` closest clusters of every row and the similarities to them (N x
+    ``nearest``) for unit rows ``x``; with timings."""
     start = time.perf_counter()
     centroids = spherical_kmeans(x, k, niter=niter, seed=seed, gpu=gpu)
     trained = time.perf_counter()
-    labels, sims = assign(x, centroids, gpu=gpu, show_progress=show_progress)
+    labels, sims = assign(x, centroids, gpu=gpu, show_progress=show_progress, nearest=nearest)
     done = time.perf_counter()
     return centroids, labels, sims, {"kmeans_s": trained - start, "assign_s": done - trained}

@@ -23,6 +23,16 @@ compared with key blocks of ``block_rows`` members ranked before it, so memory p
 work items (one per query block), which run as separate Ray tasks.  Small clusters are packed
 together so that a task is worth its overhead.
 
+**Boundary halo** (an addition to the paper, on by default, ``halo=0`` turns it off): a
+near-duplicate pair can straddle a cluster boundary, and pure within-cluster comparison then misses
+it.  A trace whose similarity to its second-nearest centroid is within ``halo`` (cosine) of its
+nearest is also a member of that second cluster, ranked by the same global key; its decision
+takes every cluster it is in into account.  On 50,000 planted vectors (k = 10) the default 0.03
+adds ~9% rows and brings duplicate recall against exact all-pairs from 0.986 to above 0.99
+(``benchmarks/curate.py``).  The rule itself is unchanged: a trace is dropped when a trace ranked
+before it *in a cluster they share* is more similar than 1 - ε.  With ``halo=0`` the result is
+exactly the reference algorithm's.
+
 The default number of clusters is ``N // cluster_size`` (at least 1), about 5,000 traces per
 cluster: the within-cluster cost per trace is then constant and the whole step grows linearly with
 N.  With ``k = 1`` every pair is compared (exact, quadratic; fine for a few ten thousand traces).
@@ -80,6 +90,8 @@ class DedupResult:
     labels: np.ndarray
     #: cosine similarity of each row to its centroid
     centroid_sim: np.ndarray
+    #: the second cluster of a row in the boundary halo; -1 for rows in one cluster only
+    halo_labels: np.ndarray
     #: highest similarity to a higher-ranked member of the same cluster; -inf for a cluster's first
     max_sim: np.ndarray
     #: row index of that member; -1 for a cluster's first
@@ -169,6 +181,7 @@ def semdedup(
     niter: int = 20,
     block_rows: int = 2048,
     target_pairs: int = 1 << 25,
+    halo: float = 0.03,
     runner: Runner | None = None,
     gpu: bool | None = None,
     show_progress: bool = False,
@@ -190,9 +203,16 @@ def semdedup(
     check_k(k, n)
     runner = runner or LocalRunner(show_progress=show_progress)
 
-    centroids, labels, centroid_sim, timings = cluster(
-        x, k, niter=niter, seed=seed, gpu=gpu, show_progress=show_progress
+    if halo < 0:
+        raise CurateError(f"halo must be >= 0, got {halo}")
+    centroids, nearest_clusters, nearest_sims, timings = cluster(
+        x, k, niter=niter, seed=seed, gpu=gpu, show_progress=show_progress, nearest=2 if halo > 0 else 1
     )
+    labels, centroid_sim = nearest_clusters[:, 0], nearest_sims[:, 0]
+    halo_labels = np.full(n, -1, dtype=np.int64)
+    if nearest_clusters.shape[1] > 1:
+        in_halo = nearest_sims[:, 1] >= nearest_sims[:, 0] - halo
+        halo_labels[in_halo] = nearest_clusters[in_halo, 1]
     start = time.perf_counter()
     priority: np.ndarray
     if rank == "quality":
@@ -206,9 +226,14 @@ def semdedup(
     else:
         priority = hash_order(ids, seed) if ids is not None else np.random.default_rng(seed).random(size=n)
     tiebreak = id_ranks(ids) if ids is not None else np.arange(n)
-    order = np.lexsort((tiebreak, -priority, labels))
-    x_sorted = np.ascontiguousarray(x[order])
-    sizes = np.bincount(labels, minlength=k)
+    # Memberships: every row in its own cluster, halo rows once more in their second cluster.
+    extra = np.flatnonzero(halo_labels >= 0)
+    rows = np.concatenate([np.arange(n), extra])
+    member_of = np.concatenate([labels, halo_labels[extra]])
+    order = np.lexsort((tiebreak[rows], -priority[rows], member_of))
+    origin = rows[order]
+    x_sorted = np.ascontiguousarray(x[origin])
+    sizes = np.bincount(member_of, minlength=k)
     items = _work_items(sizes, block_rows, target_pairs)
     timings["sort_s"] = time.perf_counter() - start
 
@@ -219,25 +244,33 @@ def semdedup(
         items,
         f"semdedup {n} in {k} clusters",
     )
-    best_sorted = np.full(n, -np.inf, dtype=np.float32)
-    arg_sorted = np.full(n, -1, dtype=np.int64)
+    total = len(origin)
+    best_sorted = np.full(total, -np.inf, dtype=np.float32)
+    arg_sorted = np.full(total, -1, dtype=np.int64)
     for segments in results:
         for q0, best, arg in segments:
             best_sorted[q0 : q0 + len(best)] = best
             arg_sorted[q0 : q0 + len(arg)] = arg
-    max_sim = np.empty(n, dtype=np.float32)
-    max_sim[order] = best_sorted
+    # A row's decision takes every cluster it is in into account: the best over its memberships
+    # (own cluster first, so a tie keeps the own cluster's answer).
+    max_sim = np.full(n, -np.inf, dtype=np.float32)
     nearest = np.full(n, -1, dtype=np.int64)
-    found = arg_sorted >= 0
-    nearest[order[found]] = order[arg_sorted[found]]
+    own = order < n
+    for members in (np.flatnonzero(own), np.flatnonzero(~own)):
+        row = origin[members]
+        better = best_sorted[members] > max_sim[row]
+        max_sim[row[better]] = best_sorted[members[better]]
+        nearest[row[better]] = origin[arg_sorted[members[better]]]
     timings["within_s"] = time.perf_counter() - start
     timings["work_items"] = len(items)
+    timings["halo_rows"] = len(extra)
     return DedupResult(
         eps=eps,
         k=k,
         centroids=centroids,
         labels=labels,
         centroid_sim=centroid_sim,
+        halo_labels=halo_labels,
         max_sim=max_sim,
         nearest=nearest,
         timings=timings,
@@ -265,6 +298,8 @@ class SemDedupConfig(BaseModel):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     seed: int = 0
     niter: int = Field(default=20, ge=1)
+    #: Boundary halo (cosine margin to the second-nearest centroid); 0: the paper's algorithm.
+    halo: float = Field(default=0.03, ge=0.0)
     block_rows: int = Field(default=2048, ge=16)
     force: bool = False
 
@@ -319,6 +354,7 @@ def run_semdedup(
         seed=config.seed,
         niter=config.niter,
         block_rows=config.block_rows,
+        halo=config.halo,
         runner=runner,
         show_progress=show_progress,
     )
@@ -362,6 +398,8 @@ def run_semdedup(
         "removal_rate": round(result.removal_rate(config.eps), 6),
         "removal_rates": result.removal_rates(),
         "cluster_sizes": result.cluster_sizes(),
+        "halo": config.halo,
+        "halo_rows": int((result.halo_labels >= 0).sum()),
         "faiss_gpu": gpu_available(),
         "executor": runner.name,
         "seconds": {"read": round(read_s, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
