@@ -128,10 +128,21 @@ class CaptureResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def plan(traces: list[Trace], config: CaptureConfig) -> tuple[list[Job], dict[str, dict[str, str]]]:
-    """(one job per trace and sample, the API-to-original tool names of each trace)."""
+@dataclass
+class Plan:
+    #: one job per distinct request (traces asking the very same thing share their jobs)
+    jobs: list[Job]
+    #: the request key of each sample of each trace
+    wanted: dict[str, list[str]]
+    #: API-to-original tool names of each trace
+    names: dict[str, dict[str, str]]
+
+
+def plan(traces: list[Trace], config: CaptureConfig) -> Plan:
+    """The requests for every trace and sample."""
     jobs: list[Job] = []
     names: dict[str, dict[str, str]] = {}
+    wanted: dict[str, list[str]] = {}
     seen: set[str] = set()
     for trace in traces:
         params, api_names = build_params(
@@ -144,12 +155,14 @@ def plan(traces: list[Trace], config: CaptureConfig) -> tuple[list[Job], dict[st
         )
         names[trace.id] = api_names
         prefix = prefix_key(params) if config.prompt_caching else ""
+        keys = wanted.setdefault(trace.id, [])
         for sample in range(config.samples):
             key = request_key(params, sample)
+            keys.append(key)
             if key not in seen:
                 seen.add(key)
                 jobs.append(Job(key=key, trace_id=trace.id, sample=sample, params=params, prefix=prefix))
-    return jobs, names
+    return Plan(jobs, wanted, names)
 
 
 def make_record(answer: Answer, names: dict[str, str], prices: dict[str, Price] | None) -> dict[str, Any]:
@@ -193,7 +206,8 @@ def capture(
     traces = source.to_traces()
     if config.limit is not None:
         traces = traces[: config.limit]
-    jobs, names = plan(traces, config)
+    planned = plan(traces, config)
+    jobs, names = planned.jobs, planned.names
     cache = RequestCache(config.cache_uri)
     done_before = cache.done_keys()
     pending = [job for job in jobs if job.key not in done_before]
@@ -210,7 +224,9 @@ def capture(
             record = cache.get(job.key)
             if record is not None:
                 records[job.key] = record
-    out_traces = _assemble(traces, jobs, records, config)
+    out_traces = [
+        _with_samples(t, config, [records.get(key) for key in planned.wanted.get(t.id, [])]) for t in traces
+    ]
     summary = summarize(jobs, records, failures, done_before, out_traces, config, stats)
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     token = store.new_token()
@@ -229,15 +245,6 @@ def capture(
     published = store.publish(config.out, token=token, manifest=manifest)
     write_json(config.out, "summary.json", summary)
     return CaptureResult(store.Dataset(config.out, published), summary, False, failures)
-
-
-def _assemble(
-    traces: list[Trace], jobs: list[Job], records: dict[str, dict[str, Any]], config: CaptureConfig
-) -> list[Trace]:
-    by_trace: dict[str, list[dict[str, Any] | None]] = {}
-    for job in jobs:
-        by_trace.setdefault(job.trace_id, []).append(records.get(job.key))
-    return [_with_samples(t, config, by_trace.get(t.id, [])) for t in traces]
 
 
 def _with_samples(trace: Trace, config: CaptureConfig, found: list[dict[str, Any] | None]) -> Trace:

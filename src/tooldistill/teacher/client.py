@@ -250,6 +250,47 @@ async def run_messages(
             task.cancel()
 
 
+async def _collect(
+    client: anthropic.AsyncAnthropic,
+    caller: Caller,
+    state: dict[str, Any],
+    by_key: dict[str, Job],
+    counts: dict[str, int],
+    settings: BatchSettings,
+    on_answer: Callable[[Answer], Awaitable[None]],
+    on_failure: Callable[[Failure], Awaitable[None]],
+) -> list[Job]:
+    """Hand every result of an ended batch on; returns the jobs to resubmit."""
+    retry: list[Job] = []
+    started = float(state.get("submitted_at", time.time()))
+    results, _ = await caller.call(lambda: client.messages.batches.results(state["id"]))
+    async for item in results:
+        key = item.custom_id
+        trace_id, sample = state["jobs"].get(key, [None, None])
+        job = by_key.get(key) or (
+            Job(key=key, trace_id=trace_id, sample=sample, params={}) if trace_id is not None else None
+        )
+        if job is None:
+            continue
+        kind = item.result.type
+        counts[kind] += 1
+        if kind == "succeeded":
+            message = item.result.message.model_dump(mode="json", exclude_none=True)
+            await on_answer(Answer(job, message, time.time() - started, state["round"] + 1, "batch"))
+            continue
+        reason, permanent = kind, False
+        if kind == "errored":
+            error = getattr(item.result.error, "error", None)
+            error_type = getattr(error, "type", "error")
+            reason = f"errored: {error_type}: {getattr(error, 'message', '')}"[:300]
+            permanent = error_type == "invalid_request_error"
+        if permanent or state["round"] >= settings.resubmits or not job.params:
+            await on_failure(Failure(job, f"batch result {reason}", state["round"] + 1, permanent))
+        else:
+            retry.append(job)
+    return retry
+
+
 def chunk_batches(
     jobs: Iterable[Job], max_requests: int = BATCH_MAX_REQUESTS, max_bytes: int = BATCH_MAX_BYTES
 ) -> Iterator[list[Job]]:
@@ -324,50 +365,30 @@ async def run_batches(
     delay = settings.poll_s
     while pending:
         still: list[dict[str, Any]] = []
+        retry_by_round: dict[int, list[Job]] = defaultdict(list)
         for state in pending:
             batch, _ = await caller.call(lambda s=state: client.messages.batches.retrieve(s["id"]))
             if batch.processing_status != "ended":
                 still.append(state)
                 continue
-            retry: list[Job] = []
-            started = float(state.get("submitted_at", time.time()))
-            results, _ = await caller.call(lambda s=state: client.messages.batches.results(s["id"]))
-            async for item in results:
-                key = item.custom_id
-                trace_id, sample = state["jobs"].get(key, [None, None])
-                job = by_key.get(key) or (
-                    Job(key=key, trace_id=trace_id, sample=sample, params={})
-                    if trace_id is not None
-                    else None
-                )
-                if job is None:
-                    continue
-                kind = item.result.type
-                counts[kind] += 1
-                if kind == "succeeded":
-                    message = item.result.message.model_dump(mode="json", exclude_none=True)
-                    await on_answer(Answer(job, message, time.time() - started, state["round"] + 1, "batch"))
-                    continue
-                reason = kind
-                permanent = False
-                if kind == "errored":
-                    error = getattr(item.result.error, "error", None)
-                    error_type = getattr(error, "type", "error")
-                    reason = f"errored: {error_type}: {getattr(error, 'message', '')}"[:300]
-                    permanent = error_type == "invalid_request_error"
-                if permanent or state["round"] >= settings.resubmits or not job.params:
-                    await on_failure(Failure(job, f"batch result {reason}", state["round"] + 1, permanent))
-                else:
-                    retry.append(job)
+            retry = await _collect(client, caller, state, by_key, counts, settings, on_answer, on_failure)
             # a rerun that collects an ended batch again must not resubmit what an earlier
             # collection already resubmitted
             elsewhere = {key for other in pending + still if other is not state for key in other["jobs"]}
-            retry = [job for job in retry if job.key not in elsewhere]
+            retry_by_round[state["round"] + 1].extend(job for job in retry if job.key not in elsewhere)
+            if not retry_by_round[state["round"] + 1]:
+                drop_batch(state["id"])
+                continue
+            # resubmissions from every batch that ended in this pass go out together
+            state["collected"] = True
+        for round_, retry in sorted(retry_by_round.items()):
             if retry:
                 counts["resubmitted"] += len(retry)
                 for batch_jobs in chunk_batches(retry, settings.max_requests, settings.max_bytes):
-                    still.append(await submit(batch_jobs, state["round"] + 1))
-            drop_batch(state["id"])
+                    still.append(await submit(batch_jobs, round_))
+        for state in pending:
+            if state.get("collected"):
+                drop_batch(state["id"])
         pending = still
         if pending:
             await asyncio.sleep(delay)

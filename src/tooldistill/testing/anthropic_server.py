@@ -285,7 +285,8 @@ class AnthropicServer:
             remaining = max(0, self.requests_per_window - len(self._window))
             reset = self.window_s - (time.monotonic() - self._window[0]) if self._window else 0.0
         return {
-            "anthropic-ratelimit-requests-limit": str(self.requests_per_window),
+            # the API states its limit per minute, whatever window this server counts in
+            "anthropic-ratelimit-requests-limit": str(int(self.requests_per_window * 60 / self.window_s)),
             "anthropic-ratelimit-requests-remaining": str(remaining),
             "anthropic-ratelimit-requests-reset": _stamp(datetime.now(UTC) + timedelta(seconds=reset)),
         }
