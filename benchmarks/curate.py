@@ -54,7 +54,20 @@ _ASKS = [
     "Read {file} and tell me why the test for {thing} fails",
     "Schedule a call with {person} on {day} about the {thing} budget",
 ]
-_PLACES = ["Paris", "Lima", "Oslo", "Cairo", "Tokyo", "Quito", "Perth", "Dakar", "Hanoi", "Bern", "Austin", "Kyiv"]
+_PLACES = [
+    "Paris",
+    "Lima",
+    "Oslo",
+    "Cairo",
+    "Tokyo",
+    "Quito",
+    "Perth",
+    "Dakar",
+    "Hanoi",
+    "Bern",
+    "Austin",
+    "Kyiv",
+]
 _THINGS = ["vegan bakeries", "bike shops", "pharmacies", "museums", "coworking spaces", "italian restaurants"]
 _PEOPLE = ["Ana", "Bo", "Chidi", "Dana", "Eli", "Farah", "Goran", "Hina"]
 _DAYS = ["Monday", "Tuesday", "weekend", "Friday evening", "next week"]
@@ -118,7 +131,9 @@ def bench_embedding(texts_n: int, work: Path, runner: RayRunner) -> dict[str, An
     print(f"embedding, one process: {len(texts)} texts in {single_s:.1f}s = {len(texts) / single_s:,.0f}/s")
 
     start = time.perf_counter()
-    dataset, _ = embed(EmbedConfig(dataset=str(work / "traces"), out=str(work / "embedded"), force=True), runner)
+    dataset, _ = embed(
+        EmbedConfig(dataset=str(work / "traces"), out=str(work / "embedded"), force=True), runner
+    )
     ray_s = time.perf_counter() - start
     stats = dataset.manifest.stats
     table = dataset.to_arrow()
@@ -285,7 +300,9 @@ def main() -> int:
             figures["embedding"] = bench_embedding(args.texts, work, runner)
             ok &= figures["embedding"]["meets_target"]
         if args.exact:
-            figures["semdedup_vs_exact"] = bench_exact([int(s) for s in args.exact.split(",")], args.dim, runner)
+            figures["semdedup_vs_exact"] = bench_exact(
+                [int(s) for s in args.exact.split(",")], args.dim, runner
+            )
             ok &= all(r["meets_target"] for r in figures["semdedup_vs_exact"])
         if args.scale:
             rows = bench_scaling([int(s) for s in args.scale.split(",")], args.dim, runner)
@@ -293,7 +310,9 @@ def main() -> int:
             scaling: dict[str, Any] = {"rows": rows, "default_k": "N // 5000"}
             if 100_000 in by_n and 1_000_000 in by_n:
                 ratio = by_n[1_000_000] / by_n[100_000]
-                scaling.update({"time_1e6_over_1e5": round(ratio, 2), "target": "<= 15", "meets_target": ratio <= 15})
+                scaling.update(
+                    {"time_1e6_over_1e5": round(ratio, 2), "target": "<= 15", "meets_target": ratio <= 15}
+                )
                 print(f"time(1e6) / time(1e5) = {ratio:.1f}")
                 ok &= ratio <= 15
             figures["semdedup_scaling"] = scaling

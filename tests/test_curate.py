@@ -677,3 +677,18 @@ def test_cli_curate_user_errors(tmp_path: Path) -> None:
         ],
     )
     assert bad_model.exit_code == 2 and "embedding model not found" in bad_model.output
+
+
+def test_a_trace_repeated_across_parts_is_curated_once(tmp_path: Path) -> None:
+    """Ingest drops repeats within a shard only; curation keeps the first occurrence."""
+    x = planted(40, 8, seed=2)
+    traces = [trace(f"r{i}", [], f"p{i}") for i in range(len(x))]
+    dataset = write_dataset(str(tmp_path / "e"), [*traces, traces[0]], np.vstack([x, x[:1]]), parts=2)
+    result = run_semdedup(
+        SemDedupConfig(dataset=dataset.uri, out=str(tmp_path / "d"), rank="random"), show_progress=False
+    )
+    assert result.stats["in"] == len(traces) and result.stats["repeated_ids_dropped"] == 1
+    ids = result.dataset.to_arrow().column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == result.stats["kept"]
+    split = run_split(SplitConfig(dataset=dataset.uri, out=str(tmp_path / "s")), show_progress=False)
+    assert split.dataset.manifest.rows == len(traces)

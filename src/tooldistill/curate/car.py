@@ -22,6 +22,7 @@ from tooldistill import store
 from tooldistill.curate.common import (
     CurateError,
     embeddings_of,
+    first_occurrences,
     id_ranks,
     input_stamp,
     open_traces,
@@ -158,7 +159,7 @@ def run_car(config: CarConfig, show_progress: bool = True) -> StageResult:
             return StageResult(store.Dataset(config.out, existing), True, existing.stats)
 
     start = time.perf_counter()
-    table = read_columns(dataset, ["id", "embedding"])
+    table, repeated = first_occurrences(read_columns(dataset, ["id", "embedding"]))
     ids = table.column("id").to_pylist()
     vectors = embeddings_of(table, config.dataset)
     scores = score_dataset(dataset, config.quality, show_progress)
@@ -211,6 +212,7 @@ def run_car(config: CarConfig, show_progress: bool = True) -> StageResult:
     )
     stats: dict[str, Any] = {
         "in": len(ids),
+        "repeated_ids_dropped": repeated,
         "selected": int(result.selected.sum()),
         "k": result.k,
         "per_cluster": config.per_cluster,
@@ -220,7 +222,10 @@ def run_car(config: CarConfig, show_progress: bool = True) -> StageResult:
             "mean_selected": round(float(quality[result.selected].mean()), 4),
             "weights": config.quality.weights,
         },
-        "seconds": {"read": round(read_s, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
+        "seconds": {
+            "read": round(read_s, 3),
+            **{k: round(v, 3) for k, v in result.timings.items()},
+        },
     }
     manifest = publish(
         config.out,

@@ -22,7 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from tooldistill import store
 from tooldistill.schema import TRACE_SCHEMA
@@ -70,13 +76,21 @@ def open_traces(uri: str) -> store.Dataset:
 
 def input_stamp(dataset: store.Dataset) -> list[Any]:
     """What identifies an input dataset's content, for a stage's fingerprint."""
-    return [dataset.uri, dataset.manifest.fingerprint, [p.sha256 for p in dataset.manifest.parts]]
+    return [
+        dataset.uri,
+        dataset.manifest.fingerprint,
+        [p.sha256 for p in dataset.manifest.parts],
+    ]
 
 
 def read_part(dataset: store.Dataset, index: int, columns: Sequence[str] | None = None) -> pa.Table:
     filesystem, paths = dataset.part_paths()
     try:
-        return pq.read_table(paths[index], filesystem=filesystem, columns=list(columns) if columns else None)
+        return pq.read_table(
+            paths[index],
+            filesystem=filesystem,
+            columns=list(columns) if columns else None,
+        )
     except (OSError, pa.ArrowInvalid) as error:
         raise store.StoreError(f"cannot read {paths[index]}: {error}") from error
 
@@ -89,6 +103,24 @@ def read_columns(dataset: store.Dataset, columns: Sequence[str]) -> pa.Table:
         raise CurateError(f"dataset {dataset.uri} has no column {', '.join(map(repr, missing))}")
     tables = [read_part(dataset, i, columns) for i in range(len(dataset.manifest.parts))]
     return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+
+
+def first_occurrences(table: pa.Table) -> tuple[pa.Table, int]:
+    """The rows of ``table`` whose ``id`` was not seen in an earlier row, and how many were left out.
+
+    Ingest drops repeated traces within a shard only, so the same trace (same content, same id) can
+    sit in two parts.  Curation keeps its first occurrence in manifest order; ``rewrite_parts``
+    writes first occurrences only, so the two agree.
+    """
+    ids = table.column("id").to_pylist()
+    seen: set[str] = set()
+    keep = np.zeros(len(ids), dtype=bool)
+    for i, trace_id in enumerate(ids):
+        if trace_id not in seen:
+            seen.add(trace_id)
+            keep[i] = True
+    repeats = int((~keep).sum())
+    return (table.filter(pa.array(keep)) if repeats else table), repeats
 
 
 def has_column(dataset: store.Dataset, name: str) -> bool:
@@ -157,14 +189,20 @@ def rewrite_parts(
     position = {trace_id: i for i, trace_id in enumerate(ids)}
     extra = [name for name in annotations.column_names if name != "id"]
     parts: list[store.PartInfo] = []
+    written: set[str] = set()
     with progress_bar(description, len(dataset.manifest.parts), show_progress) as advance:
         for index in range(len(dataset.manifest.parts)):
             table = read_part(dataset, index)
             drop = [n for n in table.column_names if n in set(drop_columns) | set(extra)]
             table = table.drop_columns(drop)
-            rows = np.array([position[i] for i in table.column("id").to_pylist()], dtype=np.int64)
+            part_ids = table.column("id").to_pylist()
+            rows = np.array([position[i] for i in part_ids], dtype=np.int64)
+            # first occurrence of an id only (see ``first_occurrences``)
+            mask = np.array([i not in written for i in part_ids], dtype=bool)
+            written.update(part_ids)
             if keep is not None:
-                mask = keep[rows]
+                mask &= keep[rows]
+            if not mask.all():
                 table = table.filter(pa.array(mask))
                 rows = rows[mask]
             if table.num_rows:
@@ -249,7 +287,11 @@ def hash_order(ids: Sequence[str], seed: int) -> np.ndarray:
     prefix = f"{seed}:".encode()
     for i, trace_id in enumerate(ids):
         out[i] = (
-            int.from_bytes(hashlib.blake2b(prefix + trace_id.encode(), digest_size=8).digest(), "big") / 2**64
+            int.from_bytes(
+                hashlib.blake2b(prefix + trace_id.encode(), digest_size=8).digest(),
+                "big",
+            )
+            / 2**64
         )
     return out
 
@@ -267,6 +309,7 @@ __all__ = [
     "check_vectors",
     "decisions_of",
     "embeddings_of",
+    "first_occurrences",
     "has_column",
     "hash_order",
     "id_ranks",

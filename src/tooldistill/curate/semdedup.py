@@ -53,6 +53,7 @@ from tooldistill import store
 from tooldistill.curate.common import (
     CurateError,
     embeddings_of,
+    first_occurrences,
     hash_order,
     id_ranks,
     input_stamp,
@@ -71,7 +72,13 @@ STAGE = "curate-semdedup"
 REPORT_EPS = (0.01, 0.02, 0.05, 0.1)
 RANKS = ("quality", "centroid", "random")
 Rank = Literal["quality", "centroid", "random"]
-DEDUP_COLUMNS = ("dedup_cluster", "dedup_max_sim", "duplicate_of", "quality", "quality_parts")
+DEDUP_COLUMNS = (
+    "dedup_cluster",
+    "dedup_max_sim",
+    "duplicate_of",
+    "quality",
+    "quality_parts",
+)
 
 
 def default_k(n: int, cluster_size: int = 5000) -> int:
@@ -115,7 +122,11 @@ class DedupResult:
 
     def cluster_sizes(self) -> dict[str, float]:
         sizes = np.bincount(self.labels, minlength=self.k)
-        return {"min": int(sizes.min()), "max": int(sizes.max()), "mean": round(float(sizes.mean()), 1)}
+        return {
+            "min": int(sizes.min()),
+            "max": int(sizes.max()),
+            "mean": round(float(sizes.mean()), 1),
+        }
 
 
 def _within(arrays: dict[str, np.ndarray], item: list[tuple[int, int, int]]) -> list[tuple[int, Any, Any]]:
@@ -206,7 +217,13 @@ def semdedup(
     if halo < 0:
         raise CurateError(f"halo must be >= 0, got {halo}")
     centroids, nearest_clusters, nearest_sims, timings = cluster(
-        x, k, niter=niter, seed=seed, gpu=gpu, show_progress=show_progress, nearest=2 if halo > 0 else 1
+        x,
+        k,
+        niter=niter,
+        seed=seed,
+        gpu=gpu,
+        show_progress=show_progress,
+        nearest=2 if halo > 0 else 1,
     )
     labels, centroid_sim = nearest_clusters[:, 0], nearest_sims[:, 0]
     halo_labels = np.full(n, -1, dtype=np.int64)
@@ -224,7 +241,9 @@ def semdedup(
     elif rank == "centroid":
         priority = -centroid_sim.astype(np.float64)  # farthest from the centroid first
     else:
-        priority = hash_order(ids, seed) if ids is not None else np.random.default_rng(seed).random(size=n)
+        priority = (
+            hash_order(ids, seed) if ids is not None else np.asarray(np.random.default_rng(seed).random(n))
+        )
     tiebreak = id_ranks(ids) if ids is not None else np.arange(n)
     # Memberships: every row in its own cluster, halo rows once more in their second cluster.
     extra = np.flatnonzero(halo_labels >= 0)
@@ -331,7 +350,7 @@ def run_semdedup(
             return StageResult(store.Dataset(config.out, existing), True, existing.stats)
 
     start = time.perf_counter()
-    table = read_columns(dataset, ["id", "embedding"])
+    table, repeated = first_occurrences(read_columns(dataset, ["id", "embedding"]))
     ids = table.column("id").to_pylist()
     vectors = embeddings_of(table, config.dataset)
     del table
@@ -390,6 +409,7 @@ def run_semdedup(
         decisions = decisions.append_column("quality", scores.column("quality"))
     stats = {
         "in": len(ids),
+        "repeated_ids_dropped": repeated,
         "duplicates": int((~kept).sum()),
         "kept": int(kept.sum()),
         "eps": config.eps,
@@ -402,7 +422,10 @@ def run_semdedup(
         "halo_rows": int((result.halo_labels >= 0).sum()),
         "faiss_gpu": gpu_available(),
         "executor": runner.name,
-        "seconds": {"read": round(read_s, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
+        "seconds": {
+            "read": round(read_s, 3),
+            **{k: round(v, 3) for k, v in result.timings.items()},
+        },
     }
     manifest = publish(
         config.out,

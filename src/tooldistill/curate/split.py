@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from tooldistill import store
 from tooldistill.curate.common import (
-    CurateError,
+    first_occurrences,
     has_column,
     hash_order,
     input_stamp,
@@ -44,7 +44,11 @@ def assign_splits(
     target = np.asarray(fractions, dtype=np.float64)
     target = target / target.sum()
     order = np.lexsort(
-        (np.asarray(ids, dtype=object), hash_order(ids, seed), np.asarray(strata, dtype=object))
+        (
+            np.asarray(ids, dtype=object),
+            hash_order(ids, seed),
+            np.asarray(strata, dtype=object),
+        )
     )
     counts = np.zeros(len(target))
     out = np.empty(n, dtype=np.int64)
@@ -82,17 +86,22 @@ class SplitConfig(BaseModel):
 
 def _strata(dataset: store.Dataset, config: SplitConfig) -> tuple[list[str], list[str], str | None]:
     cluster_column = next(
-        (c for c in ("car_cluster", "dedup_cluster") if config.by_cluster and has_column(dataset, c)), None
+        (c for c in ("car_cluster", "dedup_cluster") if config.by_cluster and has_column(dataset, c)),
+        None,
     )
     columns = ["id", "reference_calls"] + ([cluster_column] if cluster_column else [])
-    table = read_columns(dataset, columns)
+    table, _ = first_occurrences(read_columns(dataset, columns))
     ids = table.column("id").to_pylist()
     clusters = table.column(cluster_column).to_pylist() if cluster_column else [None] * len(ids)
     tools = [
         (calls[0]["name"] if calls else NO_CALL) if config.by_tool else ""
         for calls in table.column("reference_calls").to_pylist()
     ]
-    return ids, [f"{c}\x00{t}" for c, t in zip(clusters, tools, strict=True)], cluster_column
+    return (
+        ids,
+        [f"{c}\x00{t}" for c, t in zip(clusters, tools, strict=True)],
+        cluster_column,
+    )
 
 
 def run_split(config: SplitConfig, show_progress: bool = True) -> StageResult:
@@ -107,13 +116,14 @@ def run_split(config: SplitConfig, show_progress: bool = True) -> StageResult:
             return StageResult(store.Dataset(config.out, existing), True, existing.stats)
 
     ids, strata, cluster_column = _strata(dataset, config)
-    if len(set(ids)) != len(ids):
-        raise CurateError(
-            f"dataset {config.dataset} has repeated trace ids; a split by id would be ambiguous"
-        )
     which = assign_splits(ids, strata, config.fractions, config.seed)
     names = np.asarray(SPLITS, dtype=object)[which]
-    annotations = pa.table({"id": pa.array(ids, pa.string()), "split": pa.array(names.tolist(), pa.string())})
+    annotations = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "split": pa.array(names.tolist(), pa.string()),
+        }
+    )
     token = store.new_token()
     counts: dict[str, int] = {}
     for index, name in enumerate(SPLITS):
@@ -144,7 +154,12 @@ def run_split(config: SplitConfig, show_progress: bool = True) -> StageResult:
             ),
         )
     parts = rewrite_parts(
-        dataset, config.out, token, annotations, description="write split", show_progress=show_progress
+        dataset,
+        config.out,
+        token,
+        annotations,
+        description="write split",
+        show_progress=show_progress,
     )
     stats: dict[str, Any] = {
         "in": len(ids),
