@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,12 @@ def small_dataset(tmp_path: Path, traces: list[Trace], name: str = "traces") -> 
     token = store.new_token()
     part = store.write_part(uri, token, 0, traces_to_table(traces))
     manifest = store.Manifest(
-        kind="traces", stage="test", rows=len(traces), parts=[part], config_hash="t", fingerprint=content_hash(name)
+        kind="traces",
+        stage="test",
+        rows=len(traces),
+        parts=[part],
+        config_hash="t",
+        fingerprint=content_hash(name),
     )
     store.publish(uri, token=token, manifest=manifest)
     return uri
@@ -83,7 +89,11 @@ def server_cost(totals: dict[str, int], batch: bool = False) -> float:
 
 def test_request_conversion_alternates_turns_and_maps_names_back() -> None:
     tools = [
-        ToolSpec(name="files.read", description="Read", parameters={"type": "object", "properties": {"p": {"type": "string"}}}),
+        ToolSpec(
+            name="files.read",
+            description="Read",
+            parameters={"type": "object", "properties": {"p": {"type": "string"}}},
+        ),
         ToolSpec(name="files read", description="Also read", parameters={"type": "string"}),
     ]
     trace = Trace(
@@ -122,8 +132,13 @@ def test_request_conversion_alternates_turns_and_maps_names_back() -> None:
     assert [b["text"] for b in params["system"]] == ["You are careful.", "Be brief."]
     assert "cache_control" in params["system"][-1]
     assert "temperature" not in params
-    answer = [{"type": "text", "text": "ok"}, {"type": "tool_use", "id": "x", "name": "files_read_2", "input": {"value": "q"}}]
-    assert calls_from_content(answer, names) == [ToolCall(name="files read", arguments={"value": "q"}, id="x")]
+    answer = [
+        {"type": "text", "text": "ok"},
+        {"type": "tool_use", "id": "x", "name": "files_read_2", "input": {"value": "q"}},
+    ]
+    assert calls_from_content(answer, names) == [
+        ToolCall(name="files read", arguments={"value": "q"}, id="x")
+    ]
     no_cache, _ = build_params(trace, model=MODEL, cache=False)
     assert "cache_control" not in json.dumps(no_cache)
 
@@ -139,12 +154,14 @@ def test_batches_respect_count_and_size_limits() -> None:
 
 
 def test_limiter_honours_ratelimit_headers_and_retry_after() -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     limiter = RateLimiter()
     assert limiter.wait_for(10) == 0
-    reset = (datetime.now(timezone.utc) + timedelta(seconds=0.5)).isoformat()
-    limiter.observe({"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset})
+    reset = (datetime.now(UTC) + timedelta(seconds=0.5)).isoformat()
+    limiter.observe(
+        {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset}
+    )
     assert 0.3 < limiter.wait_for(10) <= 0.5
     limiter = RateLimiter(requests_per_minute=60)
     limiter.observe({"anthropic-ratelimit-requests-limit": "6"})  # the account allows less: adopt it
@@ -160,7 +177,11 @@ def test_limiter_honours_ratelimit_headers_and_retry_after() -> None:
 
 
 def test_two_thousand_requests_with_faults_lose_nothing(
-    bfcl_dataset: Any, bfcl_traces: list[Trace], tmp_path: Path, anthropic_env: None, monkeypatch: pytest.MonkeyPatch
+    bfcl_dataset: Any,
+    bfcl_traces: list[Trace],
+    tmp_path: Path,
+    anthropic_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = serve(
         AnthropicServer(
@@ -205,7 +226,9 @@ def test_two_thousand_requests_with_faults_lose_nothing(
     traces = result.dataset.to_traces()
     params = [build_params(t, model=MODEL)[0] for t in traces]
     cached = {
-        prefix_key(p) for p in params if p.get("tools") and tokens_of(p["tools"]) + tokens_of(p.get("system")) >= 200
+        prefix_key(p)
+        for p in params
+        if p.get("tools") and tokens_of(p["tools"]) + tokens_of(p.get("system")) >= 200
     }
     assert summary["prompt_cache"]["requests_writing"] == len(cached) > 0
     assert summary["prompt_cache"]["requests_reading"] > 0
@@ -223,10 +246,14 @@ def test_two_thousand_requests_with_faults_lose_nothing(
     again = capture(config, show_progress=False)
     assert again.skipped
     forced = capture(config.model_copy(update={"force": True}), show_progress=False)
-    assert forced.summary["requests"]["from_cache"] == total and forced.summary["requests"]["answered_now"] == 0
+    assert (
+        forced.summary["requests"]["from_cache"] == total and forced.summary["requests"]["answered_now"] == 0
+    )
 
 
-def test_errors_are_clear(bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bfcl_traces: list[Trace]) -> None:
+def test_errors_are_clear(
+    bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bfcl_traces: list[Trace]
+) -> None:
     server = serve(AnthropicServer(ReferencePolicy(bfcl_traces), api_key="sk-ant-the-right-key"), monkeypatch)
     try:
         base = {"dataset": bfcl_dataset.uri, "out": str(tmp_path / "o"), "model": MODEL, "limit": 3}
@@ -239,7 +266,9 @@ def test_errors_are_clear(bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-the-right-key")
         with pytest.raises(TeacherError, match="unknown model 'gpt-4o'"):
             capture(CaptureConfig(**{**base, "model": "gpt-4o"}), show_progress=False)
-        result = CliRunner().invoke(main, ["teacher", "capture", "--dataset", str(tmp_path / "none"), "--out", "x", "--model", MODEL])
+        result = CliRunner().invoke(
+            main, ["teacher", "capture", "--dataset", str(tmp_path / "none"), "--out", "x", "--model", MODEL]
+        )
         assert result.exit_code == 2 and "no dataset at" in result.output
     finally:
         server.stop()
@@ -250,11 +279,24 @@ def test_errors_are_clear(bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest
 
 
 def test_server_rate_limit_is_followed(
-    bfcl_dataset: Any, bfcl_traces: list[Trace], tmp_path: Path, anthropic_env: None, monkeypatch: pytest.MonkeyPatch
+    bfcl_dataset: Any,
+    bfcl_traces: list[Trace],
+    tmp_path: Path,
+    anthropic_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server = serve(AnthropicServer(ReferencePolicy(bfcl_traces), requests_per_window=15, window_s=0.5), monkeypatch)
+    server = serve(
+        AnthropicServer(ReferencePolicy(bfcl_traces), requests_per_window=15, window_s=0.5), monkeypatch
+    )
     try:
-        config = CaptureConfig(dataset=bfcl_dataset.uri, out=str(tmp_path / "o"), model=MODEL, limit=60, concurrency=8, retry_base_s=0.01)
+        config = CaptureConfig(
+            dataset=bfcl_dataset.uri,
+            out=str(tmp_path / "o"),
+            model=MODEL,
+            limit=60,
+            concurrency=8,
+            retry_base_s=0.01,
+        )
         result = capture(config, show_progress=False)
     finally:
         server.stop()
@@ -268,7 +310,18 @@ def test_kill_mid_run_then_resume_equals_uninterrupted(
     bfcl_dataset: Any, bfcl_traces: list[Trace], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     policy = ReferencePolicy(bfcl_traces, disagree_rate=0.2)
-    args = ["--dataset", bfcl_dataset.uri, "--model", MODEL, "--samples", "3", "--limit", "100", "--concurrency", "8"]
+    args = [
+        "--dataset",
+        bfcl_dataset.uri,
+        "--model",
+        MODEL,
+        "--samples",
+        "3",
+        "--limit",
+        "100",
+        "--concurrency",
+        "8",
+    ]
     # the uninterrupted run, against its own server
     reference_server = serve(AnthropicServer(policy, min_cache_tokens=10**9), monkeypatch)
     monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
@@ -278,7 +331,9 @@ def test_kill_mid_run_then_resume_equals_uninterrupted(
     finally:
         reference_server.stop()
     # the same run in a process killed with SIGKILL part way through
-    server = AnthropicServer(policy, Faults(rate=1.0, kinds=("slow",), slow_s=0.01), min_cache_tokens=10**9).start()
+    server = AnthropicServer(
+        policy, Faults(rate=1.0, kinds=("slow",), slow_s=0.01), min_cache_tokens=10**9
+    ).start()
     out = tmp_path / "killed"
     env = {**os.environ, "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": API_KEY}
     command = [sys.executable, "-m", "tooldistill.cli", "teacher", "capture", *args, "--out", str(out)]
@@ -317,7 +372,11 @@ def test_kill_mid_run_then_resume_equals_uninterrupted(
 
 
 def test_batch_mode_resubmits_expired_and_errored(
-    bfcl_dataset: Any, bfcl_traces: list[Trace], tmp_path: Path, anthropic_env: None, monkeypatch: pytest.MonkeyPatch
+    bfcl_dataset: Any,
+    bfcl_traces: list[Trace],
+    tmp_path: Path,
+    anthropic_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = CaptureConfig(
         dataset=bfcl_dataset.uri,
@@ -336,7 +395,9 @@ def test_batch_mode_resubmits_expired_and_errored(
     jobs = plan(bfcl_traces[:60], config).jobs
     expire, error = jobs[3].key, jobs[77].key
     server = serve(
-        AnthropicServer(ReferencePolicy(bfcl_traces), batch_polls=2, batch_expire=[expire], batch_error=[error]),
+        AnthropicServer(
+            ReferencePolicy(bfcl_traces), batch_polls=2, batch_expire=[expire], batch_error=[error]
+        ),
         monkeypatch,
     )
     try:
@@ -420,21 +481,33 @@ def _evaluation(tmp_path: Path, traces_uri: str, traces: list[Trace]) -> str:
         uri,
         token=token,
         manifest=store.Manifest(
-            kind="evaluation", stage="evaluate", rows=len(rows), parts=[part], config_hash="e", fingerprint="e", parents=[traces_uri]
+            kind="evaluation",
+            stage="evaluate",
+            rows=len(rows),
+            parts=[part],
+            config_hash="e",
+            fingerprint="e",
+            parents=[traces_uri],
         ),
     )
     return uri
 
 
 def test_judge_agreement_with_exact_matching(
-    bfcl_dataset: Any, bfcl_traces: list[Trace], tmp_path: Path, anthropic_env: None, monkeypatch: pytest.MonkeyPatch
+    bfcl_dataset: Any,
+    bfcl_traces: list[Trace],
+    tmp_path: Path,
+    anthropic_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     traces = [t for t in bfcl_traces if t.reference_calls][:90]
     evaluation = _evaluation(tmp_path, bfcl_dataset.uri, traces)
     policy = JudgePolicy(disagree_rate=0.15, seed=3)
     server = serve(AnthropicServer(policy, Faults(rate=0.1, retry_after_s=0.01)), monkeypatch)
     try:
-        config = JudgeConfig(evaluation=evaluation, out=str(tmp_path / "judge"), model=MODEL, retry_base_s=0.01, prices=PRICES)
+        config = JudgeConfig(
+            evaluation=evaluation, out=str(tmp_path / "judge"), model=MODEL, retry_base_s=0.01, prices=PRICES
+        )
         result = judge(config, show_progress=False)
         answered = sum(server.stats()["answered"].values())
         again = judge(config, show_progress=False)
@@ -443,7 +516,11 @@ def test_judge_agreement_with_exact_matching(
     rows = result.dataset.to_arrow().to_pylist()
     assert len(rows) == 90 and answered == 89  # the row whose student had an error is not sent
     assert sum(1 for r in rows if r["error"]) == 1
-    flipped = {r["request_key"] for r in rows if r["request_key"] and int(content_hash([3, r["request_key"]], 8), 16) / 16**8 < 0.15}
+    flipped = {
+        r["request_key"]
+        for r in rows
+        if r["request_key"] and int(content_hash([3, r["request_key"]], 8), 16) / 16**8 < 0.15
+    }
     disagreements = {r["request_key"] for r in rows if r["agree"] is False}
     assert disagreements == flipped and flipped
     summary = result.summary
@@ -454,7 +531,11 @@ def test_judge_agreement_with_exact_matching(
 
 
 def test_judge_garbage_answers_are_errors_not_verdicts(
-    bfcl_dataset: Any, bfcl_traces: list[Trace], tmp_path: Path, anthropic_env: None, monkeypatch: pytest.MonkeyPatch
+    bfcl_dataset: Any,
+    bfcl_traces: list[Trace],
+    tmp_path: Path,
+    anthropic_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class Rambling:
         def answer(self, body: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -464,7 +545,9 @@ def test_judge_garbage_answers_are_errors_not_verdicts(
     evaluation = _evaluation(tmp_path, bfcl_dataset.uri, traces)
     server = serve(AnthropicServer(Rambling()), monkeypatch)
     try:
-        result = judge(JudgeConfig(evaluation=evaluation, out=str(tmp_path / "j"), model=MODEL), show_progress=False)
+        result = judge(
+            JudgeConfig(evaluation=evaluation, out=str(tmp_path / "j"), model=MODEL), show_progress=False
+        )
     finally:
         server.stop()
     assert result.summary["judged"] == 0
@@ -480,10 +563,14 @@ def test_judge_garbage_answers_are_errors_not_verdicts(
     not (os.environ.get("ANTHROPIC_API_KEY") and os.environ.get("TOOLDISTILL_LIVE") == "1"),
     reason="live test: set ANTHROPIC_API_KEY and TOOLDISTILL_LIVE=1",
 )
-def test_live_three_traces_from_claude(bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_three_traces_from_claude(
+    bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     model = os.environ.get("TOOLDISTILL_LIVE_MODEL", "claude-haiku-4-5")
-    config = CaptureConfig(dataset=bfcl_dataset.uri, out=str(tmp_path / "live"), model=model, limit=3, max_tokens=512)
+    config = CaptureConfig(
+        dataset=bfcl_dataset.uri, out=str(tmp_path / "live"), model=model, limit=3, max_tokens=512
+    )
     result = capture(config, show_progress=False)
     assert result.summary["requests"]["answered"] == 3
     assert result.summary["tokens"]["output_tokens"] > 0

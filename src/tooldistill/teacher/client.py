@@ -343,7 +343,7 @@ async def run_batches(
     counts: dict[str, int] = defaultdict(int)
 
     async def submit(batch: list[Job], round_: int) -> dict[str, Any]:
-        requests = [{"custom_id": job.key, "params": job.params} for job in batch]
+        requests: list[Any] = [{"custom_id": job.key, "params": job.params} for job in batch]
         created, _ = await caller.call(lambda: client.messages.batches.create(requests=requests))
         state = {
             "id": created.id,
@@ -367,7 +367,8 @@ async def run_batches(
         still: list[dict[str, Any]] = []
         retry_by_round: dict[int, list[Job]] = defaultdict(list)
         for state in pending:
-            batch, _ = await caller.call(lambda s=state: client.messages.batches.retrieve(s["id"]))
+            batch_id: str = state["id"]
+            batch, _ = await caller.call(lambda b=batch_id: client.messages.batches.retrieve(b))  # type: ignore[misc]
             if batch.processing_status != "ended":
                 still.append(state)
                 continue

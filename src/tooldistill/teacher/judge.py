@@ -198,9 +198,9 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
             plan.append((row, None, f"trace {row['trace_id']} is not in {traces_uri}"))
         else:
             params = judge_params(trace, json.loads(row["calls"] or "[]"), config.model, config.max_tokens)
-            job = Job(key=request_key(params, 0), trace_id=trace.id, sample=0, params=params, prefix="judge")
-            jobs.append(job)
-            plan.append((row, job, None))
+            new = Job(key=request_key(params, 0), trace_id=trace.id, sample=0, params=params, prefix="judge")
+            jobs.append(new)
+            plan.append((row, new, None))
     if not jobs:
         raise JudgeError(f"nothing to judge in {config.evaluation}")
     unique = list({job.key: job for job in jobs}.values())
@@ -221,14 +221,14 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
         if job.key not in records and (record := cache.get(job.key)) is not None:
             records[job.key] = record
     mode = config.mode
-    out_rows = []
-    for row, job, problem in plan:
+    out_rows: list[dict[str, Any]] = []
+    for row, asked, problem in plan:
         verdicts = json.loads(row["verdicts"]) if row.get("verdicts") else {}
         mode = mode or next(iter(verdicts), None)
         exact = bool(verdicts.get(mode, {}).get("match")) if mode and verdicts else bool(row.get("match"))
         equivalent, score, reason, error = (None, None, None, problem)
-        if job is not None:
-            equivalent, score, reason, error = read_verdict(records.get(job.key))
+        if asked is not None:
+            equivalent, score, reason, error = read_verdict(records.get(asked.key))
         out_rows.append(
             {
                 "trace_id": row["trace_id"],
@@ -238,7 +238,7 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
                 "judge_reason": reason,
                 "agree": None if equivalent is None else equivalent == exact,
                 "error": error,
-                "request_key": job.key if job else None,
+                "request_key": asked.key if asked else None,
             }
         )
     summary = summarize(out_rows, mode, [records[j.key] for j in unique if j.key in records])
@@ -278,7 +278,8 @@ def summarize(rows: list[dict[str, Any]], mode: str | None, records: list[dict[s
             if expected < 1 and observed is not None
             else None
         )
-    costs = [r.get("cost_usd") for r in records]
+    costs = [r["cost_usd"] for r in records if r.get("cost_usd") is not None]
+    priced = len(costs) == len(records)
     return {
         "rows": len(rows),
         "judged": n,
@@ -297,5 +298,5 @@ def summarize(rows: list[dict[str, Any]], mode: str | None, records: list[dict[s
         },
         "mean_judge_score": round(sum(r["judge_score"] or 0 for r in judged) / n, 3) if n else None,
         "tokens": {name: sum(r["usage"].get(name, 0) for r in records) for name in USAGE_FIELDS},
-        "cost_usd": round(sum(costs), 6) if records and None not in costs else None,
+        "cost_usd": round(sum(costs), 6) if records and priced else None,
     }

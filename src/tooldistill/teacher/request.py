@@ -155,7 +155,7 @@ def build_params(
     if temperature is not None:
         params["temperature"] = temperature
     if system_texts:
-        blocks = [{"type": "text", "text": text} for text in system_texts]
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in system_texts]
         if cache:
             blocks[-1]["cache_control"] = dict(EPHEMERAL)
         params["system"] = blocks
