@@ -84,8 +84,8 @@ class EvaluateConfig:
     api_key_env: str = "OPENAI_API_KEY"
     force: bool = False
 
-    def config_hash(self, system: str | None) -> str:
-        """Hash of what decides the answers; ``system`` is the loaded prompt text."""
+    def config_hash(self, system: Any) -> str:
+        """Hash of what decides the answers; ``system`` is the loaded prompt (text, or text and demos)."""
         return content_hash(
             {
                 "endpoint": self.endpoint.rstrip("/"),
@@ -120,17 +120,42 @@ def load_prompt(path: str | None) -> str | None:
     raise ValueError(f"prompt artifact {path} has no 'system' text")
 
 
+def load_artifact(path: str | None) -> tuple[str | None, list[dict[str, Any]]]:
+    """The system prompt and the few-shot messages (``demos``: OpenAI chat messages placed between
+    the system prompt and the conversation) of a prompt artifact written by ``tooldistill optimize``."""
+    system = load_prompt(path)
+    if path is None:
+        return system, []
+    try:
+        value = json.loads(store.read_file(path).decode("utf-8"))
+    except ValueError:
+        return system, []
+    demos = value.get("demos") if isinstance(value, dict) else None
+    if demos is None:
+        return system, []
+    if not isinstance(demos, list) or not all(isinstance(d, dict) and "role" in d for d in demos):
+        raise ValueError(f"prompt artifact {path}: 'demos' must be a list of chat messages with a 'role'")
+    return system, demos
+
+
 def _safe_name(name: str) -> str:
     return _TOOL_NAME.sub("_", name)[:64]
 
 
 def build_request(
-    trace: Trace, model: str, system: str | None, temperature: float, max_tokens: int
+    trace: Trace,
+    model: str,
+    system: str | None,
+    temperature: float,
+    max_tokens: int,
+    demos: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The chat-completions request for one trace (tool names made API-safe: dots → ``_``)."""
+    """The chat-completions request for one trace (tool names made API-safe: dots → ``_``);
+    ``demos`` (few-shot chat messages) go after the system prompt, before the conversation."""
     messages: list[dict[str, Any]] = []
     if system:
         messages.append({"role": "system", "content": system})
+    conversation_start = len(messages)
     for message in trace.messages:
         item: dict[str, Any] = {"role": message.role, "content": message.content}
         if message.role == "system" and system:
@@ -148,6 +173,10 @@ def build_request(
         if message.role == "tool":
             item["tool_call_id"] = message.tool_call_id or "call_0"
         messages.append(item)
+    if demos:
+        # after the trace's own system message (merged into messages[0] above), before its turns
+        at = conversation_start + (1 if not system and trace.messages[0].role == "system" else 0)
+        messages[at:at] = [dict(d) for d in demos]
     tools = [
         {
             "type": "function",
@@ -222,8 +251,14 @@ class _Client:
         raise EndpointError(f"gave up after {self.retries + 1} attempts: {last}")
 
 
-def evaluate_one(client: _Client, trace: Trace, config: EvaluateConfig, system: str | None) -> dict[str, Any]:
-    request = build_request(trace, config.model, system, config.temperature, config.max_tokens)
+def evaluate_one(
+    client: _Client,
+    trace: Trace,
+    config: EvaluateConfig,
+    system: str | None,
+    demos: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    request = build_request(trace, config.model, system, config.temperature, config.max_tokens, demos)
     row: dict[str, Any] = {
         "trace_id": trace.id,
         "source_id": trace.source_id,
@@ -294,8 +329,8 @@ def evaluate(
     modes = tuple(check_modes(config.modes))
     config = replace(config, modes=modes)
     source = store.Dataset.open(config.dataset)
-    system = load_prompt(config.prompt)
-    config_hash = config.config_hash(system)
+    system, demos = load_artifact(config.prompt)
+    config_hash = config.config_hash({"system": system, "demos": demos} if demos else system)
     fingerprint = store.fingerprint(STAGE, config_hash, [config.dataset, source.manifest.fingerprint])
     if not config.force:
         existing = store.up_to_date(config.out, fingerprint)
@@ -319,7 +354,9 @@ def evaluate(
         ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool,
     ):
         task = bar.add_task("evaluate", total=len(traces))
-        futures = {pool.submit(evaluate_one, client, t, config, system): i for i, t in enumerate(traces)}
+        futures = {
+            pool.submit(evaluate_one, client, t, config, system, demos): i for i, t in enumerate(traces)
+        }
         for done, future in enumerate(as_completed(futures), start=1):
             rows[futures[future]] = future.result()
             bar.advance(task)

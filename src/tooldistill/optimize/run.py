@@ -1,0 +1,598 @@
+"""``tooldistill optimize``: the phase schedule, the run folder, resume and export.
+
+The default schedule mirrors the reference write-up: phase 1 bootstraps few-shot demonstrations
+with DSPy from 50 train examples, phase 2 runs GEPA on 50 train examples, phase 3 runs GEPA on the
+15 best CaR-curated examples (the train traces ranked by CaR's ``quality`` column).  Each phase
+starts from the previous phase's best prompt and is measured on the held-out test split (match
+rate with a Wilson interval), so the table of phases is comparable row by row.
+
+Run folder (local path; GEPA keeps its state as files)::
+
+    RUN/config.json              the resolved config
+    RUN/phase1/program.json      the DSPy program (``dspy.Module.save`` format)
+    RUN/phaseN/prompt.json       the plain artifact {"system": ..., "demos": [chat messages]}
+    RUN/phaseN/gepa/             GEPA's own state (gepa_state.bin, run_log.txt), rewritten every iteration
+    RUN/phaseN/candidates.json   every candidate: instructions, parents, val scores; the Pareto front
+    RUN/phaseN/progress.json     budget used, best so far, front size (rewritten every iteration)
+    RUN/phaseN/test.json         the test-split evaluation of the phase's best prompt
+    RUN/phaseN/result.json       written last: the phase is done
+    RUN/best/prompt.json, RUN/best/program.json, RUN/summary.json
+
+Resume: a phase with ``result.json`` whose config hash is unchanged is skipped; a GEPA phase that
+was interrupted finds ``gepa/gepa_state.bin`` and continues from its last iteration (GEPA reloads
+the candidates, their scores, the Pareto front and the metric calls spent; the reflection dollars
+come back through the adapter state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tooldistill import store
+from tooldistill.optimize.reflection import ReflectionSettings
+from tooldistill.optimize.student import (
+    Outcome,
+    Prompt,
+    StudentSettings,
+    check_endpoint,
+    run_batch,
+    summarize,
+)
+from tooldistill.schema import Trace, content_hash
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class OptimizeError(ValueError):
+    """The optimize config or its inputs cannot be used."""
+
+
+class TuneSettings(BaseModel):
+    """How GEPA's candidate evaluations run as Ray Tune trials."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: ``tune``: one Ray Tune trial per (candidate, examples); ``threads``: a thread pool here.
+    executor: Literal["tune", "threads"] = "tune"
+    max_concurrent_trials: int = Field(default=8, ge=1)
+    requests_per_trial: int = Field(default=4, ge=1)
+    cpus_per_trial: float = Field(default=0.25, ge=0)
+    resources_per_trial: dict[str, float] | None = None
+    warm_start: bool = True
+    ray_address: str | None = None
+
+
+class PhaseConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: Literal["dspy", "gepa"]
+    #: Train examples: the first N of the train split, or the N best by CaR quality (``car``).
+    train: int = Field(default=50, ge=1)
+    select: Literal["first", "car"] = "first"
+    #: Validation examples GEPA scores candidates on (also random search's / MIPRO's valset).
+    val: int = Field(default=50, ge=1)
+    # DSPy
+    optimizer: Literal["bootstrap", "random_search", "mipro"] = "bootstrap"
+    max_bootstrapped_demos: int = Field(default=4, ge=0)
+    max_labeled_demos: int = Field(default=0, ge=0)
+    num_candidate_programs: int = Field(default=4, ge=1)
+    num_threads: int = Field(default=8, ge=1)
+    # GEPA
+    max_metric_calls: int = Field(default=500, ge=1)
+    max_reflection_usd: float | None = Field(default=5.0, ge=0)
+    minibatch_size: int = Field(default=3, ge=1)
+    #: PxNSampling: P parents, N mutations each = P*N candidates per iteration, evaluated side by side.
+    parents_per_iteration: int = Field(default=2, ge=1)
+    mutations_per_parent: int = Field(default=4, ge=1)
+    candidate_selection: Literal["pareto", "current_best", "epsilon_greedy", "top_k_pareto"] = "pareto"
+    use_merge: bool = False
+    seed: int = 0
+
+    def config_hash(self) -> str:
+        return content_hash(self.model_dump(mode="json"), 16)
+
+
+def default_phases() -> list[PhaseConfig]:
+    return [
+        PhaseConfig(name="phase1", kind="dspy", train=50, optimizer="bootstrap"),
+        PhaseConfig(name="phase2", kind="gepa", train=50),
+        PhaseConfig(name="phase3", kind="gepa", train=15, select="car"),
+    ]
+
+
+class DataSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train: str
+    val: str
+    test: str
+    #: CaR-curated traces to rank for ``select: car`` (default: the train split, which carries CaR's
+    #: ``quality`` column when it was split from ``curate car``'s output).
+    curated: str | None = None
+    #: Cap on the test examples (None: all).
+    test_limit: int | None = None
+
+
+class OptimizeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_dir: str
+    data: DataSettings
+    student: StudentSettings = Field(default_factory=StudentSettings)
+    reflection: ReflectionSettings = Field(default_factory=ReflectionSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    #: The starting prompt: {"system": ..., "demos": [...]}, or a path to a prompt artifact.
+    seed_prompt: dict[str, Any] | str | None = None
+    phases: list[PhaseConfig] = Field(default_factory=default_phases)
+
+    @model_validator(mode="after")
+    def _unique(self) -> OptimizeConfig:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique: {names}")
+        return self
+
+    def phase(self, selector: str) -> list[PhaseConfig]:
+        """``all``, a phase name, or its 1-based number."""
+        if selector == "all":
+            return list(self.phases)
+        for number, phase in enumerate(self.phases, start=1):
+            if selector in (phase.name, str(number)):
+                return [phase]
+        raise OptimizeError(f"no phase {selector!r}; phases: {', '.join(p.name for p in self.phases)}")
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> OptimizeConfig:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(store.read_file(path).decode("utf-8")) or {}
+    except (store.StoreError, yaml.YAMLError) as error:
+        raise OptimizeError(f"cannot read optimize config {path}: {error}") from error
+    return config_from_dict(raw, overrides)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> OptimizeConfig:
+    raw = json.loads(json.dumps(raw))
+    for dotted, value in (overrides or {}).items():
+        apply_override(raw, dotted, value)
+    try:
+        return OptimizeConfig.model_validate(raw)
+    except ValueError as error:
+        raise OptimizeError(f"bad optimize config: {error}") from error
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a config dict; ``phases.*.x`` (or ``phases.phase2.x``) reaches into phases."""
+    parts = dotted.split(".")
+    if parts[0] == "phases" and len(parts) >= 3:
+        phases = raw.setdefault("phases", [p.model_dump() for p in default_phases()])
+        for phase in phases:
+            if parts[1] in ("*", phase.get("name")):
+                phase[parts[2]] = value
+        return
+    node = raw
+    for key in parts[:-1]:
+        node = node.setdefault(key, {})
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _traces(uri: str) -> list[Trace]:
+    try:
+        return store.Dataset.open(uri).to_traces()
+    except store.StoreError as error:
+        raise OptimizeError(f"cannot open dataset {uri}: {error}") from error
+
+
+def car_best(uri: str, n: int) -> list[Trace]:
+    """The ``n`` traces with the highest CaR ``quality`` (ties: smaller id); the first ``n`` when the
+    dataset has no quality column."""
+    dataset = store.Dataset.open(uri)
+    traces = dataset.to_traces()
+    table = dataset.to_arrow()
+    if "quality" not in table.column_names:
+        return traces[:n]
+    quality = dict(zip(table.column("id").to_pylist(), table.column("quality").to_pylist(), strict=True))
+    ranked = sorted(traces, key=lambda t: (-(quality.get(t.id) or 0.0), t.id))
+    return ranked[:n]
+
+
+def phase_train(config: OptimizeConfig, phase: PhaseConfig) -> list[Trace]:
+    if phase.select == "car":
+        return car_best(config.data.curated or config.data.train, phase.train)
+    return _traces(config.data.train)[: phase.train]
+
+
+# ---------------------------------------------------------------------------------------------
+# run folder
+
+
+def _write(folder: str | Path, name: str, value: Any) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _read(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_prompt(path: str) -> Prompt:
+    try:
+        value = json.loads(store.read_file(path).decode("utf-8"))
+    except (store.StoreError, ValueError) as error:
+        raise OptimizeError(f"cannot read prompt artifact {path}: {error}") from error
+    if not isinstance(value, dict):
+        raise OptimizeError(f"prompt artifact {path} is not a JSON object")
+    return Prompt.from_json(value)
+
+
+def seed_prompt(config: OptimizeConfig) -> Prompt:
+    from tooldistill.optimize.program import DEFAULT_INSTRUCTIONS
+
+    if config.seed_prompt is None:
+        return Prompt(DEFAULT_INSTRUCTIONS)
+    if isinstance(config.seed_prompt, str):
+        return read_prompt(config.seed_prompt)
+    return Prompt.from_json(config.seed_prompt)
+
+
+def evaluate_prompt(
+    prompt: Prompt, traces: Sequence[Trace], settings: StudentSettings
+) -> tuple[dict[str, Any], list[Outcome]]:
+    outcomes = run_batch(traces, prompt, settings)
+    return summarize(outcomes), outcomes
+
+
+# ---------------------------------------------------------------------------------------------
+# phases
+
+
+def run_dspy_phase(
+    config: OptimizeConfig, phase: PhaseConfig, start: Prompt, folder: Path, progress: Progress
+) -> Prompt:
+    """Phase 1: DSPy bootstraps demos (and MIPROv2 also proposes instructions)."""
+    import dspy
+
+    from tooldistill.optimize.program import StudentProgram, example_of, match_metric, student_lm
+
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    train = [example_of(t) for t in phase_train(config, phase)]
+    val = [example_of(t) for t in _traces(config.data.val)[: phase.val]]
+    student = StudentProgram.from_prompt(config.student, start)
+    start_demos = list(start.demos)
+    progress({"phase": phase.name, "event": "start", "optimizer": phase.optimizer, "train": len(train)})
+    with dspy.context(lm=student_lm(config.student)):
+        optimizer: Any
+        if phase.optimizer == "bootstrap":
+            optimizer = dspy.BootstrapFewShot(
+                metric=match_metric,
+                max_bootstrapped_demos=phase.max_bootstrapped_demos,
+                max_labeled_demos=phase.max_labeled_demos,
+                max_rounds=1,
+            )
+            compiled = optimizer.compile(student, trainset=train)
+        elif phase.optimizer == "random_search":
+            optimizer = dspy.BootstrapFewShotWithRandomSearch(
+                metric=match_metric,
+                max_bootstrapped_demos=phase.max_bootstrapped_demos,
+                max_labeled_demos=phase.max_labeled_demos,
+                num_candidate_programs=phase.num_candidate_programs,
+                num_threads=phase.num_threads,
+            )
+            compiled = optimizer.compile(student, trainset=train, valset=val)
+        else:
+            from tooldistill.optimize.reflection import ReflectionLM
+
+            if config.reflection.kind != "openai":
+                prompt_model = dspy.LM(f"anthropic/{config.reflection.model}", cache=False)
+            else:
+                prompt_model = dspy.LM(
+                    f"openai/{config.reflection.model}",
+                    api_base=config.reflection.endpoint,
+                    api_key=os.environ.get(config.reflection.api_key_env or "", "unused"),
+                    cache=False,
+                )
+            del ReflectionLM
+            optimizer = dspy.MIPROv2(
+                metric=match_metric,
+                prompt_model=prompt_model,
+                task_model=student_lm(config.student),
+                auto="light",
+                max_bootstrapped_demos=phase.max_bootstrapped_demos,
+                max_labeled_demos=phase.max_labeled_demos,
+                num_threads=phase.num_threads,
+                verbose=False,
+            )
+            compiled = optimizer.compile(student, trainset=train, valset=val)
+    compiled.save(str(folder / "program.json"))
+    prompt = compiled.prompt()
+    if not compiled.step.demos and start_demos:
+        prompt = Prompt(prompt.system, tuple(start_demos))  # nothing bootstrapped: keep what we had
+    progress({"phase": phase.name, "event": "compiled", "demos": len(compiled.step.demos)})
+    return prompt
+
+
+class _GepaProgress:
+    """A GEPA callback: after every iteration, write the candidates and the progress, and report."""
+
+    def __init__(
+        self, phase: PhaseConfig, folder: Path, adapter: Any, reflection: Any, progress: Progress
+    ) -> None:
+        self.phase, self.folder, self.adapter, self.reflection = phase, folder, adapter, reflection
+        self.report = progress
+        self.started = time.time()
+
+    def snapshot(self, state: Any) -> dict[str, Any]:
+        from gepa.core.result import GEPAResult
+
+        result = GEPAResult.from_state(state)
+        front = sorted({i for ids in result.per_val_instance_best_candidates.values() for i in ids})
+        candidates: list[dict[str, Any]] = [
+            {
+                "index": i,
+                "instructions": c["instructions"],
+                "parents": result.parents[i],
+                "val_score": round(result.val_aggregate_scores[i], 4),
+                "val_scores": {str(k): v for k, v in result.val_subscores[i].items()},
+                "found_after_metric_calls": result.discovery_eval_counts[i],
+                "on_pareto_front": i in front,
+            }
+            for i, c in enumerate(result.candidates)
+        ]
+        scores = [float(c["val_score"]) for c in candidates]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        _write(
+            self.folder, "candidates.json", {"best": best, "pareto_front": front, "candidates": candidates}
+        )
+        status = {
+            "phase": self.phase.name,
+            "event": "iteration",
+            "iteration": state.i + 1,
+            "metric_calls": state.total_num_evals,
+            "max_metric_calls": self.phase.max_metric_calls,
+            "reflection_usd": round(float(getattr(self.reflection, "total_cost", 0.0)), 6),
+            "max_reflection_usd": self.phase.max_reflection_usd,
+            "candidates": len(candidates),
+            "best_val_score": candidates[best]["val_score"],
+            "pareto_front": len(front),
+            "elapsed_s": round(time.time() - self.started, 1),
+        }
+        _write(self.folder, "progress.json", status)
+        self.report(status)
+        return status
+
+    def on_iteration_end(self, event: Any) -> None:
+        self.snapshot(event["state"])
+
+    def on_optimization_end(self, event: Any) -> None:
+        state = event.get("final_state") if isinstance(event, dict) else None
+        if state is not None:
+            self.snapshot(state)
+
+
+def make_evaluator(config: OptimizeConfig, folder: Path) -> Any:
+    if config.tune.executor != "tune":
+        return None
+    import ray
+
+    from tooldistill.optimize.tune_eval import TuneEvaluator
+
+    if not ray.is_initialized():
+        ray.init(
+            address=config.tune.ray_address,
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    return TuneEvaluator(
+        config.student,
+        str(folder / "tune"),
+        max_concurrent_trials=config.tune.max_concurrent_trials,
+        requests_per_trial=config.tune.requests_per_trial,
+        cpus_per_trial=config.tune.cpus_per_trial,
+        resources_per_trial=config.tune.resources_per_trial,
+        warm_start=config.tune.warm_start,
+    )
+
+
+def run_gepa_phase(
+    config: OptimizeConfig,
+    phase: PhaseConfig,
+    start: Prompt,
+    folder: Path,
+    progress: Progress,
+    callbacks: Sequence[Any] = (),
+) -> Prompt:
+    """Phases 2-3: GEPA evolves the instructions; the demos of ``start`` stay."""
+    import gepa
+    from gepa.strategies.proposal_sampling import PxNSampling
+
+    from tooldistill.optimize.adapter import COMPONENT, ToolCallAdapter
+    from tooldistill.optimize.reflection import ReflectionLM
+
+    train = phase_train(config, phase)
+    val = _traces(config.data.val)[: phase.val]
+    if not train or not val:
+        raise OptimizeError(f"{phase.name}: GEPA needs train and val examples (got {len(train)}, {len(val)})")
+    previous = _read(folder / "progress.json") or {}
+    reflection = ReflectionLM(config.reflection, spent_before=float(previous.get("reflection_usd") or 0.0))
+    evaluator = make_evaluator(config, folder)
+    adapter = ToolCallAdapter(
+        config.student,
+        start.demos,
+        evaluator=evaluator,
+        reflection_lm=reflection,
+        parallel_candidates=config.tune.max_concurrent_trials,
+    )
+    watcher = _GepaProgress(phase, folder, adapter, reflection, progress)
+    resumed = (folder / "gepa" / "gepa_state.bin").exists()
+    progress(
+        {"phase": phase.name, "event": "start", "resumed": resumed, "train": len(train), "val": len(val)}
+    )
+    try:
+        result: Any = gepa.optimize(
+            seed_candidate={COMPONENT: start.system},
+            trainset=train,
+            valset=val,
+            adapter=adapter,  # type: ignore[arg-type]
+            reflection_lm=reflection,
+            candidate_selection_strategy=phase.candidate_selection,
+            reflection_minibatch_size=phase.minibatch_size,
+            max_metric_calls=phase.max_metric_calls,
+            max_reflection_cost=phase.max_reflection_usd,
+            sampling_strategy=PxNSampling(phase.parents_per_iteration, phase.mutations_per_parent),
+            use_merge=phase.use_merge,
+            run_dir=str(folder / "gepa"),
+            callbacks=[watcher, *callbacks],  # type: ignore[list-item]
+            track_best_outputs=False,
+            seed=phase.seed,
+            raise_on_exception=True,
+        )
+    finally:
+        if evaluator is not None:
+            _write(
+                folder,
+                "trials.json",
+                [t.__dict__ for t in evaluator.trials],
+            )
+            evaluator.close()
+    best = result.best_candidate
+    assert isinstance(best, dict)
+    _write(folder, "reflection.json", reflection.usage())
+    return Prompt(best[COMPONENT], start.demos)
+
+
+def run_phase(
+    config: OptimizeConfig,
+    phase: PhaseConfig,
+    start: Prompt,
+    progress: Progress,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """One phase from ``start``; skipped when its result is there for the same config and start."""
+    folder = Path(config.run_dir) / phase.name
+    key = content_hash(
+        {"phase": phase.config_hash(), "start": start.to_json(), "student": config.student.model_dump(mode="json"),
+         "data": config.data.model_dump(mode="json")},
+        16,
+    )  # fmt: skip
+    done = _read(folder / "result.json")
+    if done and done.get("key") == key:
+        progress({"phase": phase.name, "event": "skipped", "test": done.get("test")})
+        return dict(done)
+    if done:  # a finished phase with other inputs: start it over
+        for name in ("result.json", "progress.json", "candidates.json"):
+            (folder / name).unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(folder / "gepa", ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if phase.kind == "dspy":
+        prompt = run_dspy_phase(config, phase, start, folder, progress)
+    else:
+        prompt = run_gepa_phase(config, phase, start, folder, progress, callbacks)
+    _write(folder, "prompt.json", prompt.to_json())
+    _export_program(config, prompt, folder)
+    test = _traces(config.data.test)[: config.data.test_limit]
+    summary, outcomes = evaluate_prompt(prompt, test, config.student)
+    _write(folder, "test.json", {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
+    result = {
+        "phase": phase.name,
+        "kind": phase.kind,
+        "key": key,
+        "train": phase.train,
+        "test": summary,
+        "demo_messages": len(prompt.demos),
+        "system_chars": len(prompt.system),
+        "elapsed_s": round(time.time() - started, 1),
+        "progress": _read(folder / "progress.json"),
+    }
+    _write(folder, "result.json", result)
+    progress({"phase": phase.name, "event": "done", "test": summary})
+    return result
+
+
+def _export_program(config: OptimizeConfig, prompt: Prompt, folder: Path) -> None:
+    """The prompt in DSPy's save format too (phase 1 already wrote its compiled program)."""
+    if (folder / "program.json").exists():
+        return
+    from tooldistill.optimize.program import StudentProgram
+
+    program = StudentProgram.from_prompt(config.student, prompt)
+    program.save(str(folder / "program.json"))
+    # the demos as chat messages are in prompt.json; DSPy's format holds the instructions
+
+
+def optimize(
+    config: OptimizeConfig,
+    phase: str = "all",
+    progress: Progress | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Run the selected phases in order, each from the previous one's prompt; returns the summary."""
+    report = progress or (lambda _: None)
+    check_endpoint(config.student)
+    selected = config.phase(phase)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write(run_dir, "config.json", config.model_dump(mode="json"))
+    previous = None
+    index = [p.name for p in config.phases].index(selected[0].name)
+    if index > 0:
+        # a later phase alone starts from the phase before it, when that phase has run
+        before = run_dir / config.phases[index - 1].name / "prompt.json"
+        if not before.exists():
+            raise OptimizeError(
+                f"{selected[0].name} starts from {config.phases[index - 1].name}, which has not run"
+            )
+        previous = read_prompt(str(before))
+    start = previous or seed_prompt(config)
+    baseline = _read(run_dir / "baseline.json")
+    if baseline is None or baseline.get("prompt") != start.to_json():
+        test = _traces(config.data.test)[: config.data.test_limit]
+        summary, _ = evaluate_prompt(start, test, config.student)
+        baseline = {"prompt": start.to_json(), "test": summary}
+        _write(run_dir, "baseline.json", baseline)
+    report({"phase": "baseline", "event": "done", "test": baseline["test"]})
+    results = []
+    for item in selected:
+        result = run_phase(config, item, start, report, callbacks)
+        results.append(result)
+        start = read_prompt(str(run_dir / item.name / "prompt.json"))
+    best = max(results, key=lambda r: r["test"].get("rate") or 0.0)
+    best_folder = run_dir / best["phase"]
+    (run_dir / "best").mkdir(exist_ok=True)
+    for name in ("prompt.json", "program.json"):
+        if (best_folder / name).exists():
+            (run_dir / "best" / name).write_bytes((best_folder / name).read_bytes())
+    summary = {
+        "run_dir": str(run_dir),
+        "baseline": baseline["test"],
+        "phases": [
+            {k: r[k] for k in ("phase", "kind", "train", "test", "demo_messages", "elapsed_s")}
+            for r in results
+        ],
+        "best_phase": best["phase"],
+        "artifact": str(run_dir / "best" / "prompt.json"),
+    }
+    _write(run_dir, "summary.json", summary)
+    return summary

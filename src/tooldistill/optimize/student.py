@@ -1,0 +1,233 @@
+"""One student request with a prompt, scored by the matcher.
+
+A **prompt** is what optimization changes: a system text and few-shot messages (OpenAI chat
+messages: a user turn, the assistant's native ``tool_calls``, the tool results).  Running a prompt
+on a trace sends the system text, then the demonstrations, then the trace's own conversation, with
+the trace's tools as native tools (``evaluate.build_request``); the reply is parsed
+(``parse_message``) and judged (``scoring.judge``) in one match mode.  The outcome carries the
+score, the verdict's reason (GEPA's feedback), the calls and the raw reply.
+
+A failed request or a reply that cannot be parsed is an outcome with score 0 and the reason in
+words, never an exception: one bad example must not stop an optimization run.
+
+This module imports neither DSPy nor Ray Tune, so Tune trial workers start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tooldistill.evaluate import EndpointError, _Client, _safe_name, build_request
+from tooldistill.match.parse import Parsed, parse_message
+from tooldistill.match.stats import rate
+from tooldistill.schema import Trace, trace_from_row, trace_to_row
+from tooldistill.scoring import judge
+
+
+class StudentSettings(BaseModel):
+    """Where the student answers and how it is asked."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    model: str = "student"
+    temperature: float = 0.0
+    max_tokens: int = 512
+    #: Sent as ``reasoning_effort`` when set (GPT-OSS reads it; others ignore it).
+    reasoning_effort: str | None = None
+    timeout_s: float = 60.0
+    retries: int = 2
+    api_key_env: str = "OPENAI_API_KEY"
+    #: Match mode that gives the score and the feedback.
+    mode: str = "chain"
+    #: Concurrent requests when this process evaluates a batch itself.
+    concurrency: int = Field(default=8, ge=1)
+
+    def client(self) -> _Client:
+        return _Client(self.endpoint, self.timeout_s, self.retries, os.environ.get(self.api_key_env))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """System text and few-shot messages; the plain artifact is ``{"system": ..., "demos": [...]}``."""
+
+    system: str = ""
+    demos: tuple[Mapping[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"system": self.system, "demos": [dict(d) for d in self.demos]}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Prompt:
+        demos = value.get("demos") or []
+        if not isinstance(demos, list) or not all(isinstance(d, dict) and "role" in d for d in demos):
+            raise ValueError("prompt demos must be a list of chat messages with a 'role'")
+        return cls(str(value.get("system") or value.get("instructions") or ""), tuple(demos))
+
+
+def demo_messages(trace: Trace, calls: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A trace and its calls as few-shot chat messages: the conversation's user turns (no system
+    message: the prompt's own system text leads), the assistant's native tool calls, and one tool
+    result per call, so that every OpenAI-compatible server accepts the sequence."""
+    chosen = [
+        {"name": c["name"], "arguments": dict(c.get("arguments") or {})}
+        for c in (calls if calls is not None else [c.model_dump() for c in trace.reference_calls])
+    ]
+    messages: list[dict[str, Any]] = []
+    for message in trace.messages:
+        if message.role == "system":
+            continue
+        messages.append({"role": message.role, "content": message.content})
+    ids = [f"demo_{trace.id[:8]}_{i}" for i in range(len(chosen))]
+    assistant: dict[str, Any] = {"role": "assistant", "content": "" if chosen else "No tool is needed."}
+    if chosen:
+        assistant["tool_calls"] = [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": _safe_name(c["name"]), "arguments": json.dumps(c["arguments"])},
+            }
+            for call_id, c in zip(ids, chosen, strict=True)
+        ]
+    messages.append(assistant)
+    messages.extend({"role": "tool", "tool_call_id": call_id, "content": "(done)"} for call_id in ids)
+    return messages
+
+
+def request_for(trace: Trace, prompt: Prompt, settings: StudentSettings) -> dict[str, Any]:
+    request = build_request(
+        trace,
+        settings.model,
+        prompt.system or None,
+        settings.temperature,
+        settings.max_tokens,
+        demos=[dict(d) for d in prompt.demos],
+    )
+    if settings.reasoning_effort:
+        request["reasoning_effort"] = settings.reasoning_effort
+    return request
+
+
+@dataclass
+class Outcome:
+    """One trace run with one prompt."""
+
+    trace_id: str
+    score: float
+    match: bool
+    reason: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    reply: str | None = None
+    error: str | None = None
+    latency_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "score": self.score,
+            "match": self.match,
+            "reason": self.reason,
+            "calls": self.calls,
+            "reply": self.reply,
+            "error": self.error,
+            "latency_s": self.latency_s,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Outcome:
+        fields: dict[str, Any] = {k: value[k] for k in cls.__dataclass_fields__ if k in value}
+        return cls(**fields)
+
+
+def reply_text(message: Mapping[str, Any] | None) -> str:
+    """The reply as the reflection model should read it: text, then the native calls."""
+    if not isinstance(message, Mapping):
+        return "(no message)"
+    parts = []
+    if message.get("content"):
+        parts.append(str(message["content"]))
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {} if isinstance(call, Mapping) else {}
+        parts.append(f"tool_call {function.get('name')}({function.get('arguments')})")
+    return "\n".join(parts) or "(empty reply)"
+
+
+def run_example(
+    trace: Trace, prompt: Prompt, settings: StudentSettings, client: _Client | None = None
+) -> Outcome:
+    """Ask the student once and judge the reply; never raises for a bad answer or endpoint."""
+    client = client or settings.client()
+    started = time.perf_counter()
+    try:
+        response, _ = client.chat(request_for(trace, prompt, settings))
+    except EndpointError as error:
+        return Outcome(
+            trace.id, 0.0, False, f"endpoint error: {error}", error=str(error),
+            latency_s=time.perf_counter() - started,
+        )  # fmt: skip
+    latency = time.perf_counter() - started
+    choices = response.get("choices") if isinstance(response, dict) else None
+    message = (
+        choices[0].get("message")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict)
+        else None
+    )
+    parsed = (
+        parse_message(message)
+        if isinstance(message, dict)
+        else Parsed(error="unparseable: response has no message")
+    )
+    judged = judge(trace, parsed, [settings.mode])
+    verdict = judged["verdicts"][settings.mode]
+    return Outcome(
+        trace.id,
+        float(verdict["score"]),
+        bool(verdict["match"]),
+        str(verdict["reason"]),
+        judged["calls"],
+        reply_text(message),
+        latency_s=latency,
+    )
+
+
+def run_batch(
+    traces: Sequence[Trace], prompt: Prompt, settings: StudentSettings, concurrency: int | None = None
+) -> list[Outcome]:
+    """Every trace with one prompt, ``concurrency`` requests at a time, in input order."""
+    if not traces:
+        return []
+    client = settings.client()
+    workers = max(1, min(concurrency or settings.concurrency, len(traces)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda t: run_example(t, prompt, settings, client), traces))
+
+
+def check_endpoint(settings: StudentSettings) -> None:
+    """Fail with one clear error when nothing answers at the student endpoint."""
+    settings.client().check()
+
+
+def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Match rate with its Wilson interval, mean score, and errors."""
+    matched = sum(o.match for o in outcomes)
+    summary = rate(matched, len(outcomes))
+    summary["mean_score"] = round(sum(o.score for o in outcomes) / len(outcomes), 4) if outcomes else None
+    summary["errors"] = sum(o.error is not None for o in outcomes)
+    return summary
+
+
+def trace_to_wire(trace: Trace) -> dict[str, Any]:
+    """A trace as plain JSON for a Tune trial's config (rows round-trip exactly)."""
+    return trace_to_row(trace)
+
+
+def trace_from_wire(value: Mapping[str, Any]) -> Trace:
+    return trace_from_row(value)

@@ -1,0 +1,213 @@
+"""Local OpenAI-compatible servers for tests and benchmarks of prompt optimization.
+
+``StudentServer`` is a deterministic stand-in for the student endpoint whose answers depend on the
+prompt it receives, so that an optimizer has something real to find:
+
+- the system prompt contains ``KEY_PHRASE``: every answer is right;
+- otherwise an "easy" question (``index % 3 == 0``) is answered right, a question with
+  ``index % 3 == 1`` is answered right when the request carries few-shot demonstrations
+  (assistant tool calls before the last user turn), and everything else gets the city in lower
+  case (the matcher's reason: ``argument city: expected 'Oslo7', got 'oslo7'``);
+- the system prompt contains ``GARBAGE``: the reply is unparseable text.
+
+A fixed ``latency_s`` per request models a real model's time.  ``ReflectionServer`` answers every
+chat request with an instruction that contains ``KEY_PHRASE`` in a fenced block (the form GEPA's
+default proposer extracts), with token usage so that costs add up.  Both count their requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tooldistill.schema import Message, ToolCall, ToolSpec, Trace
+
+KEY_PHRASE = "Copy every argument value exactly as the user wrote it, keeping its capitalization."
+BETTER_INSTRUCTION = (
+    "Call the tool that answers the user's question. " + KEY_PHRASE + " Never change city names."
+)
+CITIES = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Pune", "Cork", "Nice", "Bern", "Graz", "Riga", "Baku"]
+WEATHER = ToolSpec(
+    name="weather.current",
+    description="Current weather in a city",
+    parameters={
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+        "required": ["city"],
+    },
+)
+CLOCK = ToolSpec(
+    name="clock.now",
+    description="Local time in a time zone",
+    parameters={"type": "object", "properties": {"tz": {"type": "string"}}},
+)
+_QUESTION = re.compile(r"weather in (\w+?)(\d+)\?")
+
+
+def city_of(index: int) -> str:
+    return f"{CITIES[index % len(CITIES)]}{index}"
+
+
+def make_traces(n: int, start: int = 0) -> list[Trace]:
+    """``n`` weather questions; the reference is ``weather.current(city=...)``."""
+    return [
+        Trace(
+            source_id=f"w{i}",
+            source="test",
+            category="weather",
+            messages=[Message(role="user", content=f"What is the weather in {city_of(i)}?")],
+            tools=[WEATHER, CLOCK],
+            reference_calls=[ToolCall(name="weather.current", arguments={"city": city_of(i)})],
+        ).with_id()
+        for i in range(start, start + n)
+    ]
+
+
+class _Server:
+    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.requests = 0
+        self.lock = threading.Lock()
+        handler.owner = self  # type: ignore[attr-defined]
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.request_queue_size = 256
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def count(self) -> None:
+        with self.lock:
+            self.requests += 1
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def start(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: Any
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._send(200, {"object": "list", "data": [{"id": "student", "object": "model"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.owner.count()
+        self._send(200, self.answer(body))
+
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _completion(message: dict[str, Any], model: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-local",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": tokens_in,
+            "completion_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+        },
+    }
+
+
+class _StudentHandler(_Handler):
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.owner.latency_s:
+            time.sleep(self.owner.latency_s)
+        messages = body.get("messages") or []
+        system = messages[0]["content"] if messages and messages[0].get("role") == "system" else ""
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+        has_demos = any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages[:last_user])
+        found = _QUESTION.search(str(messages[last_user]["content"])) if last_user >= 0 else None
+        model = str(body.get("model"))
+        if "GARBAGE" in system or found is None:
+            return _completion({"role": "assistant", "content": "{'name': weather("}, model, 40, 5)
+        city, index = found.group(1) + found.group(2), int(found.group(2))
+        right = KEY_PHRASE in system or index % 3 == 0 or (index % 3 == 1 and has_demos)
+        arguments = {"city": city if right else city.lower()}
+        call = {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "weather_current", "arguments": json.dumps(arguments)},
+        }
+        return _completion({"role": "assistant", "content": None, "tool_calls": [call]}, model, 60, 12)
+
+
+class StudentServer(_Server):
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+        super().__init__(type("StudentHandler", (_StudentHandler,), {}))
+
+
+class _ReflectionHandler(_Handler):
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.owner.latency_s:
+            time.sleep(self.owner.latency_s)
+        self.owner.prompts.append(body.get("messages"))
+        text = f"Here is the improved instruction:\n```\n{self.owner.instruction}\n```"
+        return _completion({"role": "assistant", "content": text}, str(body.get("model")), 1000, 100)
+
+
+class ReflectionServer(_Server):
+    def __init__(self, instruction: str = BETTER_INSTRUCTION, latency_s: float = 0.0) -> None:
+        self.instruction = instruction
+        self.latency_s = latency_s
+        self.prompts: list[Any] = []
+        super().__init__(type("ReflectionHandler", (_ReflectionHandler,), {}))
+
+
+def write_traces(uri: str, traces: list[Trace], quality: list[float] | None = None) -> str:
+    """Publish traces as a dataset (with CaR's ``quality`` column when given), as the curate stages
+    leave them."""
+    import pyarrow as pa
+
+    from tooldistill import store
+    from tooldistill.schema import traces_to_table
+
+    table = traces_to_table(traces)
+    if quality is not None:
+        table = table.append_column("quality", pa.array(quality, pa.float64()))
+    token = store.new_token()
+    part = store.write_part(uri, token, 0, table)
+    store.publish(
+        uri,
+        token=token,
+        manifest=store.Manifest(
+            kind="traces", stage="test", rows=len(traces), parts=[part], config_hash="test", fingerprint=token
+        ),
+    )
+    return uri

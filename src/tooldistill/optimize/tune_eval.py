@@ -1,0 +1,370 @@
+"""Candidate evaluations as Ray Tune trials, several side by side.
+
+GEPA hands us, per step, a list of (candidate, examples) pairs: the parents on their minibatches,
+the proposed children on the same minibatches, the accepted children on the validation set.  Each
+pair becomes **one Ray Tune trial** (``evaluate_trial``): it runs the candidate's prompt on its
+examples, at most ``requests_per_trial`` student requests at a time, and reports the per-example
+outcomes.  The trials of a step run at the same time, up to ``max_concurrent_trials``.
+
+Why one long-lived Tune experiment and not one ``Tuner.fit`` per step: a Tune trial is an actor,
+and a fresh actor process imports ``ray.tune`` (about 1.6 s of CPU here).  Eight of them on a
+2-core machine took 12 s before the first trial started, for every step.  So one experiment runs
+for the whole optimization, fed by a ``Searcher`` that suggests a trial for each queued pair
+(``_JobBoard``), with ``reuse_actors=True``.  Tune keeps at most one idle actor between steps
+(``_ObjectCache(may_keep_one=True)`` in its controller); GEPA's steps are separated by reflection
+calls, so every step would start its actors again.  ``_WarmCache`` keeps up to
+``max_concurrent_trials`` idle actors instead; it replaces the cache class in
+``ray.tune.execution.tune_controller`` while our experiment starts (a private name, guarded: if a
+Ray version lacks it, trials still run, only slower).  A warm-up of ``max_concurrent_trials``
+trials that wait for each other (``_Barrier``) brings every actor up once at the start.
+
+On a cluster the trials spread over the nodes like any Tune trials (``cpus_per_trial``, or
+``resources_per_trial`` for custom resources).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.search import Searcher
+
+from tooldistill.optimize.student import (
+    Outcome,
+    Prompt,
+    StudentSettings,
+    run_batch,
+    trace_from_wire,
+    trace_to_wire,
+)
+from tooldistill.schema import Trace
+
+
+def evaluate_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: one candidate prompt on its examples (or a warm-up that waits for the rest)."""
+    started = time.time()
+    payload = json.loads(config["payload"])
+    if payload.get("warmup"):
+        barrier = ray.get_actor(payload["warmup"])
+        ray.get(barrier.arrive.remote(), timeout=120)
+        tune.report({"score": 0.0, "started": started, "ended": time.time(), "outcomes": "[]"})
+        return
+    settings = StudentSettings.model_validate(payload["settings"])
+    prompt = Prompt.from_json(payload["prompt"])
+    traces = [trace_from_wire(row) for row in payload["traces"]]
+    outcomes = run_batch(traces, prompt, settings, concurrency=int(payload["requests"]))
+    mean = sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
+    tune.report(
+        {
+            "score": mean,
+            "n": len(outcomes),
+            "started": started,
+            "ended": time.time(),
+            "outcomes": json.dumps([o.to_json() for o in outcomes]),
+        }
+    )
+
+
+@ray.remote(num_cpus=0)
+class _Barrier:
+    """Releases the warm-up trials once all of them have an actor."""
+
+    def __init__(self, parties: int) -> None:
+        import asyncio
+
+        self.parties = parties
+        self.arrived = 0
+        self.event = asyncio.Event()
+
+    async def arrive(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.event.set()
+        await self.event.wait()
+
+
+@dataclass
+class _Job:
+    payload: str
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] | None = None
+    failed: bool = False
+
+
+@dataclass
+class _BoardState:
+    pending: queue.Queue[tuple[str, _Job]] = field(default_factory=queue.Queue)
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    by_trial: dict[str, str] = field(default_factory=dict)
+    closed: bool = False
+
+
+#: How long an idle searcher waits for the next job before letting Tune's loop go round.
+_IDLE_WAIT_S = 30.0
+
+#: Board state lives here, keyed by id, because Tune pickles its searcher (queues and events do not
+#: pickle); a copy unpickled in this process still finds its state.
+_BOARDS: dict[str, _BoardState] = {}
+
+
+class _JobBoard(Searcher):
+    """A Tune searcher that suggests one trial per queued (candidate, examples) job."""
+
+    def __init__(self) -> None:
+        super().__init__(metric="score", mode="max")
+        self.board_id = uuid.uuid4().hex
+        _BOARDS[self.board_id] = _BoardState()
+
+    @property
+    def state(self) -> _BoardState:
+        return _BOARDS[self.board_id]
+
+    def submit(self, payload: str) -> _Job:
+        job_id = uuid.uuid4().hex[:12]
+        job = _Job(payload)
+        self.state.jobs[job_id] = job
+        self.state.pending.put((job_id, job))
+        return job
+
+    def suggest(self, trial_id: str) -> Any:
+        state = _BOARDS.get(self.board_id)
+        if state is None:
+            return Searcher.FINISHED
+        # With no trial running, Tune's controller polls an empty searcher once a second
+        # (``_update_trial_queue`` sleeps 1 s per poll), which would add up to a second to every
+        # GEPA step.  So when nothing runs, wait here for the next job instead; while trials run,
+        # never block (the controller must keep collecting their results).
+        idle = len(state.jobs) == state.pending.qsize()
+        deadline = time.monotonic() + (_IDLE_WAIT_S if idle else 0.0)
+        while True:
+            try:
+                job_id, job = state.pending.get(timeout=0.05) if idle else state.pending.get_nowait()
+                break
+            except queue.Empty:
+                if state.closed:
+                    return Searcher.FINISHED
+                if time.monotonic() >= deadline:
+                    return None
+        state.by_trial[trial_id] = job_id
+        return {"job": job_id, "payload": job.payload}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        state = _BOARDS.get(self.board_id)
+        if state is None or trial_id not in state.by_trial:
+            return
+        job = state.jobs.pop(state.by_trial.pop(trial_id))
+        job.result, job.failed = result, error or result is None
+        job.done.set()
+
+
+def _warm_cache_class(floor: int) -> type | None:
+    """Tune's actor cache, keeping up to ``floor`` idle actors per resource shape."""
+    try:
+        from ray.tune.utils.object_cache import _ObjectCache
+    except ImportError:  # pragma: no cover - a Ray without the private cache
+        return None
+
+    class _WarmCache(_ObjectCache):  # type: ignore[misc]
+        def cache_object(self, key: Any, obj: Any) -> bool:
+            if len(self._cached_objects[key]) < floor:
+                self._cached_objects[key].append(obj)
+                self._num_cached_objects += 1
+                return True
+            return bool(super().cache_object(key, obj))
+
+        def flush_cached_objects(self, force_all: bool = False) -> Generator[Any, None, None]:
+            if force_all:
+                yield from super().flush_cached_objects(force_all=True)
+                return
+            for key, objects in self._cached_objects.items():
+                keep = max(floor, self._max_num_objects[key])
+                while len(objects) > keep:
+                    self._num_cached_objects -= 1
+                    yield objects.pop(0)
+
+    return _WarmCache
+
+
+@dataclass
+class TrialRecord:
+    """When one trial ran, for the record and for checking that trials overlap."""
+
+    candidate: str
+    examples: int
+    started: float
+    ended: float
+    score: float
+
+
+class TuneEvaluator:
+    """Runs (prompt, traces) pairs as Tune trials of one long-lived experiment."""
+
+    def __init__(
+        self,
+        settings: StudentSettings,
+        storage_path: str,
+        *,
+        max_concurrent_trials: int = 8,
+        requests_per_trial: int = 4,
+        cpus_per_trial: float = 0.25,
+        resources_per_trial: dict[str, float] | None = None,
+        warm_start: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.storage_path = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
+        self.max_concurrent_trials = max(1, max_concurrent_trials)
+        self.requests_per_trial = max(1, requests_per_trial)
+        self.resources = resources_per_trial or {"cpu": cpus_per_trial}
+        self.warm_start = warm_start
+        self.name = name or f"candidates-{uuid.uuid4().hex[:6]}"
+        self.trials: list[TrialRecord] = []
+        self._board: _JobBoard | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._restore: tuple[Any, Any] | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if not ray.is_initialized():
+            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        # a searcher other than the default may otherwise have only one trial pending at a time
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.max_concurrent_trials))
+        self._board = _JobBoard()
+        tuner = tune.Tuner(
+            tune.with_resources(evaluate_trial, self.resources),
+            tune_config=tune.TuneConfig(
+                search_alg=self._board,
+                num_samples=-1,
+                max_concurrent_trials=self.max_concurrent_trials,
+                reuse_actors=True,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                storage_path=self.storage_path, name=self.name, verbose=0, log_to_file=False
+            ),
+        )
+        import ray.tune.execution.tune_controller as controller
+
+        original = getattr(controller, "_ObjectCache", None)
+        warm = _warm_cache_class(self.max_concurrent_trials)
+        if original is not None and warm is not None:
+            setattr(controller, "_ObjectCache", warm)  # noqa: B010 - a private name, see the docstring
+
+        def fit() -> None:
+            try:
+                tuner.fit()
+            except BaseException as error:  # noqa: BLE001 - reported to the waiting caller
+                self._error = error
+
+        self._thread = threading.Thread(target=fit, name="tune-candidates", daemon=True)
+        self._thread.start()
+        self._restore = (controller, original)
+        if self.warm_start and self.max_concurrent_trials > 1:
+            actor_name = f"tooldistill-warm-{uuid.uuid4().hex[:8]}"
+            barrier = _Barrier.options(name=actor_name).remote(self.max_concurrent_trials)  # type: ignore[attr-defined]
+            try:
+                ray.get(barrier.__ray_ready__.remote())  # the actor exists before trials look it up
+                self._wait(
+                    [
+                        self._board.submit(json.dumps({"warmup": actor_name}))
+                        for _ in range(self.max_concurrent_trials)
+                    ]
+                )
+            finally:
+                ray.kill(barrier)
+                self._unpatch()
+
+    def _unpatch(self) -> None:
+        """Put Tune's own cache class back (our experiment's controller already holds its cache)."""
+        if self._restore is not None:
+            module, original = self._restore
+            if original is not None:
+                setattr(module, "_ObjectCache", original)  # noqa: B010
+            self._restore = None
+
+    def _wait(self, jobs: Sequence[_Job]) -> None:
+        for job in jobs:
+            while not job.done.wait(0.5):
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError(f"the Tune experiment stopped: {self._error!r}")
+
+    def evaluate(self, items: Sequence[tuple[Prompt, Sequence[Trace]]]) -> list[list[Outcome]]:
+        """Outcomes per item, in order; each item runs as one trial, the items side by side."""
+        if not items:
+            return []
+        self.start()
+        assert self._board is not None
+        jobs = []
+        for prompt, traces in items:
+            payload = {
+                "settings": self.settings.model_dump(mode="json"),
+                "prompt": prompt.to_json(),
+                "traces": [trace_to_wire(t) for t in traces],
+                "requests": self.requests_per_trial,
+            }
+            jobs.append(self._board.submit(json.dumps(payload, ensure_ascii=False)))
+        self._wait(jobs)
+        results: list[list[Outcome]] = []
+        for (prompt, traces), job in zip(items, jobs, strict=True):
+            if job.failed or job.result is None:
+                reason = "trial failed (see the Tune experiment's error log)"
+                results.append([Outcome(t.id, 0.0, False, reason, error=reason) for t in traces])
+                continue
+            outcomes = [Outcome.from_json(o) for o in json.loads(job.result["outcomes"])]
+            self.trials.append(
+                TrialRecord(
+                    candidate=_short_hash(prompt.system),
+                    examples=len(traces),
+                    started=float(job.result["started"]),
+                    ended=float(job.result["ended"]),
+                    score=float(job.result["score"]),
+                )
+            )
+            results.append(outcomes)
+        return results
+
+    def close(self) -> None:
+        self._unpatch()
+        if self._board is not None:
+            self._board.state.closed = True
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if self._board is not None:
+            _BOARDS.pop(self._board.board_id, None)
+        self._thread = None
+        self._board = None
+
+    def __enter__(self) -> TuneEvaluator:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+def _short_hash(text: str) -> str:
+    from tooldistill.schema import content_hash
+
+    return content_hash(text, 8)
+
+
+def max_overlap(trials: Sequence[TrialRecord]) -> int:
+    """The largest number of trials running at one moment."""
+    events = sorted([(t.started, 1) for t in trials] + [(t.ended, -1) for t in trials])
+    running = best = 0
+    for _, step in events:
+        running += step
+        best = max(best, running)
+    return best
