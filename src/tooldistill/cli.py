@@ -331,6 +331,11 @@ from tooldistill.cli_teacher import judge_command, teacher  # noqa: E402
 main.add_command(teacher)
 main.add_command(judge_command)
 
+from tooldistill.cli_optimize import optimize_command, sweep_command  # noqa: E402
+
+main.add_command(optimize_command)
+main.add_command(sweep_command)
+
 
 if __name__ == "__main__":
     main()

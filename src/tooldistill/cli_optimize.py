@@ -1,0 +1,142 @@
+"""``tooldistill optimize`` and ``tooldistill sweep``: prompt optimization on the command line.
+
+Registered on the main command in ``cli.py``.  Progress goes to stderr as one line per event (a GEPA
+iteration: metric calls and dollars used against their budgets, best validation score so far, the
+Pareto front's size), so it reads the same in a terminal, a log file and a Ray job's output.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.table import Table
+
+
+def _console() -> Any:
+    from tooldistill.cli import console
+
+    return console
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    from tooldistill.cli import user_errors
+    from tooldistill.optimize.reflection import ReflectionError
+
+    with user_errors():
+        try:
+            yield
+        except ReflectionError as error:
+            _console().print(f"[bold red]error:[/] {error}", highlight=False)
+            sys.exit(2)
+
+
+def _rate(test: dict[str, Any] | None) -> str:
+    if not test or test.get("rate") is None:
+        return "-"
+    low, high = test["ci95"]
+    return f"{test['rate']:.1%} ({low:.1%}-{high:.1%}, n={test['n']})"
+
+
+def _progress(event: dict[str, Any]) -> None:
+    console = _console()
+    kind, phase = event.get("event"), event.get("phase")
+    if kind == "iteration":
+        usd = f"${event['reflection_usd']:.4f}"
+        if event.get("max_reflection_usd") is not None:
+            usd += f"/${event['max_reflection_usd']:.2f}"
+        console.print(
+            f"{phase} iteration {event['iteration']}: metric calls {event['metric_calls']}/"
+            f"{event['max_metric_calls']}, reflection {usd}, candidates {event['candidates']}, "
+            f"best val {event['best_val_score']:.3f}, Pareto front {event['pareto_front']}",
+            highlight=False,
+        )
+    elif kind == "start":
+        extra = " (resuming)" if event.get("resumed") else ""
+        console.print(f"{phase}: start{extra}, {event.get('train')} train examples", highlight=False)
+    elif kind in ("done", "skipped"):
+        note = " (done before, skipped)" if kind == "skipped" else ""
+        console.print(f"{phase}: test match rate {_rate(event.get('test'))}{note}", highlight=False)
+    elif kind == "compiled":
+        console.print(f"{phase}: DSPy compiled, {event.get('demos')} demos", highlight=False)
+
+
+def _overrides(values: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+@click.command("optimize")
+@click.option("--config", "config_path", required=True, help="Optimize config YAML (configs/optimize/).")
+@click.option("--phase", default="all", show_default=True, help="1, 2, 3 (or a phase name), or all.")
+@click.option("--run-dir", default=None, help="Run folder (overrides the config's run_dir).")
+@click.option("--set", "sets", multiple=True, help="Override a config key: student.temperature=0.7.")
+def optimize_command(config_path: str, phase: str, run_dir: str | None, sets: tuple[str, ...]) -> None:
+    """Optimize the student's prompt: DSPy phase 1, GEPA phases 2-3; resumes from the run folder."""
+    from tooldistill.optimize.run import OptimizeError, load_config, optimize
+
+    with _user_errors():
+        try:
+            overrides = _overrides(sets)
+            if run_dir:
+                overrides["run_dir"] = run_dir
+            config = load_config(config_path, overrides)
+            summary = optimize(config, phase=phase, progress=_progress)
+        except OptimizeError as error:
+            _console().print(f"[bold red]error:[/] {error}", highlight=False)
+            sys.exit(2)
+    table = Table(title=f"optimize → {summary['run_dir']}", title_justify="left")
+    for column in ("phase", "optimizer", "train", "test match rate (95% CI)", "demo messages"):
+        table.add_column(column, justify="left" if column in ("phase", "optimizer") else "right")
+    table.add_row("baseline", "-", "-", _rate(summary["baseline"]), "-")
+    for row in summary["phases"]:
+        table.add_row(
+            row["phase"], row["kind"], str(row["train"]), _rate(row["test"]), str(row["demo_messages"])
+        )
+    _console().print(table)
+    _console().print(f"best: {summary['best_phase']}; artifact: {summary['artifact']}", highlight=False)
+
+
+@click.command("sweep")
+@click.option("--config", "config_path", required=True, help="Sweep config YAML (configs/sweep/).")
+def sweep_command(config_path: str) -> None:
+    """A Ray Tune search over optimize-and-evaluate runs; prints one row per trial."""
+    from tooldistill.optimize.run import OptimizeError
+    from tooldistill.optimize.sweep import load_sweep, run_sweep
+
+    with _user_errors():
+        try:
+            sweep = load_sweep(config_path)
+            rows = run_sweep(sweep)
+        except OptimizeError as error:
+            _console().print(f"[bold red]error:[/] {error}", highlight=False)
+            sys.exit(2)
+    table = Table(title=f"sweep → {sweep.run_dir} ({len(rows)} trials)", title_justify="left")
+    keys = sorted({k for row in rows for k in row["params"]})
+    phases = sorted({p for row in rows for p in row["phase_rates"]})
+    for column in [*keys, "baseline", *phases, "best phase", "error"]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        rates = [
+            f"{row['phase_rates'][p]:.1%}" if row["phase_rates"].get(p) is not None else "-" for p in phases
+        ]
+        baseline = "-" if row["baseline_rate"] is None else f"{row['baseline_rate']:.1%}"
+        table.add_row(
+            *[str(row["params"].get(k)) for k in keys],
+            baseline,
+            *rates,
+            str(row["best_phase"] or "-"),
+            (row["error"] or "")[:60],
+        )
+    _console().print(table)
