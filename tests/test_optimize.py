@@ -1,0 +1,325 @@
+"""Prompt optimization end to end, against local OpenAI-compatible servers at the network edge.
+
+The student server (``optimize.testing.StudentServer``) answers from the prompt it receives: every
+question right when the system prompt holds ``KEY_PHRASE``, a third right with no help, another
+third right when the request carries few-shot demos, the rest with the city in lower case.  The
+reflection server always proposes ``BETTER_INSTRUCTION`` (which holds the phrase).  So DSPy's
+bootstrapped demos raise the test match rate from 1/3 to 2/3, and GEPA can only reach 1.0 by
+accepting the reflection model's instruction.  Everything else is the real code: DSPy, gepa, Ray
+Tune on the session's 2-CPU Ray instance, the matcher.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tooldistill.cli import main
+from tooldistill.optimize.adapter import ToolCallAdapter
+from tooldistill.optimize.run import OptimizeError, config_from_dict, optimize
+from tooldistill.optimize.student import Prompt, StudentSettings, run_batch
+from tooldistill.optimize.testing import (
+    KEY_PHRASE,
+    ReflectionServer,
+    StudentServer,
+    make_traces,
+    write_traces,
+)
+from tooldistill.optimize.tune_eval import max_overlap
+
+
+@pytest.fixture(scope="module")
+def servers() -> Any:
+    with StudentServer(latency_s=0.03) as student, ReflectionServer() as reflection:
+        yield student, reflection
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("optdata")
+    train = make_traces(12)
+    # CaR quality: the last traces best, so phase 3's "15 best" are not simply the first ones
+    return {
+        "train": write_traces(str(root / "train"), train, quality=[i / 12 for i in range(12)]),
+        "val": write_traces(str(root / "val"), make_traces(6, 100)),
+        "test": write_traces(str(root / "test"), make_traces(9, 200)),
+    }
+
+
+def make_config(
+    run_dir: Path, data: dict[str, str], servers: Any, phases: list[dict[str, Any]], **extra: Any
+) -> Any:
+    student, reflection = servers
+    raw = {
+        "run_dir": str(run_dir),
+        "data": data,
+        "student": {"endpoint": student.url, "model": "student"},
+        "reflection": {
+            "kind": "openai",
+            "model": "reflector",
+            "endpoint": reflection.url,
+            "input_usd_per_mtok": 3.0,
+            "output_usd_per_mtok": 15.0,
+        },
+        "tune": {"executor": "threads"},
+        "phases": phases,
+    }
+    for key, value in extra.items():
+        raw[key] = value
+    return config_from_dict(raw)
+
+
+GEPA = {"name": "phase2", "kind": "gepa", "train": 12, "val": 6, "max_metric_calls": 60}
+
+
+def test_gepa_accepts_better_instruction_in_tune_trials_side_by_side(
+    tmp_path: Path, data: dict[str, str], servers: Any, ray_cluster: None
+) -> None:
+    _, reflection = servers
+    asked_before = reflection.requests
+    phase = {**GEPA, "parents_per_iteration": 1, "mutations_per_parent": 3, "max_metric_calls": 40}
+    config = make_config(
+        tmp_path / "run",
+        data,
+        servers,
+        [phase],
+        tune={"executor": "tune", "max_concurrent_trials": 3, "requests_per_trial": 1, "cpus_per_trial": 0.5},
+    )
+    events: list[dict[str, Any]] = []
+    summary = optimize(config, progress=events.append)
+
+    folder = tmp_path / "run" / "phase2"
+    candidates = json.loads((folder / "candidates.json").read_text())
+    seed, best = candidates["candidates"][0], candidates["candidates"][candidates["best"]]
+    assert KEY_PHRASE not in seed["instructions"] and KEY_PHRASE in best["instructions"]
+    assert best["val_score"] == 1.0 > seed["val_score"]  # the val match rate rises
+    assert best["parents"] == [0] and best["on_pareto_front"]
+    assert all(len(c["val_scores"]) == 6 for c in candidates["candidates"])  # every candidate's scores kept
+    assert summary["phases"][0]["test"]["rate"] == 1.0 > summary["baseline"]["rate"]
+    assert json.loads((folder / "prompt.json").read_text())["system"] == best["instructions"]
+    assert reflection.requests > asked_before
+    usage = json.loads((folder / "reflection.json").read_text())
+    assert usage["usd"] > 0  # priced from the token counts the server reported
+
+    # every candidate evaluation was a Tune trial, and trials ran side by side
+    trials = json.loads((folder / "trials.json").read_text())
+    from tooldistill.optimize.tune_eval import TrialRecord
+
+    records = [TrialRecord(**t) for t in trials]
+    assert len(records) >= 4
+    assert max_overlap(records) >= 2
+    iterations = [e for e in events if e.get("event") == "iteration"]
+    assert iterations and iterations[-1]["metric_calls"] <= 40 + 3 * 3 + 6
+    assert {"best_val_score", "pareto_front", "reflection_usd"} <= set(iterations[-1])
+
+
+class Interrupt(BaseException):
+    """Stands for Ctrl-C or a killed process in the middle of a run."""
+
+
+class StopAt:
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def on_iteration_end(self, event: Any) -> None:
+        if event["iteration"] >= self.iteration:
+            raise Interrupt()
+
+
+def test_interrupted_gepa_run_resumes(tmp_path: Path, data: dict[str, str], servers: Any) -> None:
+    student, _ = servers
+    # a reflection model that never finds the phrase, so the run goes on for several iterations
+    with ReflectionServer(instruction="Answer with tools.") as weak:
+        config = make_config(tmp_path / "run", data, servers, [{**GEPA, "max_metric_calls": 90}])
+        config = config.model_copy(
+            update={"reflection": config.reflection.model_copy(update={"endpoint": weak.url})}
+        )
+        first: list[dict[str, Any]] = []
+        with pytest.raises(Interrupt):
+            optimize(config, progress=first.append, callbacks=[StopAt(3)])
+        folder = tmp_path / "run" / "phase2"
+        assert (folder / "gepa" / "gepa_state.bin").exists() and not (folder / "result.json").exists()
+        before = json.loads((folder / "candidates.json").read_text())["candidates"]
+        calls_before = [e for e in first if e.get("event") == "iteration"][-1]["metric_calls"]
+        usd_before = [e for e in first if e.get("event") == "iteration"][-1]["reflection_usd"]
+
+        requests_before = student.requests
+        second: list[dict[str, Any]] = []
+        optimize(config, progress=second.append)
+    start = next(e for e in second if e.get("event") == "start" and e["phase"] == "phase2")
+    assert start["resumed"] is True
+    iterations = [e for e in second if e.get("event") == "iteration"]
+    # GEPA saved its state at the start of iteration 3, so the run picks up there, not at 1
+    assert iterations[0]["iteration"] == 3
+    assert iterations[0]["metric_calls"] > calls_before - 20
+    assert iterations[0]["reflection_usd"] >= usd_before  # dollars spent before still count
+    after = json.loads((folder / "candidates.json").read_text())["candidates"]
+    assert [c["instructions"] for c in after[: len(before)]] == [c["instructions"] for c in before]
+    # the budget is checked between iterations: the last may overshoot by one iteration's calls
+    # (2 parents x 4 mutations x minibatch 3, parents and children)
+    assert 90 <= iterations[-1]["metric_calls"] <= 90 + 2 * 4 * 3 * 2
+    # the seed's validation pass was not repeated: the resumed run asked less than a fresh one would
+    assert student.requests - requests_before < iterations[-1]["metric_calls"] + 9
+    assert json.loads((folder / "result.json").read_text())["phase"] == "phase2"
+
+
+def test_phase1_dspy_bootstraps_demos_and_evaluate_uses_the_artifact(
+    tmp_path: Path, data: dict[str, str], servers: Any
+) -> None:
+    phases = [{"name": "phase1", "kind": "dspy", "train": 12, "max_bootstrapped_demos": 2}]
+    config = make_config(tmp_path / "run", data, servers, phases)
+    summary = optimize(config)
+    baseline, phase1 = summary["baseline"]["rate"], summary["phases"][0]["test"]["rate"]
+    assert baseline == pytest.approx(3 / 9, abs=1e-3) and phase1 == pytest.approx(6 / 9, abs=1e-3)
+
+    folder = tmp_path / "run" / "phase1"
+    artifact = json.loads((folder / "prompt.json").read_text())
+    calls = [m for m in artifact["demos"] if m["role"] == "assistant"]
+    assert len(calls) == 2 and all(m["tool_calls"][0]["function"]["name"] == "weather_current" for m in calls)
+    # the DSPy save format loads back into the program with its demos
+    from tooldistill.optimize.program import StudentProgram
+
+    program = StudentProgram(config.student)
+    program.load(str(folder / "program.json"))
+    assert len(program.step.demos) == 2 and program.prompt().demos == tuple(artifact["demos"])
+
+    # a run that is done is skipped, not redone
+    again = optimize(config)
+    assert again["phases"][0]["test"] == summary["phases"][0]["test"]
+
+    # `tooldistill evaluate --prompt` sends the demos too
+    student, _ = servers
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--dataset",
+            data["test"],
+            "--endpoint",
+            student.url,
+            "--model",
+            "student",
+            "--prompt",
+            str(tmp_path / "run" / "best" / "prompt.json"),
+            "--out",
+            str(out),
+            "--mode",
+            "chain",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((out / "summary.json").read_text())
+    assert evaluated["modes"]["chain"]["rate"] == pytest.approx(6 / 9, abs=1e-3)
+
+
+def test_cli_all_phases_default_schedule_shape(tmp_path: Path, data: dict[str, str], servers: Any) -> None:
+    student, reflection = servers
+    config = tmp_path / "optimize.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "data": data,
+                "student": {"endpoint": student.url},
+                "reflection": {"kind": "openai", "model": "r", "endpoint": reflection.url},
+                "tune": {"executor": "threads"},
+                "phases": [
+                    {"name": "phase1", "kind": "dspy", "train": 12, "max_bootstrapped_demos": 2},
+                    {**GEPA, "max_metric_calls": 30},
+                    {**GEPA, "name": "phase3", "train": 5, "select": "car", "max_metric_calls": 30},
+                ],
+            }
+        )
+    )
+    result = CliRunner().invoke(main, ["optimize", "--config", str(config), "--phase", "all"])
+    assert result.exit_code == 0, result.output
+    assert "Pareto front" in result.output and "phase3" in result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [p["phase"] for p in summary["phases"]] == ["phase1", "phase2", "phase3"]
+    # each phase starts from the previous best: phase 2 and 3 keep phase 1's demos
+    demos = json.loads((tmp_path / "run" / "phase1" / "prompt.json").read_text())["demos"]
+    for name in ("phase2", "phase3"):
+        assert json.loads((tmp_path / "run" / name / "prompt.json").read_text())["demos"] == demos
+    assert "Iteration" in (tmp_path / "run" / "phase3" / "gepa" / "run_log.txt").read_text()
+    # one phase alone starts from the phase before it
+    again = CliRunner().invoke(main, ["optimize", "--config", str(config), "--phase", "3"])
+    assert again.exit_code == 0, again.output
+    assert "phase3: test match rate" in again.output and "skipped" in again.output
+
+
+def test_car_selection_takes_the_best_by_quality(data: dict[str, str]) -> None:
+    from tooldistill.optimize.run import car_best
+
+    best = car_best(data["train"], 5)
+    assert [t.source_id for t in best] == ["w11", "w10", "w9", "w8", "w7"]
+
+
+def test_bad_input_is_scored_zero_or_a_clear_error(
+    tmp_path: Path, data: dict[str, str], servers: Any
+) -> None:
+    student, _ = servers
+    traces = make_traces(3)
+    settings = StudentSettings(endpoint=student.url)
+    outcomes = run_batch(traces, Prompt("GARBAGE please"), settings)
+    assert all(o.score == 0.0 and not o.match and o.reason.startswith("unparseable") for o in outcomes)
+    dead = StudentSettings(endpoint="http://127.0.0.1:9/v1", retries=0, timeout_s=2)
+    outcomes = run_batch(traces, Prompt("x"), dead)
+    assert all(o.score == 0.0 and o.reason.startswith("endpoint error") for o in outcomes)
+    # the reflection model reads the reason as feedback
+    adapter = ToolCallAdapter(settings)
+    batch = adapter.evaluate(traces, {"instructions": "GARBAGE"}, capture_traces=True)
+    records = adapter.make_reflective_dataset({"instructions": "GARBAGE"}, batch, ["instructions"])[
+        "instructions"
+    ]
+    assert (
+        "unparseable" in records[0]["Feedback"] and "weather.current(city='Paris0')" in records[0]["Feedback"]
+    )
+
+    config = make_config(tmp_path / "run", data, servers, [GEPA])
+    config = config.model_copy(update={"student": dead})
+    from tooldistill.evaluate import EndpointError
+
+    with pytest.raises(EndpointError, match="cannot reach"):
+        optimize(config)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\nphases: [{name: p, kind: nope}]\n")
+    result = CliRunner().invoke(main, ["optimize", "--config", str(bad)])
+    assert result.exit_code == 2 and "bad optimize config" in result.output
+    with pytest.raises(OptimizeError, match="no phase"):
+        config.phase("7")
+
+
+def test_sweep_runs_optimize_trials_and_tabulates(
+    tmp_path: Path, data: dict[str, str], servers: Any, ray_cluster: None
+) -> None:
+    student, reflection = servers
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        json.dumps(
+            {
+                "optimize": {
+                    "run_dir": "unused",
+                    "data": data,
+                    "student": {"endpoint": student.url},
+                    "reflection": {"kind": "openai", "model": "r", "endpoint": reflection.url},
+                    "phases": [{"name": "phase1", "kind": "dspy", "train": 12}],
+                },
+                "run_dir": str(tmp_path / "sweep"),
+                "space": {"phases.*.max_bootstrapped_demos": [0, 2]},
+                "resources_per_trial": {"cpu": 0.5},
+            }
+        )
+    )
+    result = CliRunner().invoke(main, ["sweep", "--config", str(sweep)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    by_demos = {r["params"]["phases.*.max_bootstrapped_demos"]: r for r in rows}
+    assert by_demos[2]["test_rate"] == pytest.approx(6 / 9, abs=1e-3)
+    assert by_demos[0]["test_rate"] == pytest.approx(3 / 9, abs=1e-3)
+    assert rows[0]["params"]["phases.*.max_bootstrapped_demos"] == 2  # best first
+    assert "phase1" in result.output
