@@ -10,9 +10,12 @@ prompt it receives, so that an optimizer has something real to find:
   case (the matcher's reason: ``argument city: expected 'Oslo7', got 'oslo7'``);
 - the system prompt contains ``GARBAGE``: the reply is unparseable text.
 
+- the system prompt holds ``k`` rules ("Rule 1." ...): questions with ``index % 10 < k`` are right.
+
 A fixed ``latency_s`` per request models a real model's time.  ``ReflectionServer`` answers every
 chat request with an instruction that contains ``KEY_PHRASE`` in a fenced block (the form GEPA's
-default proposer extracts), with token usage so that costs add up.  Both count their requests.
+default proposer extracts), with token usage so that costs add up; with ``incremental=True`` it
+answers with the current instruction plus one more rule, a slow climb for benchmarks.  Both count their requests.
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ CLOCK = ToolSpec(
     parameters={"type": "object", "properties": {"tz": {"type": "string"}}},
 )
 _QUESTION = re.compile(r"weather in (\w+?)(\d+)\?")
+_RULE = re.compile(r"Rule \d+\.")
+_FENCED = re.compile(r"```\n?(.*?)```", re.S)
+_DSPY_OUTPUT = re.compile(r"Your output fields are:\s*1\. `(\w+)`")
+_DSPY_CURRENT = re.compile(r"\[\[ ## current_instruction ## \]\]\n(.*?)\n\n\[\[ ## ", re.S)
+#: With ``ReflectionServer(incremental=True)``: each rule in the instruction makes one more tenth of
+#: the questions right (``index % RULES < rules``), so optimization climbs step by step.
+RULES = 10
 
 
 def city_of(index: int) -> str:
@@ -157,7 +167,10 @@ class _StudentHandler(_Handler):
         if "GARBAGE" in system or found is None:
             return _completion({"role": "assistant", "content": "{'name': weather("}, model, 40, 5)
         city, index = found.group(1) + found.group(2), int(found.group(2))
-        right = KEY_PHRASE in system or index % 3 == 0 or (index % 3 == 1 and has_demos)
+        rules = len(_RULE.findall(system))
+        right = (
+            KEY_PHRASE in system or index % 3 == 0 or (index % 3 == 1 and has_demos) or index % RULES < rules
+        )
         arguments = {"city": city if right else city.lower()}
         call = {
             "id": "c1",
@@ -178,13 +191,30 @@ class _ReflectionHandler(_Handler):
         if self.owner.latency_s:
             time.sleep(self.owner.latency_s)
         self.owner.prompts.append(body.get("messages"))
-        text = f"Here is the improved instruction:\n```\n{self.owner.instruction}\n```"
+        instruction = self.owner.instruction
+        prompt = "\n".join(str(m.get("content")) for m in body.get("messages") or [])
+        # gepa's proposer fences the current instruction; dspy.GEPA's asks in DSPy's chat format
+        dspy_output = _DSPY_OUTPUT.search(prompt)
+        if self.owner.incremental:
+            last = str((body.get("messages") or [{}])[-1].get("content"))
+            found = _DSPY_CURRENT.search(last) if dspy_output else _FENCED.search(prompt)
+            current = found.group(1).strip() if found else ""
+            instruction = f"{current} Rule {len(_RULE.findall(current)) + 1}.".strip()
+        if dspy_output and "JSON" in prompt:  # DSPy's JSONAdapter (dspy.GEPA's proposer uses it)
+            text = json.dumps({dspy_output.group(1): instruction})
+        elif dspy_output:
+            text = f"[[ ## {dspy_output.group(1)} ## ]]\n{instruction}\n\n[[ ## completed ## ]]"
+        else:
+            text = f"Here is the improved instruction:\n```\n{instruction}\n```"
         return _completion({"role": "assistant", "content": text}, str(body.get("model")), 1000, 100)
 
 
 class ReflectionServer(_Server):
-    def __init__(self, instruction: str = BETTER_INSTRUCTION, latency_s: float = 0.0) -> None:
+    def __init__(
+        self, instruction: str = BETTER_INSTRUCTION, latency_s: float = 0.0, incremental: bool = False
+    ) -> None:
         self.instruction = instruction
+        self.incremental = incremental
         self.latency_s = latency_s
         self.prompts: list[Any] = []
         super().__init__(type("ReflectionHandler", (_ReflectionHandler,), {}))
