@@ -9,7 +9,8 @@ about how fast candidates get evaluated.  Three runs, each with the same budget 
 - ``dspy.GEPA`` with ``num_threads=1`` (examples one at a time),
 - ``dspy.GEPA`` with ``num_threads=C`` (examples of one candidate in C threads),
 - ours: ``PxNSampling(P, N)`` with P*N = C candidates per iteration, each candidate's evaluation a
-  Ray Tune trial, up to C trials side by side, ``requests_per_trial`` requests each.
+  Ray Tune trial, up to C trials side by side, ``requests_per_trial`` requests each (default C: one
+  candidate gets what ``dspy.GEPA`` gives one candidate, and C candidates run at once).
 
 Reported per run: wall time, metric calls used, iterations/candidates, best validation score; for
 ours also the Tune start-up (one-off: actors import ``ray.tune``) and the wall time after it.
@@ -70,7 +71,9 @@ def run_dspy_gepa(
     }
 
 
-def run_ours(student_url: str, reflection_url: str, root: Path, budget: int, c: int, parents: int) -> dict:
+def run_ours(
+    student_url: str, reflection_url: str, root: Path, budget: int, c: int, parents: int, requests: int
+) -> dict:
     from tooldistill.optimize.run import PhaseConfig, config_from_dict, run_gepa_phase
     from tooldistill.optimize.student import Prompt
 
@@ -88,7 +91,7 @@ def run_ours(student_url: str, reflection_url: str, root: Path, budget: int, c: 
             "tune": {
                 "executor": "tune",
                 "max_concurrent_trials": c,
-                "requests_per_trial": 4,
+                "requests_per_trial": requests,
                 "cpus_per_trial": 2 / c,
             },
         }
@@ -139,6 +142,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="student latency per request (s)")
     parser.add_argument("--c", type=int, default=8, help="parallelism C")
     parser.add_argument("--parents", type=int, default=2)
+    parser.add_argument(
+        "--requests-per-trial", type=int, default=8, help="student requests in flight per trial (default: C)"
+    )
     parser.add_argument("--train", type=int, default=30)
     parser.add_argument("--val", type=int, default=20)
     parser.add_argument("--skip-sequential", action="store_true", help="leave out num_threads=1 (slow)")
@@ -156,7 +162,11 @@ def main() -> None:
     write_traces(str(root / "val"), val)
     runs = []
     with StudentServer(latency_s=args.latency) as student, ReflectionServer(incremental=True) as reflection:
-        runs.append(run_ours(student.url, reflection.url, root, args.budget, args.c, args.parents))
+        runs.append(
+            run_ours(
+                student.url, reflection.url, root, args.budget, args.c, args.parents, args.requests_per_trial
+            )
+        )
         print(json.dumps(runs[-1]), flush=True)
         runs.append(run_dspy_gepa(student.url, reflection.url, train, val, args.budget, args.c))
         print(json.dumps(runs[-1]), flush=True)
@@ -196,6 +206,7 @@ def main() -> None:
             "budget_metric_calls": args.budget,
             "student_latency_s": args.latency,
             "c": args.c,
+            "requests_per_trial": args.requests_per_trial,
             "train": args.train,
             "val": args.val,
             "reflection": "local server, no latency, current instruction + one rule (each rule: +10% right)",
