@@ -276,6 +276,7 @@ def consistency_command(dataset: str, as_json: bool) -> None:
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds per request.")
 @click.option("--retries", default=3, show_default=True, help="Retries on 429/5xx/connection errors.")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N traces.")
+@click.option("--max-tokens", default=512, show_default=True, help="Longest answer asked of the student.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Env var holding the key.")
 @click.option("--force", is_flag=True, help="Re-run even when the evaluation is up to date.")
 def evaluate_command(
@@ -289,6 +290,7 @@ def evaluate_command(
     timeout_s: float,
     retries: int,
     limit: int | None,
+    max_tokens: int,
     api_key_env: str,
     force: bool,
 ) -> None:
@@ -308,6 +310,7 @@ def evaluate_command(
             timeout_s=timeout_s,
             retries=retries,
             limit=limit,
+            max_tokens=max_tokens,
             api_key_env=api_key_env,
             force=force,
         )
@@ -335,6 +338,11 @@ from tooldistill.cli_optimize import optimize_command, sweep_command  # noqa: E4
 
 main.add_command(optimize_command)
 main.add_command(sweep_command)
+
+from tooldistill.cli_serve import models, serve_command  # noqa: E402
+
+main.add_command(serve_command)
+main.add_command(models)
 
 
 if __name__ == "__main__":

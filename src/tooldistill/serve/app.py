@@ -1,0 +1,137 @@
+"""The student as a Ray Serve LLM application: vLLM engines behind an OpenAI-compatible ingress.
+
+``build_app`` is a Ray Serve application builder, so one profile file works three ways:
+``tooldistill serve --config P.yaml``, ``serve run P.yaml`` and ``serve deploy P.yaml`` (the file
+names ``import_path: tooldistill.serve.app:build_app`` and passes its ``args``).
+
+``args``:
+
+- ``llm_configs``: Ray Serve LLM ``LLMConfig``s.  A ``model_source`` that is a local path may use
+  ``~`` and ``${VAR}``; it is checked before anything starts, so a wrong path fails at once with the
+  path in the message instead of vLLM trying to download it from a hub.
+- ``api_key_sha256``: when set, every request must carry ``Authorization: Bearer <key>`` whose
+  SHA-256 is this value.  Only the hash travels in configs and in Ray's deployment metadata, so
+  the key itself never reaches a file, a log or the dashboard.
+- ``ingress_deployment_config``: Ray Serve options for the ingress (replicas, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ServeConfigError(ValueError):
+    """A serving profile cannot be used as written."""
+
+
+def expand_path(value: str) -> str:
+    """``~``, ``${VAR}`` and ``${VAR:-default}`` expanded; an unset variable without a default is
+    an error, not an empty string."""
+
+    def variable(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ServeConfigError(f"model path {value!r} uses ${{{name}}}, which is not set")
+
+    return os.path.expanduser(_VAR.sub(variable, value))
+
+
+def _is_local(source: str) -> bool:
+    return (
+        source.startswith(("/", "~", ".", "${"))
+        or os.sep in source
+        and not source.startswith(("s3://", "gs://"))
+    )
+
+
+def resolve_model_sources(llm_configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The configs with local model paths expanded and checked (S3 and hub ids pass through)."""
+    resolved = []
+    for raw in llm_configs:
+        config = dict(raw)
+        loading = dict(config.get("model_loading_config") or {})
+        source = loading.get("model_source")
+        if isinstance(source, str) and _is_local(source):
+            path = expand_path(source)
+            if not Path(path).is_dir():
+                hint = " (run `tooldistill models prepare smollm2` first)" if "smollm2" in path else ""
+                raise ServeConfigError(f"model path {path} does not exist{hint}")
+            if not (Path(path) / "config.json").is_file():
+                raise ServeConfigError(f"model path {path} has no config.json: not a model folder")
+            loading["model_source"] = path
+            config["model_loading_config"] = loading
+        resolved.append(config)
+    return resolved
+
+
+def key_sha256(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _require_key(app: Any, expected_sha256: str) -> None:
+    """Refuse every request whose bearer token does not hash to ``expected_sha256``."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next: Any) -> Any:
+        header = request.headers.get("authorization") or ""
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not token or not hmac.compare_digest(key_sha256(token), expected_sha256):
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "missing or invalid API key",
+                        "type": "authentication_error",
+                        "code": 401,
+                    }
+                },
+                status_code=401,
+            )
+        return await call_next(request)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The Ray Serve application for ``args`` (see the module docstring)."""
+    from ray import serve
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    args = dict(args)
+    llm_configs = resolve_model_sources(list(args.get("llm_configs") or []))
+    if not llm_configs:
+        raise ServeConfigError("a serving profile needs at least one entry in llm_configs")
+    expected = args.get("api_key_sha256")
+    ingress_options = dict(args.get("ingress_deployment_config") or {})
+    if not expected:
+        return build_openai_app({"llm_configs": llm_configs, "ingress_deployment_config": ingress_options})
+    if not re.fullmatch(r"[0-9a-f]{64}", str(expected)):
+        raise ServeConfigError("api_key_sha256 must be 64 hex characters (the SHA-256 of the key)")
+
+    # Ray Serve LLM has no API-key option: build the same application as build_openai_app, with
+    # an ingress whose FastAPI app checks the key first.  These helpers are Ray's own (the
+    # builder module), pinned by the ray<3 requirement.
+    from ray.llm._internal.serve.core.ingress import builder
+    from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, init, make_fastapi_ingress
+
+    configs = [LLMConfig(**c) for c in llm_configs]
+    deployments = {c.model_id: builder.build_llm_deployment(c) for c in configs}
+    cards = {c.model_id: builder.to_model_metadata(c.model_id, c) for c in configs}
+    options = builder.maybe_apply_llm_deployment_config_defaults(
+        OpenAiIngress.get_deployment_options(configs), ingress_options
+    )
+    fastapi_app = init()
+    _require_key(fastapi_app, str(expected))
+    ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
+    return serve.deployment(ingress, **options).bind(
+        llm_deployments=deployments, model_cards=cards, lora_paths={}
+    )

