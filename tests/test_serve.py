@@ -215,3 +215,13 @@ def test_profiles_are_valid_serve_configs() -> None:
         profile = load_profile(path)
         ServeDeploySchema.model_validate(profile)  # what `serve deploy` checks
         assert profile["http_options"]["host"] == "127.0.0.1"
+    # the KubeRay RayService serves the same application as the GPU profile
+    import yaml
+
+    service = yaml.safe_load(Path("cluster/rayservice-gpt-oss-20b.yaml").read_text())
+    inline = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(inline)
+    gpu = load_profile("configs/serve/gpt-oss-20b.yaml")
+    ours, theirs = (p["applications"][0]["args"]["llm_configs"][0] for p in (gpu, inline))
+    assert ours["engine_kwargs"] == theirs["engine_kwargs"]
+    assert theirs["engine_kwargs"]["tool_call_parser"] == "openai"
