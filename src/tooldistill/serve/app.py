@@ -123,7 +123,7 @@ def build_app(args: dict[str, Any]) -> Any:
     from ray.llm._internal.serve.core.ingress import builder
     from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, init, make_fastapi_ingress
 
-    configs = [LLMConfig(**c) for c in llm_configs]
+    configs: list[Any] = [LLMConfig(**c) for c in llm_configs]
     deployments = {c.model_id: builder.build_llm_deployment(c) for c in configs}
     cards = {c.model_id: builder.to_model_metadata(c.model_id, c) for c in configs}
     options = builder.maybe_apply_llm_deployment_config_defaults(
