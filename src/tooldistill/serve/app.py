@@ -132,6 +132,7 @@ def build_app(args: dict[str, Any]) -> Any:
     fastapi_app = init()
     _require_key(fastapi_app, str(expected))
     ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
-    return serve.deployment(ingress, **options).bind(
+    deployment: Any = serve.deployment(ingress, **options)
+    return deployment.bind(
         llm_deployments=deployments, model_cards=cards, lora_paths={}
     )
