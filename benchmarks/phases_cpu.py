@@ -11,7 +11,7 @@ OpenAI-compatible endpoint), else Claude when ``ANTHROPIC_API_KEY`` is set, else
 Writes ``benchmarks/results/phases_cpu.json``: baseline and every phase's test match rate with its
 Wilson interval, the train sizes, the metric calls and dollars each GEPA phase used, wall times.
 
-    .venv/bin/python benchmarks/phases_cpu.py [--endpoint http://127.0.0.1:8000/v1 --model smollm2-135m]
+    .venv/bin/python benchmarks/phases_cpu.py [--endpoint http://127.0.0.1:8000/v1 --model smollm2-135m-instruct]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def prepare_split(work: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", default=None, help="student endpoint; default: start tooldistill serve")
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--split", default=None, help="folder with train/val/test datasets")
     parser.add_argument("--work", default="runs/phases-cpu")
     parser.add_argument("--reflection-endpoint", default=None)
