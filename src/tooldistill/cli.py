@@ -38,10 +38,11 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(*extra: type[Exception]) -> Iterator[None]:
+    """Print errors the user can act on (``USER_ERRORS`` and ``extra``) as one line; exit 2."""
     try:
         yield
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, *extra) as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(2)
 

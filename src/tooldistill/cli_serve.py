@@ -6,7 +6,6 @@ Registered on the main command in ``cli.py``.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,12 +27,8 @@ def _user_errors() -> Iterator[None]:
     from tooldistill.serve.models import ModelError
     from tooldistill.serve.runner import ServeError
 
-    with user_errors():
-        try:
-            yield
-        except (ServeError, ModelError) as error:
-            _console().print(f"[bold red]error:[/] {error}", highlight=False)
-            sys.exit(2)
+    with user_errors(ServeError, ModelError):
+        yield
 
 
 @click.command("serve")

@@ -29,12 +29,8 @@ def _user_errors() -> Iterator[None]:
     from tooldistill.teacher.capture import TeacherError
     from tooldistill.teacher.judge import JudgeError
 
-    with user_errors():
-        try:
-            yield
-        except (TeacherError, JudgeError) as error:
-            _console().print(f"[bold red]error:[/] {error}", highlight=False)
-            sys.exit(2)
+    with user_errors(TeacherError, JudgeError):
+        yield
 
 
 def _prices(path: str | None) -> Any:

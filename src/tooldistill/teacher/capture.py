@@ -83,11 +83,21 @@ class ClaudeSettings(BaseModel):
     batch_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     prices: dict[str, Price] | None = None
     api_key_env: str = "ANTHROPIC_API_KEY"
+    #: the output dataset
+    out: str
+    #: the request cache (default: ``<out>/requests``); share one between runs to never pay twice
+    cache: str | None = None
+    #: only the first N rows of the input
+    limit: int | None = None
+    force: bool = False
+
+    @property
+    def cache_uri(self) -> str:
+        return self.cache or store.join(self.out, "requests")
 
 
 class CaptureConfig(ClaudeSettings):
     dataset: str
-    out: str
     samples: int = Field(default=1, ge=1, le=64)
     max_tokens: int = Field(default=1024, ge=1)
     #: None leaves the model's default (recent models take no sampling parameters)
@@ -95,14 +105,6 @@ class CaptureConfig(ClaudeSettings):
     system_prompt: str | None = None
     #: cache_control on the last tool and the system prompt
     prompt_caching: bool = True
-    #: the request cache (default: ``<out>/requests``); share one between runs to never pay twice
-    cache: str | None = None
-    limit: int | None = None
-    force: bool = False
-
-    @property
-    def cache_uri(self) -> str:
-        return self.cache or store.join(self.out, "requests")
 
     def config_hash(self) -> str:
         """What decides the answers (not how they are fetched: batch or not, concurrency, ...)."""

@@ -80,19 +80,11 @@ class JudgeError(RuntimeError):
 
 class JudgeConfig(ClaudeSettings):
     evaluation: str
-    out: str
     #: traces dataset with the teacher's calls (default: the evaluation's parent)
     traces: str | None = None
     #: exact-match mode the judge is compared with (default: the evaluation's first mode)
     mode: str | None = None
     max_tokens: int = Field(default=400, ge=64)
-    cache: str | None = None
-    limit: int | None = None
-    force: bool = False
-
-    @property
-    def cache_uri(self) -> str:
-        return self.cache or store.join(self.out, "requests")
 
     def config_hash(self) -> str:
         return content_hash(
