@@ -199,7 +199,8 @@ def test_bad_model_path_fails_fast_naming_it(tmp_path: Path) -> None:
     output = " ".join(result.output.split())  # the console wraps long lines
     assert result.exit_code == 2
     assert str(missing) in output and "does not exist" in output
-    assert time.monotonic() - started < 10
+    # the path is checked before Ray or vLLM start, so this is seconds, not a hung deployment
+    assert time.monotonic() - started < 60
     empty = tmp_path / "empty-folder"
     empty.mkdir()
     result = CliRunner().invoke(main, ["serve", "--config", PROFILE, "--model-source", str(empty)])
