@@ -11,9 +11,13 @@
 3. **Scaling.**  SemDeDup wall time (k-means + assignment + within-cluster step; embedding excluded)
    at N = 1e4, 1e5, 1e6 synthetic vectors, d=384.  Target: time(1e6) / time(1e5) <= 15.
 
-Figures are printed and written to ``benchmarks/results/curate.json``.
+Figures are printed and written to ``benchmarks/results/curate.json``.  A part that is skipped
+(``--texts 0``, ``--exact ''``, ``--scale ''``) keeps its figures from the existing file, and the
+file says which parts came from an earlier run.  Every ratio and target check is computed from
+unrounded timings; only the figures written are rounded.
 
     python benchmarks/curate.py [--texts 20000] [--exact 20000,50000] [--scale 10000,100000,1000000]
+                                [--halo 0.03] [--halo-clusters 2]
 """
 
 from __future__ import annotations
@@ -202,7 +206,7 @@ def exact_all_pairs(x: np.ndarray, priority: np.ndarray, eps: float, block: int 
     return dropped
 
 
-def bench_exact(sizes: list[int], d: int, runner: RayRunner) -> list[dict[str, Any]]:
+def bench_exact(sizes: list[int], d: int, runner: RayRunner, halo: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
         x = planted_vectors(n, d, seed=n)
@@ -212,7 +216,7 @@ def bench_exact(sizes: list[int], d: int, runner: RayRunner) -> list[dict[str, A
         truth = exact_all_pairs(x, quality, EPS)
         exact_s = time.perf_counter() - start
         start = time.perf_counter()
-        result = semdedup(x, eps=EPS, rank="quality", quality=quality, ids=ids, runner=runner)
+        result = semdedup(x, eps=EPS, rank="quality", quality=quality, ids=ids, runner=runner, **halo)
         semdedup_s = time.perf_counter() - start
         found = ~result.kept
         hits = int((found & truth).sum())
@@ -223,6 +227,8 @@ def bench_exact(sizes: list[int], d: int, runner: RayRunner) -> list[dict[str, A
             "dim": d,
             "eps": EPS,
             "k": result.k,
+            **halo,
+            "halo_rows": result.halo_row_count,
             "exact_duplicates": int(truth.sum()),
             "semdedup_duplicates": int(found.sum()),
             "recall": round(recall, 5),
@@ -241,13 +247,25 @@ def bench_exact(sizes: list[int], d: int, runner: RayRunner) -> list[dict[str, A
     return rows
 
 
-def bench_scaling(sizes: list[int], d: int, runner: RayRunner) -> list[dict[str, Any]]:
+def bench_scaling(
+    sizes: list[int], d: int, runner: RayRunner, halo: dict[str, Any], repeat: int = 1
+) -> tuple[list[dict[str, Any]], dict[int, float]]:
+    """Rows for the JSON (rounded) and the unrounded seconds by N (for the ratio): with ``repeat``
+    > 1, the fastest of the runs (the one least slowed by other work on the machine)."""
     rows = []
+    seconds_by_n: dict[int, float] = {}
     for n in sizes:
         x = planted_vectors(n, d, seed=7)
-        start = time.perf_counter()
-        result = semdedup(x, eps=EPS, rank="random", runner=runner)
-        seconds = time.perf_counter() - start
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            attempt = semdedup(x, eps=EPS, rank="random", runner=runner, **halo)
+            runs.append(time.perf_counter() - start)
+            if runs[-1] == min(runs):
+                result = attempt
+            del attempt
+        seconds = min(runs)
+        seconds_by_n[n] = seconds
         timings = {k: round(v, 2) for k, v in result.timings.items()}
         print(
             f"semdedup scaling, N={n:,}: k={result.k}, {seconds:.1f}s ({timings}), "
@@ -258,14 +276,17 @@ def bench_scaling(sizes: list[int], d: int, runner: RayRunner) -> list[dict[str,
                 "n": n,
                 "dim": d,
                 "k": result.k,
+                **halo,
                 "seconds": round(seconds, 2),
+                "runs_seconds": [round(r, 2) for r in runs],
                 "timings": timings,
+                "halo_share": round(result.halo_row_count / n, 4),
                 "cluster_sizes": result.cluster_sizes(),
                 "removal_rates": result.removal_rates(),
             }
         )
         del x, result
-    return rows
+    return rows, seconds_by_n
 
 
 def main() -> int:
@@ -274,7 +295,14 @@ def main() -> int:
     parser.add_argument("--exact", default="20000,50000", help="sizes for the exact comparison ('' skips)")
     parser.add_argument("--scale", default="10000,100000,1000000", help="sizes for scaling ('' skips)")
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument(
+        "--halo", type=float, default=0.03, help="SemDeDup boundary halo (0: the paper's algorithm)"
+    )
+    parser.add_argument(
+        "--halo-clusters", type=int, default=2, help="next-nearest clusters a boundary row may join"
+    )
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--repeat", type=int, default=1, help="scaling: runs per size, the fastest counts")
     args = parser.parse_args()
 
     executor = RayExecutor(num_cpus=args.num_cpus)
@@ -293,33 +321,56 @@ def main() -> int:
         },
         "ray_init_seconds": round(ray_init_s, 2),
     }
+    halo = {"halo": args.halo, "halo_clusters": args.halo_clusters}
+    out = RESULTS / "curate.json"
+    previous: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     work = Path(tempfile.mkdtemp(prefix="tooldistill-bench-curate-"))
     ok = True
     try:
+        kept: list[str] = []
         if args.texts:
             figures["embedding"] = bench_embedding(args.texts, work, runner)
             ok &= figures["embedding"]["meets_target"]
+        elif "embedding" in previous:
+            figures["embedding"] = previous["embedding"]
+            kept.append("embedding")
         if args.exact:
             figures["semdedup_vs_exact"] = bench_exact(
-                [int(s) for s in args.exact.split(",")], args.dim, runner
+                [int(s) for s in args.exact.split(",")], args.dim, runner, halo
             )
             ok &= all(r["meets_target"] for r in figures["semdedup_vs_exact"])
+        elif "semdedup_vs_exact" in previous:
+            figures["semdedup_vs_exact"] = previous["semdedup_vs_exact"]
+            kept.append("semdedup_vs_exact")
         if args.scale:
-            rows = bench_scaling([int(s) for s in args.scale.split(",")], args.dim, runner)
-            by_n = {r["n"]: r["seconds"] for r in rows}
-            scaling: dict[str, Any] = {"rows": rows, "default_k": "N // 5000"}
+            rows, by_n = bench_scaling(
+                [int(s) for s in args.scale.split(",")], args.dim, runner, halo, args.repeat
+            )
+            scaling: dict[str, Any] = {"rows": rows, "default_k": "N // 5000", "repeat": args.repeat}
             if 100_000 in by_n and 1_000_000 in by_n:
-                ratio = by_n[1_000_000] / by_n[100_000]
+                ratio = by_n[1_000_000] / by_n[100_000]  # unrounded timings
                 scaling.update(
-                    {"time_1e6_over_1e5": round(ratio, 2), "target": "<= 15", "meets_target": ratio <= 15}
+                    {
+                        "time_1e6_over_1e5": round(ratio, 4),
+                        "target": "<= 15",
+                        "meets_target": ratio <= 15,
+                        "ratio_from": "unrounded timings",
+                    }
                 )
-                print(f"time(1e6) / time(1e5) = {ratio:.1f}")
+                print(
+                    f"time(1e6) / time(1e5) = {ratio:.4f} (target <= 15: {'met' if ratio <= 15 else 'MISSED'})"
+                )
                 ok &= ratio <= 15
             figures["semdedup_scaling"] = scaling
+        elif "semdedup_scaling" in previous:
+            figures["semdedup_scaling"] = previous["semdedup_scaling"]
+            kept.append("semdedup_scaling")
+        if kept:
+            figures["from_earlier_run"] = kept
         figures["gpu"] = "not measured: no GPU was lent to this task (the device tool had none to give)"
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "curate.json").write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"wrote {RESULTS / 'curate.json'}")
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {out}")
         return 0 if ok else 2
     finally:
         shutil.rmtree(work, ignore_errors=True)

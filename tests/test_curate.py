@@ -21,7 +21,7 @@ from tooldistill.curate.kmeans import gpu_available, spherical_kmeans
 from tooldistill.curate.pipeline import curate_all
 from tooldistill.curate.quality import SCORERS, QualityConfig, register_scorer, score
 from tooldistill.curate.runner import LocalRunner, RayRunner
-from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup, semdedup
+from tooldistill.curate.semdedup import SemDedupConfig, boundary_groups, run_semdedup, semdedup
 from tooldistill.curate.split import SplitConfig, assign_splits, run_split
 from tooldistill.curate.text import TextView, text_of
 from tooldistill.schema import Message, ToolCall, ToolSpec, Trace, trace_to_row, traces_to_table
@@ -128,11 +128,12 @@ def exact_all_pairs(
     priority: np.ndarray,
     eps: float,
     labels: np.ndarray | None = None,
-    halo_labels: np.ndarray | None = None,
+    halo: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference semantics, written out plainly: rank every row (priority high first, then
     row index), take the full similarity matrix, and drop a row when its similarity to any row
-    ranked before it (in a cluster they share, when labels are given) exceeds 1 - eps."""
+    ranked before it (in a cluster or boundary group they share, when labels and the boundary
+    memberships ``(rows, groups)`` are given) exceeds 1 - eps."""
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     n = len(x)
     order = np.lexsort((np.arange(n), -priority))
@@ -141,10 +142,11 @@ def exact_all_pairs(
     sims = x.astype(np.float64) @ x.astype(np.float64).T
     before = position[None, :] < position[:, None]  # column ranked before row
     if labels is not None:
-        second = halo_labels if halo_labels is not None else np.full(n, -1)
         share = labels[None, :] == labels[:, None]
-        share |= (labels[:, None] == second[None, :]) | (second[:, None] == labels[None, :])
-        share |= (second[:, None] == second[None, :]) & (second[:, None] >= 0)
+        if halo is not None and len(halo[0]):
+            member = np.zeros((n, int(halo[1].max()) + 1), dtype=np.int64)
+            member[halo[0], halo[1]] = 1
+            share |= (member @ member.T) > 0
         before &= share
     sims = np.where(before, sims, -np.inf)
     max_sim = sims.max(axis=1)
@@ -217,13 +219,13 @@ def test_semdedup_within_clusters_equals_exact_restricted_to_clusters(
             halo=halo,  # type: ignore[arg-type]
         )
         assert result.timings["work_items"] > 7
-        assert (result.halo_labels >= 0).any() == (halo > 0)
+        assert (len(result.halo_rows) > 0) == (halo > 0)
         dropped, max_sim, nearest = exact_all_pairs(
             vectors,
             _priority(rule, result, quality, ids),
             eps,
             labels=result.labels,
-            halo_labels=result.halo_labels,
+            halo=(result.halo_rows, result.halo_groups),
         )
         _assert_same(result, dropped, max_sim, nearest)
 
@@ -238,6 +240,51 @@ def test_semdedup_with_clusters_matches_global_exact_on_planted_data(vectors: np
             result = semdedup(vectors, eps=eps, k=6, rank="quality", quality=quality, ids=ids, halo=halo)
             dropped, _, _ = exact_all_pairs(vectors, quality, eps)
             assert np.array_equal(~result.kept, dropped)
+
+
+def test_boundary_groups_pair_rows_near_a_boundary_from_both_sides() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 0])
+    nearest = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 1, 0], [0, 1, 2]])
+    sims = np.array(
+        [
+            [0.9, 0.89, 0.5],  # joins 0|1
+            [0.9, 0.80, 0.2],  # too far from both
+            [0.7, 0.68, 0.67],  # joins 0|1 and 1|2
+            [0.7, 0.40, 0.3],
+            [0.6, 0.59, 0.1],  # joins 1|2
+            [0.9, 0.5, 0.88],  # near 2 (its third-nearest): 0|2 has one side only, dropped
+        ],
+        dtype=np.float32,
+    )
+    rows, groups, pairs = boundary_groups(labels, nearest, sims, 0.03, 3)
+    assert pairs.tolist() == [[0, 1], [1, 2]]
+    assert sorted(zip(rows.tolist(), groups.tolist(), strict=True)) == [(0, 0), (2, 0), (2, 1), (4, 1)]
+    assert [len(a) for a in boundary_groups(labels, nearest, sims, 0.0, 3)] == [0, 0, 0]
+    one = boundary_groups(labels, nearest[:, :2], sims[:, :2], 0.03, 3)  # second-nearest only
+    assert sorted(zip(one[0].tolist(), one[1].tolist(), strict=True)) == [(0, 0), (2, 0)]
+
+
+def test_semdedup_halo_catches_a_pair_across_a_cluster_boundary() -> None:
+    """Two tight clusters and a near-duplicate pair on either side of the boundary between them:
+    without the halo the pair is never compared; with it, one of the two is dropped."""
+    rng = np.random.default_rng(5)
+    d = 16
+    a, b = np.eye(d)[0], np.eye(d)[1]
+    x = np.vstack(
+        [
+            a + 0.01 * rng.standard_normal((40, d)),
+            b + 0.01 * rng.standard_normal((40, d)),
+            a + b + 0.06 * a,  # similarity 0.998 to the next, ~0.04 closer to a than to b
+            a + b + 0.06 * b,
+        ]
+    ).astype(np.float32)
+    ids = [f"t{i:03d}" for i in range(len(x))]
+    paper = semdedup(x, eps=0.01, k=2, rank="random", ids=ids, halo=0.0)
+    assert paper.labels[80] != paper.labels[81] and paper.kept[80] and paper.kept[81]
+    halo = semdedup(x, eps=0.01, k=2, rank="random", ids=ids, halo=0.05)
+    assert {80, 81} <= set(halo.halo_rows.tolist()) and halo.halo_row_count < 10
+    assert halo.kept[80] != halo.kept[81]
+    assert np.array_equal(halo.kept[:80], paper.kept[:80])
 
 
 def test_semdedup_keep_rules_choose_the_survivor() -> None:
