@@ -251,6 +251,23 @@ class _Client:
         raise EndpointError(f"gave up after {self.retries + 1} attempts: {last}")
 
 
+def first_message(response: Any) -> dict[str, Any] | None:
+    """The first choice's message of a chat-completions response, or None."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        return message if isinstance(message, dict) else None
+    return None
+
+
+def parse_response(response: Any) -> Parsed:
+    """The calls in a chat-completions response (its first choice's message)."""
+    message = first_message(response)
+    if message is None:
+        return Parsed(error="unparseable: response has no message")
+    return parse_message(message)
+
+
 def evaluate_one(
     client: _Client,
     trace: Trace,
@@ -292,17 +309,7 @@ def evaluate_one(
     usage = response.get("usage") or {}
     row["prompt_tokens"] = usage.get("prompt_tokens")
     row["completion_tokens"] = usage.get("completion_tokens")
-    choices = response.get("choices")
-    message = (
-        choices[0].get("message")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict)
-        else None
-    )
-    parsed = (
-        parse_message(message)
-        if isinstance(message, dict)
-        else Parsed(error="unparseable: response has no message")
-    )
+    parsed = parse_response(response)
     judged = judge(trace, parsed, config.modes)
     first = judged["verdicts"][config.modes[0]]
     row.update(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -63,6 +64,27 @@ class _RowAdapter:
         return {"index": row["index"], "result": json.dumps(result)}
 
 
+@contextmanager
+def single_operator_execution(progress_bars: bool = True) -> Iterator[None]:
+    """Ray Data settings for a one-operator pipeline, for the duration of one execution.
+
+    Ray Data's default per-operator reservation holds back half the cluster's CPUs for operators
+    that do not exist in such a pipeline; measured on 2 cores it ran one task at a time.  Callers
+    that draw their own progress bar can turn Ray Data's off too.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    saved = (context.op_resource_reservation_enabled, context.enable_progress_bars)
+    context.op_resource_reservation_enabled = False
+    if not progress_bars:
+        context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled, context.enable_progress_bars = saved
+
+
 class RayExecutor:
     """Runs shards as Ray Data tasks, one block per shard, on the cluster ``ray.init`` reaches.
 
@@ -96,16 +118,8 @@ class RayExecutor:
 
         items = [{"index": i, "shard": json.dumps(s)} for i, s in enumerate(shards)]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        # A shard pipeline has one operator.  Ray Data's default per-operator reservation holds back
-        # half the cluster's CPUs for operators that do not exist here; measured on 2 cores it ran
-        # one task at a time.  Turn it off for this execution only.
-        context = ray.data.DataContext.get_current()
-        reserved = context.op_resource_reservation_enabled
-        context.op_resource_reservation_enabled = False
-        try:
+        with single_operator_execution():  # a shard pipeline has one operator
             rows = dataset.map(_RowAdapter(fn)).take_all()
-        finally:
-            context.op_resource_reservation_enabled = reserved
         rows.sort(key=lambda row: row["index"])
         return [json.loads(row["result"]) for row in rows]
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
 
 from tooldistill.curate.common import progress_bar
+from tooldistill.executor import single_operator_execution
 
 
 class SetupStage(Protocol):
@@ -129,24 +129,6 @@ def _run_items(fn: ArrayFn, items: list[Any], names: list[str], *arrays: np.ndar
     return [fn(shared, item) for item in items]
 
 
-@contextmanager
-def _no_reservation() -> Any:
-    """Ray Data's per-operator resource reservation holds back half the CPUs for operators that do
-    not exist in a one-operator pipeline; on 2 cores it ran one task at a time (measured for
-    ingest, see ``tooldistill.executor``).  Off for the duration of one execution; Ray Data's own
-    progress bars are off too (the runner draws one)."""
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    saved = (context.op_resource_reservation_enabled, context.enable_progress_bars)
-    context.op_resource_reservation_enabled = False
-    context.enable_progress_bars = False
-    try:
-        yield
-    finally:
-        context.op_resource_reservation_enabled, context.enable_progress_bars = saved
-
-
 class RayRunner:
     """Ray Data actor pools and Ray tasks on the cluster that ``ray.init`` reaches."""
 
@@ -189,7 +171,10 @@ class RayRunner:
         concurrency = max(1, min(concurrency, len(shards)))
         items = [{"index": i, "shard": json.dumps(s)} for i, s in enumerate(shards)]
         rows: list[dict[str, Any]] = []
-        with _no_reservation(), progress_bar(description, len(shards), self.show_progress) as advance:
+        with (
+            single_operator_execution(progress_bars=False),
+            progress_bar(description, len(shards), self.show_progress) as advance,
+        ):
             # Built inside the context: a Ray Data dataset keeps the DataContext it was made under.
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
             mapped = dataset.map_batches(

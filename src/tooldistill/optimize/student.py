@@ -25,8 +25,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tooldistill.evaluate import EndpointError, _Client, _safe_name, build_request
-from tooldistill.match.parse import Parsed, parse_message
+from tooldistill.evaluate import (
+    EndpointError,
+    _Client,
+    _safe_name,
+    build_request,
+    first_message,
+    parse_response,
+)
 from tooldistill.match.stats import rate
 from tooldistill.schema import Trace, trace_from_row, trace_to_row
 from tooldistill.scoring import judge
@@ -174,17 +180,8 @@ def run_example(
             latency_s=time.perf_counter() - started,
         )  # fmt: skip
     latency = time.perf_counter() - started
-    choices = response.get("choices") if isinstance(response, dict) else None
-    message = (
-        choices[0].get("message")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict)
-        else None
-    )
-    parsed = (
-        parse_message(message)
-        if isinstance(message, dict)
-        else Parsed(error="unparseable: response has no message")
-    )
+    message = first_message(response)
+    parsed = parse_response(response)
     judged = judge(trace, parsed, [settings.mode])
     verdict = judged["verdicts"][settings.mode]
     return Outcome(
