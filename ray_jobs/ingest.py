@@ -1,15 +1,11 @@
-"""Ray job entrypoint for the ingest stage.
+"""Ray job entrypoint: read teacher logs into a traces dataset (shards on the cluster's workers).
 
-    ray job submit --runtime-env ray_jobs/runtime_env.yaml -- \
-        python ray_jobs/ingest.py SOURCE... --format FORMAT --out s3://bucket/datasets/traces
+    ray job submit --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/ingest.py SOURCE... --format FORMAT --out s3://BUCKET/run/traces
 
-Takes the same arguments as ``tooldistill ingest``.  Under ``ray job submit`` the driver runs on
-the cluster, ``RAY_ADDRESS`` is set, and the shards are read by the cluster's workers.
+Takes the same arguments as ``tooldistill ingest``.
 """
 
-import sys
-
-from tooldistill.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    main(["ingest", "--executor", "ray", *sys.argv[1:]], prog_name="ray_jobs/ingest.py")
+    run(["ingest", "--executor", "ray"], "ingest.py")

@@ -1,14 +1,13 @@
-"""Ray job entrypoint for the whole pipeline from one config.
+"""Ray job entrypoint: the whole pipeline from one config.
 
     ray job submit --runtime-env ray_jobs/runtime_env.yaml -- \
-        python ray_jobs/pipeline.py configs/demo.yaml --out runs/demo
+        python ray_jobs/pipeline.py configs/gpt-oss-20b-aws.yaml --out s3://BUCKET/runs/gpt-oss-20b
 
-Takes the same arguments as ``tooldistill run``.
+or ``tooldistill submit configs/gpt-oss-20b-aws.yaml --out ...``, which adds the git sha to the
+submission id and follows the logs.  Takes the same arguments as ``tooldistill run``.
 """
 
-import sys
-
-from tooldistill.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    main(["run", *sys.argv[1:]], prog_name="ray_jobs/pipeline.py")
+    run(["run"], "pipeline.py")

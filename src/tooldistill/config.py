@@ -6,11 +6,12 @@ errors, so a typo fails loudly instead of being ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tooldistill.readers import ReaderOptions
 
@@ -33,14 +34,157 @@ class RaySection(_Section):
     num_cpus: int | None = None
 
 
+class TeacherSection(_Section):
+    """Where the teacher's calls come from.
+
+    ``data``: the calls recorded in the traces are the teacher's (no capture).  ``claude``: ask Claude
+    for ``capture.samples`` answers per trace (``tooldistill teacher capture``), which also measures
+    Claude's self-consistency.  ``auto``: ``claude`` when the key variable is set, else ``data``.
+    """
+
+    mode: Literal["data", "claude", "auto"] = "auto"
+    #: ``CaptureConfig`` fields other than ``dataset`` and ``out`` (``model`` is required).
+    capture: dict[str, Any] = Field(default_factory=lambda: {"model": "claude-sonnet-4-5", "samples": 3})
+
+    @model_validator(mode="after")
+    def _capture_fields(self) -> TeacherSection:
+        from tooldistill.teacher.capture import CaptureConfig
+
+        CaptureConfig.model_validate({**self.capture, "dataset": "-", "out": "-"})
+        return self
+
+    def key_env(self) -> str:
+        return str(self.capture.get("api_key_env") or "ANTHROPIC_API_KEY")
+
+    def resolved_mode(self) -> Literal["data", "claude"]:
+        if self.mode == "auto":
+            return "claude" if os.environ.get(self.key_env()) else "data"
+        return self.mode
+
+
+class CurateSection(_Section):
+    """Options of each curation stage (the fields of its config, without ``dataset``/``out``)."""
+
+    embed: dict[str, Any] = Field(default_factory=dict)
+    semdedup: dict[str, Any] = Field(default_factory=dict)
+    car: dict[str, Any] = Field(default_factory=dict)
+    split: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _stage_fields(self) -> CurateSection:
+        from tooldistill.curate.car import CarConfig
+        from tooldistill.curate.embed import EmbedConfig
+        from tooldistill.curate.semdedup import SemDedupConfig
+        from tooldistill.curate.split import SplitConfig
+
+        for model, options in (
+            (EmbedConfig, self.embed),
+            (SemDedupConfig, self.semdedup),
+            (CarConfig, self.car),
+            (SplitConfig, self.split),
+        ):
+            model.model_validate({**options, "dataset": "-", "out": "-"})
+        return self
+
+
+class StudentSection(_Section):
+    """The student: start a Ray Serve profile for the run, or use an endpoint that is already up."""
+
+    #: A serve profile (``configs/serve/*.yaml``) deployed on the run's Ray cluster and shut down after.
+    serve: str | None = None
+    #: An OpenAI-compatible endpoint (``.../v1``) that is already answering.
+    endpoint: str | None = None
+    #: The served model name (default: the profile's model id).
+    model: str | None = None
+    #: ``tooldistill models prepare NAME`` before serving (e.g. ``smollm2`` for the CPU profile).
+    prepare: str | None = None
+    replicas: int | None = Field(default=None, ge=1)
+    port: int | None = None
+    #: The variable holding the key clients send (only its hash reaches the server).
+    api_key_env: str | None = "TOOLDISTILL_SERVE_API_KEY"
+    wait_timeout_s: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentSection:
+        if (self.serve is None) == (self.endpoint is None):
+            raise ValueError("student: give exactly one of `serve` (a profile to start) or `endpoint`")
+        if self.endpoint is not None and self.model is None:
+            raise ValueError("student: `model` is required with `endpoint`")
+        return self
+
+
+class OptimizeSection(_Section):
+    """``tooldistill optimize``'s config without ``run_dir`` and ``data`` (the run provides both).
+
+    ``student`` here holds how the student is asked (temperature, max_tokens, ...); its endpoint and
+    model come from the ``student`` section.  ``reflection_without_key``: what reflects when the
+    reflection model is Claude and its key is not set: the student itself (``student``), or stop
+    with an error (``error``).
+    """
+
+    student: dict[str, Any] = Field(default_factory=dict)
+    reflection: dict[str, Any] = Field(default_factory=dict)
+    reflection_without_key: Literal["student", "error"] = "student"
+    tune: dict[str, Any] = Field(default_factory=dict)
+    seed_prompt: dict[str, Any] | str | None = None
+    phases: list[dict[str, Any]] | None = None
+    test_limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _fields(self) -> OptimizeSection:
+        from tooldistill.optimize.run import config_from_dict
+
+        config_from_dict(self.optimize_dict("-", {"train": "-", "val": "-", "test": "-"}))
+        return self
+
+    def optimize_dict(self, run_dir: str, data: dict[str, Any]) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "run_dir": run_dir,
+            "data": {**data, "test_limit": self.test_limit},
+            "student": dict(self.student),
+            "reflection": dict(self.reflection),
+            "tune": dict(self.tune),
+            "seed_prompt": self.seed_prompt,
+        }
+        if self.phases is not None:
+            raw["phases"] = [dict(p) for p in self.phases]
+        return raw
+
+
+class MlflowSection(_Section):
+    tracking_uri: str
+    experiment: str = "tooldistill"
+
+
+class TrackingSection(_Section):
+    #: Log each phase's figures to MLflow, and Ray Tune's trials through its MLflow callback.
+    mlflow: MlflowSection | None = None
+
+
+class ReportSection(_Section):
+    enabled: bool = True
+
+
 class PipelineConfig(_Section):
-    """The whole pipeline; sections are added as stages land."""
+    """The whole pipeline.  Sections left out are stages not run (``ingest`` is required)."""
 
     name: str = "tooldistill"
     #: Where the run's datasets go (local folder or s3://); ``--out`` overrides it.
     run_dir: str = "runs/default"
     ray: RaySection = Field(default_factory=RaySection)
     ingest: IngestSection
+    teacher: TeacherSection | None = None
+    curate: CurateSection | None = None
+    student: StudentSection | None = None
+    optimize: OptimizeSection | None = None
+    report: ReportSection = Field(default_factory=ReportSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+
+    @model_validator(mode="after")
+    def _needs(self) -> PipelineConfig:
+        if self.optimize is not None and (self.curate is None or self.student is None):
+            raise ValueError("optimize needs the curate section (its split) and a student")
+        return self
 
 
 class ConfigError(ValueError):

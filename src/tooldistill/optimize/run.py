@@ -388,7 +388,7 @@ class _GepaProgress:
             self.snapshot(state)
 
 
-def make_evaluator(config: OptimizeConfig, folder: Path) -> Any:
+def make_evaluator(config: OptimizeConfig, folder: Path, tune_callbacks: Sequence[Any] = ()) -> Any:
     if config.tune.executor != "tune":
         return None
     import ray
@@ -410,6 +410,7 @@ def make_evaluator(config: OptimizeConfig, folder: Path) -> Any:
         cpus_per_trial=config.tune.cpus_per_trial,
         resources_per_trial=config.tune.resources_per_trial,
         warm_start=config.tune.warm_start,
+        callbacks=tune_callbacks,
     )
 
 
@@ -420,6 +421,7 @@ def run_gepa_phase(
     folder: Path,
     progress: Progress,
     callbacks: Sequence[Any] = (),
+    tune_callbacks: Sequence[Any] = (),
 ) -> Prompt:
     """Phases 2-3: GEPA evolves the instructions; the demos of ``start`` stay."""
     import gepa
@@ -434,7 +436,7 @@ def run_gepa_phase(
         raise OptimizeError(f"{phase.name}: GEPA needs train and val examples (got {len(train)}, {len(val)})")
     previous = _read(folder / "progress.json") or {}
     reflection = ReflectionLM(config.reflection, spent_before=float(previous.get("reflection_usd") or 0.0))
-    evaluator = make_evaluator(config, folder)
+    evaluator = make_evaluator(config, folder, tune_callbacks)
     adapter = ToolCallAdapter(
         config.student,
         start.demos,
@@ -486,6 +488,7 @@ def run_phase(
     start: Prompt,
     progress: Progress,
     callbacks: Sequence[Any] = (),
+    tune_callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """One phase from ``start``; skipped when its result is there for the same config and start."""
     folder = Path(config.run_dir) / phase.name
@@ -509,7 +512,7 @@ def run_phase(
     if phase.kind == "dspy":
         prompt = run_dspy_phase(config, phase, start, folder, progress)
     else:
-        prompt = run_gepa_phase(config, phase, start, folder, progress, callbacks)
+        prompt = run_gepa_phase(config, phase, start, folder, progress, callbacks, tune_callbacks)
     _write(folder, "prompt.json", prompt.to_json())
     _export_program(config, prompt, folder)
     test = _traces(config.data.test)[: config.data.test_limit]
@@ -542,11 +545,48 @@ def _export_program(config: OptimizeConfig, prompt: Prompt, folder: Path) -> Non
     # the demos as chat messages are in prompt.json; DSPy's format holds the instructions
 
 
+def start_prompt(config: OptimizeConfig, first_phase: str | None = None) -> Prompt:
+    """The prompt a run (or a run of ``first_phase`` alone) starts from."""
+    names = [p.name for p in config.phases]
+    index = names.index(first_phase) if first_phase else 0
+    if index == 0:
+        return seed_prompt(config)
+    # a later phase alone starts from the phase before it, when that phase has run
+    before = Path(config.run_dir) / names[index - 1] / "prompt.json"
+    if not before.exists():
+        raise OptimizeError(f"{names[index]} starts from {names[index - 1]}, which has not run")
+    return read_prompt(str(before))
+
+
+def ensure_baseline(config: OptimizeConfig, start: Prompt) -> tuple[dict[str, Any], bool]:
+    """The test-split evaluation of ``start`` in ``RUN/baseline.json``; True when it was there already."""
+    run_dir = Path(config.run_dir)
+    key = content_hash(
+        {"prompt": start.to_json(), "student": config.student.model_dump(mode="json"),
+         "data": config.data.model_dump(mode="json")},
+        16,
+    )  # fmt: skip
+    baseline = _read(run_dir / "baseline.json")
+    if baseline is not None and baseline.get("key") == key:
+        return baseline, True
+    test = _traces(config.data.test)[: config.data.test_limit]
+    summary, outcomes = evaluate_prompt(start, test, config.student)
+    baseline = {
+        "key": key,
+        "prompt": start.to_json(),
+        "test": summary,
+        "outcomes": [o.to_json() for o in outcomes],
+    }
+    _write(run_dir, "baseline.json", baseline)
+    return baseline, False
+
+
 def optimize(
     config: OptimizeConfig,
     phase: str = "all",
     progress: Progress | None = None,
     callbacks: Sequence[Any] = (),
+    tune_callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Run the selected phases in order, each from the previous one's prompt; returns the summary."""
     report = progress or (lambda _: None)
@@ -555,27 +595,12 @@ def optimize(
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write(run_dir, "config.json", config.model_dump(mode="json"))
-    previous = None
-    index = [p.name for p in config.phases].index(selected[0].name)
-    if index > 0:
-        # a later phase alone starts from the phase before it, when that phase has run
-        before = run_dir / config.phases[index - 1].name / "prompt.json"
-        if not before.exists():
-            raise OptimizeError(
-                f"{selected[0].name} starts from {config.phases[index - 1].name}, which has not run"
-            )
-        previous = read_prompt(str(before))
-    start = previous or seed_prompt(config)
-    baseline = _read(run_dir / "baseline.json")
-    if baseline is None or baseline.get("prompt") != start.to_json():
-        test = _traces(config.data.test)[: config.data.test_limit]
-        summary, _ = evaluate_prompt(start, test, config.student)
-        baseline = {"prompt": start.to_json(), "test": summary}
-        _write(run_dir, "baseline.json", baseline)
+    start = start_prompt(config, selected[0].name)
+    baseline, _ = ensure_baseline(config, start)
     report({"phase": "baseline", "event": "done", "test": baseline["test"]})
     results = []
     for item in selected:
-        result = run_phase(config, item, start, report, callbacks)
+        result = run_phase(config, item, start, report, callbacks, tune_callbacks)
         results.append(result)
         start = read_prompt(str(run_dir / item.name / "prompt.json"))
     best = max(results, key=lambda r: r["test"].get("rate") or 0.0)

@@ -221,6 +221,7 @@ class TuneEvaluator:
         resources_per_trial: dict[str, float] | None = None,
         warm_start: bool = True,
         name: str | None = None,
+        callbacks: Sequence[Any] = (),
     ) -> None:
         self.settings = settings
         self.storage_path = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
@@ -228,6 +229,8 @@ class TuneEvaluator:
         self.requests_per_trial = max(1, requests_per_trial)
         self.resources = resources_per_trial or {"cpu": cpus_per_trial}
         self.warm_start = warm_start
+        #: Ray Tune callbacks (e.g. MLflow's logger) for the candidates' experiment
+        self.callbacks = list(callbacks)
         self.name = name or f"candidates-{uuid.uuid4().hex[:6]}"
         self.trials: list[TrialRecord] = []
         self._board: _JobBoard | None = None
@@ -253,7 +256,11 @@ class TuneEvaluator:
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=tune.RunConfig(
-                storage_path=self.storage_path, name=self.name, verbose=0, log_to_file=False
+                storage_path=self.storage_path,
+                name=self.name,
+                verbose=0,
+                log_to_file=False,
+                callbacks=self.callbacks or None,
             ),
         )
         import ray.tune.execution.tune_controller as controller

@@ -133,6 +133,4 @@ def build_app(args: dict[str, Any]) -> Any:
     _require_key(fastapi_app, str(expected))
     ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
     deployment: Any = serve.deployment(ingress, **options)
-    return deployment.bind(
-        llm_deployments=deployments, model_cards=cards, lora_paths={}
-    )
+    return deployment.bind(llm_deployments=deployments, model_cards=cards, lora_paths={})

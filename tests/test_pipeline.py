@@ -1,0 +1,187 @@
+"""``tooldistill run``: every stage from one config into one run folder, skipping what is up to date.
+
+The student and the reflection model are the local OpenAI-compatible servers of
+``tooldistill.optimize.testing`` (the network edge); everything else is the real code: ingest,
+MiniLM embedding, FAISS SemDeDup and CaR, the split, DSPy, GEPA, the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tooldistill.cli import main
+from tooldistill.optimize.testing import ReflectionServer, StudentServer, make_traces
+from tooldistill.schema import trace_to_json
+from tooldistill.store import Dataset
+
+STAGES = [
+    "ingest",
+    "teacher",
+    "embed",
+    "semdedup",
+    "car",
+    "split",
+    "student",
+    "baseline",
+    "optimize",
+    "report",
+]
+
+
+def invoke(*args: Any) -> Any:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Any:
+    with StudentServer(latency_s=0.01) as student, ReflectionServer() as reflection:
+        yield student, reflection
+
+
+def write_config(tmp_path: Path, servers: Any, **changes: Any) -> Path:
+    student, reflection = servers
+    logs = tmp_path / "logs.jsonl"
+    if not logs.exists():
+        lines = [json.dumps(trace_to_json(t)) for t in make_traces(40)]
+        logs.write_text("\n".join([*lines, "{not json"]) + "\n")  # one broken line: quarantined
+    config: dict[str, Any] = {
+        "name": "pipeline-test",
+        "run_dir": str(tmp_path / "unused"),
+        "ray": {"executor": "local"},
+        "ingest": {"sources": [str(logs)], "format": "jsonl"},
+        "teacher": {
+            "mode": "auto",
+            "capture": {"model": "claude-sonnet-4-5", "api_key_env": "TD_TEST_NO_KEY"},
+        },
+        "curate": {
+            "semdedup": {"eps": 0.0005, "cluster_size": 20},
+            "car": {"per_cluster": 100, "top_overall": 0},
+            "split": {"fractions": [0.5, 0.2, 0.3], "by_cluster": False, "by_tool": False},
+        },
+        "student": {"endpoint": student.url, "model": "student", "api_key_env": None},
+        "optimize": {
+            "test_limit": 9,
+            "reflection": {"kind": "openai", "model": "reflector", "endpoint": reflection.url},
+            "tune": {"executor": "threads"},
+            "phases": [
+                {"name": "phase1", "kind": "dspy", "train": 8, "max_bootstrapped_demos": 2},
+                {"name": "phase2", "kind": "gepa", "train": 8, "val": 6, "max_metric_calls": 40},
+            ],
+        },
+    }
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def statuses(run: Path) -> dict[str, str]:
+    value = json.loads((run / "run.json").read_text())
+    return {s["stage"]: s["status"] for s in value["stages"]}
+
+
+def test_run_every_stage_then_skip_what_is_up_to_date(tmp_path: Path, servers: Any) -> None:
+    student, reflection = servers
+    config = write_config(tmp_path, servers)
+    run = tmp_path / "run"
+    result = invoke("run", config, "--out", run)
+    assert result.exit_code == 0, result.output
+    assert statuses(run) == {
+        **dict.fromkeys(STAGES, "ran"),
+        "teacher": "disabled",  # no key: the traces' own calls are the teacher's
+    }
+    assert "TD_TEST_NO_KEY is not set" in result.output
+    assert Dataset.open(str(run / "traces")).manifest.quarantine.total == 1
+    funnel = json.loads((run / "curate" / "funnel.json").read_text())
+    assert funnel["in"] == 40 and funnel["train"] + funnel["val"] + funnel["test"] == funnel["selected"]
+    summary = json.loads((run / "optimize" / "summary.json").read_text())
+    assert [p["phase"] for p in summary["phases"]] == ["phase1", "phase2"]
+    # the student server answers every question right once the reflection model's phrase is in the
+    # prompt: GEPA found it, so the last phase beats the baseline on the test split
+    assert summary["phases"][-1]["test"]["rate"] > summary["baseline"]["rate"]
+    assert json.loads((run / "optimize" / "best" / "prompt.json").read_text())["system"]
+    assert json.loads((run / "student.json").read_text())["endpoint"] == student.url
+    report = run / "report" / "report.html"
+    assert report.exists() and str(report) in result.output.replace("\n", "")
+    assert "report" in (run / "run.log").read_text()
+
+    # the same run again: nothing is recomputed and the student is not asked anything
+    asked = student.requests, reflection.requests
+    again = invoke("run", config, "--out", run)
+    assert again.exit_code == 0, again.output
+    after = statuses(run)
+    assert {
+        after[s] for s in ("ingest", "embed", "semdedup", "car", "split", "student", "baseline", "optimize")
+    } == {"skipped"}
+    assert (student.requests, reflection.requests) == asked
+
+    # a CaR change recomputes CaR onwards; embedding and SemDeDup stay
+    config = write_config(
+        tmp_path, servers, **{"curate.car": {"per_cluster": 100, "top_overall": 0, "seed": 1}}
+    )
+    third = invoke("run", config, "--out", run, "--until", "split")
+    assert third.exit_code == 0, third.output
+    after = statuses(run)
+    assert (after["embed"], after["semdedup"], after["car"], after["split"]) == (
+        "skipped",
+        "skipped",
+        "ran",
+        "ran",
+    )
+    assert after["optimize"] == "not selected" and student.requests == asked[0]
+
+
+def test_from_a_stage_that_has_no_input_is_a_clear_error(tmp_path: Path, servers: Any) -> None:
+    config = write_config(tmp_path, servers)
+    result = invoke("run", config, "--out", tmp_path / "fresh", "--from", "car")
+    assert result.exit_code == 2
+    assert "stage ingest has not run" in result.output and "Traceback" not in result.output
+    result = invoke("run", config, "--out", tmp_path / "fresh", "--from", "nope")
+    assert result.exit_code == 2 and "unknown stage 'nope'" in result.output
+
+
+def test_unreachable_student_stops_before_optimizing(tmp_path: Path, servers: Any) -> None:
+    config = write_config(tmp_path, servers, **{"student.endpoint": "http://127.0.0.1:9/v1"})
+    run = tmp_path / "run"
+    result = invoke("run", config, "--out", run)
+    assert result.exit_code == 2
+    assert "student endpoint http://127.0.0.1:9/v1 is not answering" in result.output
+    assert statuses(run)["split"] == "ran" and statuses(run)["student"] == "failed"
+    assert not (run / "optimize" / "summary.json").exists()
+
+
+def test_run_folder_on_s3(tmp_path: Path, servers: Any, bucket: str) -> None:
+    import boto3
+
+    config = write_config(
+        tmp_path, servers, **{"optimize.phases": [{"name": "phase1", "kind": "dspy", "train": 4}]}
+    )
+    uri = f"s3://{bucket}/runs/one"
+    result = invoke("run", config, "--out", uri)
+    assert result.exit_code == 0, result.output
+    keys = {
+        o["Key"]
+        for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="runs/one/").get("Contents", [])
+    }
+    for expected in (
+        "runs/one/traces/manifest.json",
+        "runs/one/curate/split/test/manifest.json",
+        "runs/one/curate/funnel.json",
+        "runs/one/run.json",
+        "runs/one/optimize/summary.json",
+        "runs/one/optimize/best/prompt.json",
+        "runs/one/report/report.html",
+    ):
+        assert expected in keys, sorted(keys)
+    assert Dataset.open(f"{uri}/curate/split/train").manifest.rows > 0
