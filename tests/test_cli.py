@@ -104,13 +104,13 @@ def test_run_from_config(ray_cluster, tmp_path):
     config["ingest"]["reader"] = {"categories": ["simple_python", "irrelevance"]}
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = invoke("run", path, "--out", tmp_path / "run")
+    result = invoke("run", path, "--out", tmp_path / "run", "--until", "ingest")
     assert result.exit_code == 0, result.output
     assert "run folder" in result.output
     dataset = Dataset.open(str(tmp_path / "run" / "traces"))
     assert set(dataset.to_pandas()["category"]) == {"simple_python", "irrelevance"}
     assert dataset.manifest.stats["executor"] == "ray"
-    assert "skipped" in invoke("run", path, "--out", tmp_path / "run").output
+    assert "skipped" in invoke("run", path, "--out", tmp_path / "run", "--until", "ingest").output
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("ingest: {sources: [bfcl], format: bfcl, sauces: 1}\n")

@@ -185,3 +185,28 @@ def test_run_folder_on_s3(tmp_path: Path, servers: Any, bucket: str) -> None:
     ):
         assert expected in keys, sorted(keys)
     assert Dataset.open(f"{uri}/curate/split/train").manifest.rows > 0
+
+
+def test_a_student_that_answers_only_errors_is_not_scored_as_zero(tmp_path: Path, servers: Any) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(BaseHTTPRequestHandler):  # answers every request 501, like a wrong base path
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        config = write_config(
+            tmp_path, servers, **{"student.endpoint": url, "optimize.student": {"retries": 0}}
+        )
+        run = tmp_path / "run"
+        result = invoke("run", config, "--out", run)
+    finally:
+        server.shutdown()
+    assert result.exit_code == 2
+    assert "answered none of 9 test requests" in result.output and "HTTP 501" in result.output
+    assert statuses(run)["baseline"] == "failed"
+    assert not (run / "optimize" / "baseline.json").exists()

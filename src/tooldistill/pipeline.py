@@ -41,6 +41,7 @@ from tooldistill.config import PipelineConfig, StudentSection
 from tooldistill.executor import Executor, make_executor
 from tooldistill.ingest import IngestConfig, IngestResult, ingest
 from tooldistill.redact import Redactor
+from tooldistill.report.mask import mask
 from tooldistill.schema import content_hash
 
 STAGES = (
@@ -167,7 +168,7 @@ class RunLog:
             "name": self.config.name,
             "run_dir": self.run_dir,
             "tooldistill": __version__,
-            "config": self.config.model_dump(mode="json"),
+            "config": mask(self.config.model_dump(mode="json")),
             "stages": [r.to_json() for r in self.records],
             "started": self.started,
             "finished": time.time() if finished else None,
@@ -259,7 +260,7 @@ def start_student(section: StudentSection, say: Say) -> Student:
         "ready_after_s": round(time.time() - started, 1),
         "started": started,
     }
-    return Student(f"{served.base_url}/v1", model, section.api_key_env, served.stop, info)
+    return Student(served.base_url, model, section.api_key_env, served.stop, info)
 
 
 def _replicas(profile: dict[str, Any]) -> int:

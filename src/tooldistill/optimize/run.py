@@ -11,6 +11,9 @@ Run folder (local path; GEPA keeps its state as files)::
     RUN/config.json              the resolved config
     RUN/phase1/program.json      the DSPy program (``dspy.Module.save`` format)
     RUN/phaseN/prompt.json       the plain artifact {"system": ..., "demos": [chat messages]}
+    RUN/tune/                    Ray Tune's experiment: every candidate evaluation of every GEPA phase
+                                 (one evaluator per run, so the trial actors stay warm between phases)
+    RUN/phaseN/trials.json       the phase's Tune trials: candidate, examples, start and end times
     RUN/phaseN/gepa/             GEPA's own state (gepa_state.bin, run_log.txt), rewritten every iteration
     RUN/phaseN/candidates.json   every candidate: instructions, parents, val scores; the Pareto front
     RUN/phaseN/progress.json     budget used, best so far, front size (rewritten every iteration)
@@ -414,6 +417,25 @@ def make_evaluator(config: OptimizeConfig, folder: Path, tune_callbacks: Sequenc
     )
 
 
+class CandidateEvaluators:
+    """One Tune evaluator for every GEPA phase of a run: its trial actors start once (tens of
+    seconds on a small machine) and stay warm from phase 2 into phase 3."""
+
+    def __init__(self, config: OptimizeConfig, tune_callbacks: Sequence[Any] = ()) -> None:
+        self.config, self.tune_callbacks = config, tune_callbacks
+        self.evaluator: Any = None
+
+    def get(self) -> Any:
+        if self.evaluator is None:
+            self.evaluator = make_evaluator(self.config, Path(self.config.run_dir), self.tune_callbacks)
+        return self.evaluator
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
+            self.evaluator = None
+
+
 def run_gepa_phase(
     config: OptimizeConfig,
     phase: PhaseConfig,
@@ -421,7 +443,7 @@ def run_gepa_phase(
     folder: Path,
     progress: Progress,
     callbacks: Sequence[Any] = (),
-    tune_callbacks: Sequence[Any] = (),
+    evaluators: CandidateEvaluators | None = None,
 ) -> Prompt:
     """Phases 2-3: GEPA evolves the instructions; the demos of ``start`` stay."""
     import gepa
@@ -436,7 +458,10 @@ def run_gepa_phase(
         raise OptimizeError(f"{phase.name}: GEPA needs train and val examples (got {len(train)}, {len(val)})")
     previous = _read(folder / "progress.json") or {}
     reflection = ReflectionLM(config.reflection, spent_before=float(previous.get("reflection_usd") or 0.0))
-    evaluator = make_evaluator(config, folder, tune_callbacks)
+    own = evaluators is None
+    pool = evaluators or CandidateEvaluators(config)
+    evaluator = pool.get()
+    first_trial = len(evaluator.trials) if evaluator is not None else 0
     adapter = ToolCallAdapter(
         config.student,
         start.demos,
@@ -470,12 +495,9 @@ def run_gepa_phase(
         )
     finally:
         if evaluator is not None:
-            _write(
-                folder,
-                "trials.json",
-                [t.__dict__ for t in evaluator.trials],
-            )
-            evaluator.close()
+            _write(folder, "trials.json", [t.__dict__ for t in evaluator.trials[first_trial:]])
+        if own:
+            pool.close()
     best = result.best_candidate
     assert isinstance(best, dict)
     _write(folder, "reflection.json", reflection.usage())
@@ -488,7 +510,7 @@ def run_phase(
     start: Prompt,
     progress: Progress,
     callbacks: Sequence[Any] = (),
-    tune_callbacks: Sequence[Any] = (),
+    evaluators: CandidateEvaluators | None = None,
 ) -> dict[str, Any]:
     """One phase from ``start``; skipped when its result is there for the same config and start."""
     folder = Path(config.run_dir) / phase.name
@@ -512,7 +534,7 @@ def run_phase(
     if phase.kind == "dspy":
         prompt = run_dspy_phase(config, phase, start, folder, progress)
     else:
-        prompt = run_gepa_phase(config, phase, start, folder, progress, callbacks, tune_callbacks)
+        prompt = run_gepa_phase(config, phase, start, folder, progress, callbacks, evaluators)
     _write(folder, "prompt.json", prompt.to_json())
     _export_program(config, prompt, folder)
     test = _traces(config.data.test)[: config.data.test_limit]
@@ -522,7 +544,7 @@ def run_phase(
         "phase": phase.name,
         "kind": phase.kind,
         "key": key,
-        "train": phase.train,
+        "train": len(phase_train(config, phase)),  # what was there, not the configured cap
         "test": summary,
         "demo_messages": len(prompt.demos),
         "system_chars": len(prompt.system),
@@ -571,8 +593,14 @@ def ensure_baseline(config: OptimizeConfig, start: Prompt) -> tuple[dict[str, An
         return baseline, True
     test = _traces(config.data.test)[: config.data.test_limit]
     summary, outcomes = evaluate_prompt(start, test, config.student)
+    if outcomes and summary["errors"] == len(outcomes):
+        raise OptimizeError(
+            f"the student at {config.student.endpoint} answered none of {len(outcomes)} test requests "
+            f"(first: {outcomes[0].reason})"
+        )
     baseline = {
-        "key": key,
+        # endpoint errors are asked again next time instead of standing as wrong answers
+        "key": key if not summary["errors"] else f"{key}-incomplete",
         "prompt": start.to_json(),
         "test": summary,
         "outcomes": [o.to_json() for o in outcomes],
@@ -599,10 +627,14 @@ def optimize(
     baseline, _ = ensure_baseline(config, start)
     report({"phase": "baseline", "event": "done", "test": baseline["test"]})
     results = []
-    for item in selected:
-        result = run_phase(config, item, start, report, callbacks, tune_callbacks)
-        results.append(result)
-        start = read_prompt(str(run_dir / item.name / "prompt.json"))
+    evaluators = CandidateEvaluators(config, tune_callbacks)
+    try:
+        for item in selected:
+            result = run_phase(config, item, start, report, callbacks, evaluators)
+            results.append(result)
+            start = read_prompt(str(run_dir / item.name / "prompt.json"))
+    finally:
+        evaluators.close()
     best = max(results, key=lambda r: r["test"].get("rate") or 0.0)
     best_folder = run_dir / best["phase"]
     (run_dir / "best").mkdir(exist_ok=True)
