@@ -156,6 +156,13 @@ DATASETS = [
 ]
 
 
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A command from the repository root (where `ray job submit` ships the checkout from)."""
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def contents(run: Path) -> dict[str, tuple[str, list[str]]]:
     """Each dataset's config hash and trace ids (fingerprints also name the folder, which differs)."""
     found = {}
@@ -179,31 +186,20 @@ def test_ray_job_submit_runs_the_pipeline_like_a_local_run(
     job_run = tmp_path / "job"
     env = {**os.environ, "RAY_API_SERVER_ADDRESS": head, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    submitted = subprocess.run(
-        [
-            str(RAY),
-            "job",
-            "submit",
-            "--address",
-            head,
-            "--runtime-env",
-            "ray_jobs/runtime_env.yaml",
-            "--",
-            "python",
-            "ray_jobs/pipeline.py",
-            str(config),
-            "--out",
-            str(job_run),
-            "--until",
-            "split",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
+    ray_job = [
+        str(RAY),
+        "job",
+        "submit",
+        "--address",
+        head,
+        "--runtime-env",
+        "ray_jobs/runtime_env.yaml",
+        "--",
+    ]
+    submitted = run_cli(
+        [*ray_job, "python", "ray_jobs/pipeline.py", str(config), "--out", str(job_run), "--until", "split"],
+        env,
     )
-    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout.lower()
     # the driver ran on the head's cluster, and produced the same datasets
     assert Dataset.open(str(job_run / "traces")).manifest.stats["executor"] == "ray"
@@ -212,25 +208,11 @@ def test_ray_job_submit_runs_the_pipeline_like_a_local_run(
     assert stages["split"] == "ran" and stages["optimize"] == "disabled"  # no optimize section
 
     # tooldistill submit: the git revision in the submission id; a re-run skips every stage
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "tooldistill"),
-            "submit",
-            str(config),
-            "--address",
-            head,
-            "--out",
-            str(job_run),
-            "--until",
-            "split",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
+    tooldistill = str(Path(sys.executable).parent / "tooldistill")
+    result = run_cli(
+        [tooldistill, "submit", str(config), "--address", head, "--out", str(job_run), "--until", "split"],
+        env,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     from tooldistill.submit import git_revision
 
     assert f"tooldistill-job-test-{git_revision(ROOT)}-" in result.stdout + result.stderr

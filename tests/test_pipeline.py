@@ -17,21 +17,11 @@ from click.testing import CliRunner
 
 from tooldistill.cli import main
 from tooldistill.optimize.testing import ReflectionServer, StudentServer, make_traces
+from tooldistill.pipeline import STAGES as PIPELINE_STAGES
 from tooldistill.schema import trace_to_json
 from tooldistill.store import Dataset
 
-STAGES = [
-    "ingest",
-    "teacher",
-    "embed",
-    "semdedup",
-    "car",
-    "split",
-    "student",
-    "baseline",
-    "optimize",
-    "report",
-]
+STAGES = list(PIPELINE_STAGES)
 
 
 def invoke(*args: Any) -> Any:

@@ -670,7 +670,7 @@ class _Run:
         from tooldistill.report import render_report
 
         with self.log.stage("report") as record:
-            self.log.write()
+            self.log.write(finished=True)  # every stage with work is done; the report says so
             paths = render_report(str(self.workdir), run_uri=self.run_dir)
             record.detail = {
                 "markdown": str(paths.markdown),

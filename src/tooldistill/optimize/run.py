@@ -343,7 +343,7 @@ class _GepaProgress:
         self.report = progress
         self.started = time.time()
 
-    def snapshot(self, state: Any) -> dict[str, Any]:
+    def snapshot(self, state: Any, report: bool = True) -> dict[str, Any]:
         from gepa.core.result import GEPAResult
 
         result = GEPAResult.from_state(state)
@@ -379,7 +379,8 @@ class _GepaProgress:
             "elapsed_s": round(time.time() - self.started, 1),
         }
         _write(self.folder, "progress.json", status)
-        self.report(status)
+        if report:
+            self.report(status)
         return status
 
     def on_iteration_end(self, event: Any) -> None:
@@ -388,7 +389,7 @@ class _GepaProgress:
     def on_optimization_end(self, event: Any) -> None:
         state = event.get("final_state") if isinstance(event, dict) else None
         if state is not None:
-            self.snapshot(state)
+            self.snapshot(state, report=False)  # the files; the last iteration was reported already
 
 
 def make_evaluator(config: OptimizeConfig, folder: Path, tune_callbacks: Sequence[Any] = ()) -> Any:

@@ -459,14 +459,19 @@ def removal_curve(max_sim: np.ndarray, eps: Sequence[float]) -> np.ndarray:
     return np.array([float(np.mean(sims > 1.0 - e)) for e in eps])
 
 
+def _deduped(ctx: Context, problems: list[str]) -> Any:
+    """SemDeDup's output dataset, or None with the reason added to ``problems``."""
+    try:
+        return ctx.run.dataset("curate/deduped")
+    except Unreadable as error:
+        problems.append(str(error))
+        return None
+
+
 def eps_section(ctx: Context) -> Section:
     section = Section("eps_curve", "SemDeDup: removal rate vs ε")
     problems: list[str] = []
-    deduped = None
-    try:
-        deduped = ctx.run.dataset("curate/deduped")
-    except Unreadable as error:
-        problems.append(str(error))
+    deduped = _deduped(ctx, problems)
     stats = deduped.manifest.stats if deduped else {}
     rates = stats.get("removal_rates")
     source = "curate/deduped/manifest.json"
@@ -548,11 +553,7 @@ def _is_float(text: Any) -> bool:
 def clusters_section(ctx: Context) -> Section:
     section = Section("clusters", "SemDeDup cluster sizes")
     problems: list[str] = []
-    deduped = None
-    try:
-        deduped = ctx.run.dataset("curate/deduped")
-    except Unreadable as error:
-        problems.append(str(error))
+    deduped = _deduped(ctx, problems)
     stats = deduped.manifest.stats if deduped else {}
     table = None
     try:
