@@ -200,3 +200,18 @@ def test_a_student_that_answers_only_errors_is_not_scored_as_zero(tmp_path: Path
     assert "answered none of 9 test requests" in result.output and "HTTP 501" in result.output
     assert statuses(run)["baseline"] == "failed"
     assert not (run / "optimize" / "baseline.json").exists()
+
+
+def test_until_a_middle_stage_leaves_the_rest_alone(tmp_path: Path, servers: Any) -> None:
+    student, _ = servers
+    asked = student.requests
+    config = write_config(tmp_path, servers)
+    run = tmp_path / "run"
+    result = invoke("run", config, "--out", run, "--until", "semdedup")
+    assert result.exit_code == 0, result.output
+    after = statuses(run)
+    assert (after["embed"], after["semdedup"]) == ("ran", "ran")
+    assert {after[s] for s in ("car", "split", "student", "baseline", "optimize", "report")} == {
+        "not selected"
+    }
+    assert not (run / "curate" / "curated").exists() and student.requests == asked

@@ -305,6 +305,10 @@ class _Run:
         self.log.record(StageRecord(name, status, detail={"note": note}))
         self.say(f"[bold]{name}[/]: {status} ({note})")
 
+    def after_until(self, stage: str) -> bool:
+        """Whether ``stage`` comes after the last selected stage (``--until`` stops before it)."""
+        return STAGES.index(stage) > max(STAGES.index(s) for s in self.selected)
+
     def require(self, uri: str, stage: str) -> store.Dataset:
         try:
             return store.Dataset.open(uri)
@@ -369,6 +373,9 @@ class _Run:
                 else "mode data: the traces' own calls are the teacher's",
             )
             return traces
+        if self.after_until("teacher"):
+            self.skip("teacher", "not selected", "--until stops before it")
+            return out
         if "teacher" not in self.selected:
             self.require(out, "teacher")
             self.skip("teacher", "not selected", "kept the earlier output")
@@ -401,6 +408,10 @@ class _Run:
             for name in ("embed", "semdedup", "car", "split"):
                 self.skip(name, "disabled", "no curate section")
             return None
+        if self.after_until("embed"):
+            for name in ("embed", "semdedup", "car", "split"):
+                self.skip(name, "not selected", "--until stops before it")
+            return None
         from tooldistill.curate.car import CarConfig, run_car
         from tooldistill.curate.pipeline import ensure_embedded
         from tooldistill.curate.runner import make_runner
@@ -419,6 +430,9 @@ class _Run:
         stats: dict[str, dict[str, Any]] = {}
 
         def stage(name: str, run: Callable[[], tuple[store.Dataset, bool, dict[str, Any]]]) -> str:
+            if self.after_until(name):
+                self.skip(name, "not selected", "--until stops before it")
+                return uris[name]
             if name not in self.selected:
                 dataset = self.require(uris[name], name)
                 stats[name] = dict(dataset.manifest.stats)
@@ -459,6 +473,8 @@ class _Run:
             return result.dataset, result.skipped, result.stats
 
         stage("split", split)
+        if self.after_until("split"):  # the funnel needs every curate stage
+            return None
         embedded_ds = store.Dataset.open(embedded)
         dedup, chosen, parts = stats["semdedup"], stats["car"], stats["split"]
         funnel = {
@@ -483,6 +499,10 @@ class _Run:
 
     def optimize(self, data: dict[str, str] | None) -> None:
         section, student_section = self.config.optimize, self.config.student
+        if self.after_until("student"):
+            for name in ("student", "baseline", "optimize"):
+                self.skip(name, "not selected", "--until stops before it")
+            return
         if section is None or student_section is None or data is None:
             why = "no optimize section" if section is None else "no student or no curated split"
             for name in ("student", "baseline", "optimize"):
