@@ -205,7 +205,7 @@ def test_ray_job_submit_runs_the_pipeline_like_a_local_run(
     assert Dataset.open(str(job_run / "traces")).manifest.stats["executor"] == "ray"
     assert contents(job_run) == contents(local)
     stages = {s["stage"]: s["status"] for s in json.loads((job_run / "run.json").read_text())["stages"]}
-    assert stages["split"] == "ran" and stages["optimize"] == "disabled"  # no optimize section
+    assert stages["split"] == "ran" and stages["optimize"] == "not selected"
 
     # tooldistill submit: the git revision in the submission id; a re-run skips every stage
     tooldistill = str(Path(sys.executable).parent / "tooldistill")
