@@ -413,7 +413,7 @@ class _Run:
                 self.skip(name, "not selected", "--until stops before it")
             return None
         from tooldistill.curate.car import CarConfig, run_car
-        from tooldistill.curate.pipeline import ensure_embedded
+        from tooldistill.curate.pipeline import ensure_embedded, funnel
         from tooldistill.curate.runner import make_runner
         from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup
         from tooldistill.curate.split import SplitConfig, run_split
@@ -475,21 +475,10 @@ class _Run:
         stage("split", split)
         if self.after_until("split"):  # the funnel needs every curate stage
             return None
-        embedded_ds = store.Dataset.open(embedded)
-        dedup, chosen, parts = stats["semdedup"], stats["car"], stats["split"]
-        funnel = {
-            "in": embedded_ds.manifest.stats.get("in", embedded_ds.manifest.rows),
-            "empty_dropped": embedded_ds.manifest.stats.get("empty_dropped", 0),
-            "embedded": embedded_ds.manifest.rows,
-            "duplicates": dedup.get("duplicates"),
-            "kept": dedup.get("kept"),
-            "selected": chosen.get("selected"),
-            "train": parts.get("train"),
-            "val": parts.get("val"),
-            "test": parts.get("test"),
-            "removal_rates": dedup.get("removal_rates"),
-        }
-        store.write_file(self.uri("curate"), "funnel.json", json.dumps(funnel, indent=2).encode())
+        numbers = funnel(
+            store.Dataset.open(embedded).manifest, stats["semdedup"], stats["car"], stats["split"]
+        )
+        store.write_file(self.uri("curate"), "funnel.json", json.dumps(numbers, indent=2).encode())
         return {
             "train": store.join(uris["split"], "train"),
             "val": store.join(uris["split"], "val"),

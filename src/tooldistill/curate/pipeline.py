@@ -47,20 +47,30 @@ class CurateAllResult:
     split: StageResult
 
     def funnel(self) -> dict[str, Any]:
-        dedup, car, split = self.deduped.stats, self.curated.stats, self.split.stats
-        source_rows = self.embedded.dataset.manifest.stats.get("in", self.embedded.dataset.manifest.rows)
-        return {
-            "in": source_rows,
-            "empty_dropped": self.embedded.dataset.manifest.stats.get("empty_dropped", 0),
-            "embedded": self.embedded.dataset.manifest.rows,
-            "duplicates": dedup["duplicates"],
-            "kept": dedup["kept"],
-            "selected": car["selected"],
-            "train": split["train"],
-            "val": split["val"],
-            "test": split["test"],
-            "removal_rates": dedup["removal_rates"],
-        }
+        return funnel(
+            self.embedded.dataset.manifest, self.deduped.stats, self.curated.stats, self.split.stats
+        )
+
+
+def funnel(
+    embedded: store.Manifest, dedup: dict[str, Any], car: dict[str, Any], split: dict[str, Any]
+) -> dict[str, Any]:
+    """The data funnel in numbers, from the embedded manifest and the later stages' stats.
+
+    A figure a stage did not record (an older run folder) is None, not an error.
+    """
+    return {
+        "in": embedded.stats.get("in", embedded.rows),
+        "empty_dropped": embedded.stats.get("empty_dropped", 0),
+        "embedded": embedded.rows,
+        "duplicates": dedup.get("duplicates"),
+        "kept": dedup.get("kept"),
+        "selected": car.get("selected"),
+        "train": split.get("train"),
+        "val": split.get("val"),
+        "test": split.get("test"),
+        "removal_rates": dedup.get("removal_rates"),
+    }
 
 
 def curate_all(
