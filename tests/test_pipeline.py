@@ -215,3 +215,39 @@ def test_until_a_middle_stage_leaves_the_rest_alone(tmp_path: Path, servers: Any
         "not selected"
     }
     assert not (run / "curate" / "curated").exists() and student.requests == asked
+
+
+def test_mlflow_tracking_logs_the_phases_and_every_candidate_trial(
+    tmp_path: Path, servers: Any, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    # MLflow 3 keeps its file store behind a flag; a tracking server is the same client calls
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracking_uri = (tmp_path / "mlruns").as_uri()
+    phase = {"name": "phase2", "kind": "gepa", "train": 8, "val": 4, "max_metric_calls": 20}
+    config = write_config(
+        tmp_path,
+        servers,
+        **{
+            "optimize.phases": [phase],
+            "optimize.tune": {"executor": "tune", "max_concurrent_trials": 2, "cpus_per_trial": 0.25},
+            "tracking": {"mlflow": {"tracking_uri": tracking_uri, "experiment": "td-test"}},
+        },
+    )
+    run = tmp_path / "run"
+    result = invoke("run", config, "--out", run)
+    assert result.exit_code == 0, result.output
+
+    mlflow.set_tracking_uri(tracking_uri)
+    [pipeline_run] = mlflow.search_runs(experiment_names=["td-test"], output_format="list")
+    summary = json.loads((run / "optimize" / "summary.json").read_text())
+    assert pipeline_run.info.run_name == "pipeline-test"
+    assert pipeline_run.data.metrics["match_rate_baseline"] == summary["baseline"]["rate"]
+    assert pipeline_run.data.metrics["match_rate_phase2"] == summary["phases"][0]["test"]["rate"]
+    assert pipeline_run.data.params["best_phase"] == summary["best_phase"]
+
+    # every candidate evaluation Ray Tune ran is an MLflow run with its score
+    trials = json.loads((run / "optimize" / "phase2" / "trials.json").read_text())
+    candidates = mlflow.search_runs(experiment_names=["td-test-candidates"], output_format="list")
+    scored = [c for c in candidates if "score" in c.data.metrics]
+    assert len(scored) >= len(trials) > 0

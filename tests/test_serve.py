@@ -190,6 +190,63 @@ def test_evaluate_against_the_served_student(
     assert summary["errors"] == 0 and summary["modes"]["chain"]["n"] == 6
 
 
+# What moves SmolLM2-135M (probed on this deployment): its system text alone does not (every
+# instruction we tried, "Always call a tool" included, left it answering in prose), few-shot
+# messages do, and so does an instruction that carries one worked exchange in the model's own turn
+# syntax.  That instruction is the "known better" one the reflection server proposes here.
+WORKED_EXCHANGE = (
+    "Call the tools.<|im_end|>\n<|im_start|>user\nWhat is the weather in Cork8?<|im_end|>\n"
+    '<|im_start|>assistant\n<tool_call>\n{"name": "weather_current", "arguments": {"city": "Cork8"}}\n'
+    "</tool_call>"
+)
+
+
+def test_gepa_on_the_cpu_student_accepts_the_better_instruction(
+    student: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tooldistill.optimize.run import config_from_dict, optimize
+    from tooldistill.optimize.testing import ReflectionServer, make_traces, write_traces
+
+    monkeypatch.setenv("STUDENT_KEY", KEY)
+    data = {
+        "train": write_traces(str(tmp_path / "train"), make_traces(6)),
+        "val": write_traces(str(tmp_path / "val"), make_traces(6, 100)),
+        "test": write_traces(str(tmp_path / "test"), make_traces(6, 200)),
+    }
+    with ReflectionServer(instruction=WORKED_EXCHANGE) as reflection:
+        config = config_from_dict(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "data": data,
+                "student": {
+                    "endpoint": student.base_url,
+                    "model": MODEL,
+                    "api_key_env": "STUDENT_KEY",
+                    "max_tokens": 64,
+                    "timeout_s": 300,
+                },
+                "reflection": {"kind": "openai", "model": "reflector", "endpoint": reflection.url},
+                # in this process: the session's Ray workers were started without the key variable
+                "tune": {"executor": "threads"},
+                "phases": [
+                    {"name": "phase2", "kind": "gepa", "train": 6, "val": 6, "max_metric_calls": 24,
+                     "minibatch_size": 3, "parents_per_iteration": 1, "mutations_per_parent": 1},
+                ],
+            }
+        )  # fmt: skip
+        summary = optimize(config)
+        assert reflection.requests >= 1
+
+    folder = tmp_path / "run" / "phase2"
+    candidates = json.loads((folder / "candidates.json").read_text())
+    seed, best = candidates["candidates"][0], candidates["candidates"][candidates["best"]]
+    assert best["instructions"] == WORKED_EXCHANGE != seed["instructions"]
+    # the real student's val match rate rises (it answered the seed prompt in prose)
+    assert best["val_score"] >= 0.5 > seed["val_score"]
+    assert summary["phases"][0]["test"]["rate"] > summary["baseline"]["rate"]
+    assert json.loads((folder / "prompt.json").read_text())["system"] == WORKED_EXCHANGE
+
+
 def test_bad_model_path_fails_fast_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     started = time.monotonic()
