@@ -251,3 +251,8 @@ def test_mlflow_tracking_logs_the_phases_and_every_candidate_trial(
     candidates = mlflow.search_runs(experiment_names=["td-test-candidates"], output_format="list")
     scored = [c for c in candidates if "score" in c.data.metrics]
     assert len(scored) >= len(trials) > 0
+    # a trial's parameters say which candidate on how many examples, not the traces it carried
+    hashes = {t["candidate"] for t in trials}
+    logged = {c.data.params.get("candidate") for c in scored}
+    assert hashes <= logged
+    assert all(len(value) < 100 for c in scored for value in c.data.params.values())

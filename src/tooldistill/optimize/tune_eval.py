@@ -18,6 +18,11 @@ calls, so every step would start its actors again.  ``_WarmCache`` keeps up to
 Ray version lacks it, trials still run, only slower).  A warm-up of ``max_concurrent_trials``
 trials that wait for each other (``_Barrier``) brings every actor up once at the start.
 
+A trial's config names its job, candidate (a hash of the prompt) and example count, which is what
+Tune's loggers and callbacks (MLflow's among them) record per trial; the payload itself (settings,
+prompt, traces) waits in a named actor of the evaluator's (``_PayloadStore``) that the trial takes
+it from, so no trace is copied into Tune's experiment state or a tracking server.
+
 On a cluster the trials spread over the nodes like any Tune trials (``cpus_per_trial``, or
 ``resources_per_trial`` for custom resources).
 """
@@ -48,11 +53,22 @@ from tooldistill.optimize.student import (
 )
 from tooldistill.schema import Trace
 
+#: Payload stores this worker process has looked up (Tune reuses the process for later trials).
+_STORES: dict[str, Any] = {}
+
 
 def evaluate_trial(config: dict[str, Any]) -> None:
-    """One Tune trial: one candidate prompt on its examples (or a warm-up that waits for the rest)."""
+    """One Tune trial: one candidate prompt on its examples (or a warm-up that waits for the rest).
+
+    The trial's config holds only what describes it (job id, candidate hash, example count), which
+    is what Tune's loggers and callbacks such as MLflow's record; the prompt, settings and traces
+    come from the evaluator's payload store.
+    """
     started = time.time()
-    payload = json.loads(config["payload"])
+    name = config["store"]
+    if name not in _STORES:
+        _STORES[name] = ray.get_actor(name)
+    payload = json.loads(ray.get(_STORES[name].take.remote(config["job"])))
     if payload.get("warmup"):
         barrier = ray.get_actor(payload["warmup"])
         ray.get(barrier.arrive.remote(), timeout=120)
@@ -75,6 +91,20 @@ def evaluate_trial(config: dict[str, Any]) -> None:
 
 
 @ray.remote(num_cpus=0)
+class _PayloadStore:
+    """Each queued trial's payload until the trial takes it (a named actor of the evaluator's)."""
+
+    def __init__(self) -> None:
+        self.payloads: dict[str, str] = {}
+
+    def put(self, payloads: dict[str, str]) -> None:
+        self.payloads.update(payloads)
+
+    def take(self, job_id: str) -> str:
+        return self.payloads.pop(job_id)
+
+
+@ray.remote(num_cpus=0)
 class _Barrier:
     """Releases the warm-up trials once all of them have an actor."""
 
@@ -94,7 +124,8 @@ class _Barrier:
 
 @dataclass
 class _Job:
-    payload: str
+    #: What the trial's config shows of it (Tune's loggers and callbacks record the config).
+    params: dict[str, Any]
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
     failed: bool = False
@@ -128,9 +159,9 @@ class _JobBoard(Searcher):
     def state(self) -> _BoardState:
         return _BOARDS[self.board_id]
 
-    def submit(self, payload: str) -> _Job:
-        job_id = uuid.uuid4().hex[:12]
-        job = _Job(payload)
+    def submit(self, job_id: str, params: dict[str, Any]) -> _Job:
+        """Queue a trial whose payload is already in the store under ``job_id``."""
+        job = _Job(params)
         self.state.jobs[job_id] = job
         self.state.pending.put((job_id, job))
         return job
@@ -155,7 +186,7 @@ class _JobBoard(Searcher):
                 if time.monotonic() >= deadline:
                     return None
         state.by_trial[trial_id] = job_id
-        return {"job": job_id, "payload": job.payload}
+        return {"job": job_id, **job.params}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -234,6 +265,8 @@ class TuneEvaluator:
         self.name = name or f"candidates-{uuid.uuid4().hex[:6]}"
         self.trials: list[TrialRecord] = []
         self._board: _JobBoard | None = None
+        self._store: Any = None
+        self._store_name = f"tooldistill-payloads-{uuid.uuid4().hex[:8]}"
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._restore: tuple[Any, Any] | None = None
@@ -246,6 +279,7 @@ class TuneEvaluator:
         # a searcher other than the default may otherwise have only one trial pending at a time
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.max_concurrent_trials))
         self._board = _JobBoard()
+        self._store = _PayloadStore.options(name=self._store_name).remote()  # type: ignore[attr-defined]
         tuner = tune.Tuner(
             tune.with_resources(evaluate_trial, self.resources),
             tune_config=tune.TuneConfig(
@@ -284,12 +318,8 @@ class TuneEvaluator:
             barrier = _Barrier.options(name=actor_name).remote(self.max_concurrent_trials)  # type: ignore[attr-defined]
             try:
                 ray.get(barrier.__ray_ready__.remote())  # the actor exists before trials look it up
-                self._wait(
-                    [
-                        self._board.submit(json.dumps({"warmup": actor_name}))
-                        for _ in range(self.max_concurrent_trials)
-                    ]
-                )
+                warmup = json.dumps({"warmup": actor_name})
+                self._wait(self._submit([(warmup, {"warmup": True})] * self.max_concurrent_trials))
             finally:
                 ray.kill(barrier)
                 self._unpatch()
@@ -301,6 +331,18 @@ class TuneEvaluator:
             if original is not None:
                 setattr(module, "_ObjectCache", original)  # noqa: B010
             self._restore = None
+
+    def _submit(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[_Job]:
+        """Store the payloads (one round trip), then queue one trial per item."""
+        assert self._board is not None and self._store is not None
+        ids = [uuid.uuid4().hex[:12] for _ in items]
+        ray.get(
+            self._store.put.remote({job_id: payload for job_id, (payload, _) in zip(ids, items, strict=True)})
+        )
+        return [
+            self._board.submit(job_id, {"store": self._store_name, **params})
+            for job_id, (_, params) in zip(ids, items, strict=True)
+        ]
 
     def _wait(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
@@ -314,15 +356,24 @@ class TuneEvaluator:
             return []
         self.start()
         assert self._board is not None
-        jobs = []
-        for prompt, traces in items:
-            payload = {
-                "settings": self.settings.model_dump(mode="json"),
-                "prompt": prompt.to_json(),
-                "traces": [trace_to_wire(t) for t in traces],
-                "requests": self.requests_per_trial,
-            }
-            jobs.append(self._board.submit(json.dumps(payload, ensure_ascii=False)))
+        settings = self.settings.model_dump(mode="json")
+        jobs = self._submit(
+            [
+                (
+                    json.dumps(
+                        {
+                            "settings": settings,
+                            "prompt": prompt.to_json(),
+                            "traces": [trace_to_wire(t) for t in traces],
+                            "requests": self.requests_per_trial,
+                        },
+                        ensure_ascii=False,
+                    ),
+                    {"candidate": _short_hash(prompt.system), "examples": len(traces)},
+                )
+                for prompt, traces in items
+            ]
+        )
         self._wait(jobs)
         results: list[list[Outcome]] = []
         for (prompt, traces), job in zip(items, jobs, strict=True):
@@ -351,8 +402,11 @@ class TuneEvaluator:
             self._thread.join(timeout=60)
         if self._board is not None:
             _BOARDS.pop(self._board.board_id, None)
+        if self._store is not None:
+            ray.kill(self._store)
         self._thread = None
         self._board = None
+        self._store = None
 
     def __enter__(self) -> TuneEvaluator:
         return self
