@@ -16,7 +16,7 @@ Reported per run: wall time, metric calls used, iterations/candidates, best vali
 ours also the Tune start-up (one-off: actors import ``ray.tune``) and the wall time after it.
 Writes ``benchmarks/results/gepa_parallel.json``.
 
-    .venv/bin/python benchmarks/gepa_parallel.py [--budget 1200] [--latency 0.2] [--c 8]
+    .venv/bin/python benchmarks/gepa_parallel.py [--budget 3000] [--latency 0.2] [--c 8]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def run_ours(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=1200, help="metric calls per run")
+    parser.add_argument("--budget", type=int, default=3000, help="metric calls per run")
     parser.add_argument("--latency", type=float, default=0.2, help="student latency per request (s)")
     parser.add_argument("--c", type=int, default=8, help="parallelism C")
     parser.add_argument("--parents", type=int, default=2)
