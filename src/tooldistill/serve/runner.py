@@ -156,7 +156,12 @@ def start(
     serve.start(http_options={"host": http["host"], "port": http["port"]})
     name = application.get("name", "student")
     try:
-        serve.run(app, name=name, route_prefix=application.get("route_prefix", "/"))
+        serve.run(
+            app,
+            name=name,
+            route_prefix=application.get("route_prefix", "/"),
+            logging_config=application.get("logging_config"),  # as `serve run`/`deploy` read it
+        )
     except RuntimeError as error:
         raise ServeError(f"the student did not start: {error}") from None
     url = f"http://{'127.0.0.1' if http['host'] in ('0.0.0.0', '::') else http['host']}:{http['port']}"
