@@ -86,7 +86,11 @@ def main() -> None:
         if not os.environ.get("ANTHROPIC_API_KEY")
         else "Claude samples",
         "reflection": f"{reflection['kind']} {reflection['model']}"
-        + (" (the student itself: no Claude key)" if reflection.get("endpoint") == optimize_config["student"]["endpoint"] else ""),
+        + (
+            " (the student itself: no Claude key)"
+            if reflection.get("endpoint") == optimize_config["student"]["endpoint"]
+            else ""
+        ),
         "data": {k: funnel[k] for k in ("in", "kept", "selected", "train", "val", "test")},
         "test_limit": optimize_config["data"]["test_limit"],
         "baseline": summary["baseline"],
