@@ -323,3 +323,26 @@ def test_sweep_runs_optimize_trials_and_tabulates(
     assert by_demos[0]["test_rate"] == pytest.approx(3 / 9, abs=1e-3)
     assert rows[0]["params"]["phases.*.max_bootstrapped_demos"] == 2  # best first
     assert "phase1" in result.output
+
+
+def test_tune_trials_get_the_student_key_the_driver_read_and_store_it_nowhere(
+    tmp_path: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tooldistill.optimize.tune_eval import TuneEvaluator
+
+    key = "td-student-key-only-the-driver-has-42"
+    # set after the session's Ray workers started: they cannot see it in their environment
+    monkeypatch.setenv("TD_TUNE_STUDENT_KEY", key)
+    traces = make_traces(4)
+    with StudentServer(api_key=key) as student:
+        settings = StudentSettings(endpoint=student.url, api_key_env="TD_TUNE_STUDENT_KEY", retries=0)
+        with TuneEvaluator(
+            settings, str(tmp_path / "tune"), max_concurrent_trials=2, warm_start=False
+        ) as tune:
+            [outcomes] = tune.evaluate([(Prompt(KEY_PHRASE), traces)])
+        refused = run_batch(traces, Prompt(KEY_PHRASE), settings, api_key="wrong")
+    assert [o.score for o in outcomes] == [1.0] * 4, [o.reason for o in outcomes]
+    assert all("401" in o.reason for o in refused)  # the server does check the key
+    for path in (tmp_path / "tune").rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path

@@ -226,7 +226,8 @@ def test_gepa_on_the_cpu_student_accepts_the_better_instruction(
                     "timeout_s": 300,
                 },
                 "reflection": {"kind": "openai", "model": "reflector", "endpoint": reflection.url},
-                # in this process: the session's Ray workers were started without the key variable
+                # in this process: the module's two replicas hold both of the session's CPUs, so a
+                # Tune trial (which asks for some) would wait for ever
                 "tune": {"executor": "threads"},
                 "phases": [
                     {"name": "phase2", "kind": "gepa", "train": 6, "val": 6, "max_metric_calls": 24,
@@ -245,6 +246,10 @@ def test_gepa_on_the_cpu_student_accepts_the_better_instruction(
     assert best["val_score"] >= 0.5 > seed["val_score"]
     assert summary["phases"][0]["test"]["rate"] > summary["baseline"]["rate"]
     assert json.loads((folder / "prompt.json").read_text())["system"] == WORKED_EXCHANGE
+    # the key was written nowhere
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
 
 
 def test_bad_model_path_fails_fast_naming_it(tmp_path: Path) -> None:

@@ -66,7 +66,8 @@ class TuneSettings(BaseModel):
     executor: Literal["tune", "threads"] = "tune"
     max_concurrent_trials: int = Field(default=8, ge=1)
     requests_per_trial: int = Field(default=4, ge=1)
-    cpus_per_trial: float = Field(default=0.25, ge=0)
+    #: Ray Tune cannot place a trial that asks for nothing: use a small share (e.g. 0.01), not 0.
+    cpus_per_trial: float = Field(default=0.25, gt=0)
     resources_per_trial: dict[str, float] | None = None
     warm_start: bool = True
     ray_address: str | None = None

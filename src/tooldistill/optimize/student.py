@@ -57,8 +57,10 @@ class StudentSettings(BaseModel):
     #: Concurrent requests when this process evaluates a batch itself.
     concurrency: int = Field(default=8, ge=1)
 
-    def client(self) -> _Client:
-        return _Client(self.endpoint, self.timeout_s, self.retries, os.environ.get(self.api_key_env))
+    def client(self, api_key: str | None = None) -> _Client:
+        """A client with ``api_key``, or the key in ``api_key_env`` of this process's environment."""
+        key = api_key if api_key is not None else os.environ.get(self.api_key_env)
+        return _Client(self.endpoint, self.timeout_s, self.retries, key)
 
 
 @dataclass(frozen=True)
@@ -196,12 +198,19 @@ def run_example(
 
 
 def run_batch(
-    traces: Sequence[Trace], prompt: Prompt, settings: StudentSettings, concurrency: int | None = None
+    traces: Sequence[Trace],
+    prompt: Prompt,
+    settings: StudentSettings,
+    concurrency: int | None = None,
+    api_key: str | None = None,
 ) -> list[Outcome]:
-    """Every trace with one prompt, ``concurrency`` requests at a time, in input order."""
+    """Every trace with one prompt, ``concurrency`` requests at a time, in input order.
+
+    ``api_key`` overrides ``settings.api_key_env`` (a Tune trial on another node gets the key the
+    driver read, since that node's environment may not hold it)."""
     if not traces:
         return []
-    client = settings.client()
+    client = settings.client(api_key)
     workers = max(1, min(concurrency or settings.concurrency, len(traces)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda t: run_example(t, prompt, settings, client), traces))

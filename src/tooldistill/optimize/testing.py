@@ -134,6 +134,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.owner.count()
+        key = getattr(self.owner, "api_key", None)
+        if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+            self._send(401, {"error": {"message": "invalid API key", "type": "authentication_error"}})
+            return
         self._send(200, self.answer(body))
 
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +185,11 @@ class _StudentHandler(_Handler):
 
 
 class StudentServer(_Server):
-    def __init__(self, latency_s: float = 0.0) -> None:
+    """With ``api_key``, a chat request without ``Authorization: Bearer <api_key>`` gets a 401."""
+
+    def __init__(self, latency_s: float = 0.0, api_key: str | None = None) -> None:
         self.latency_s = latency_s
+        self.api_key = api_key
         super().__init__(type("StudentHandler", (_StudentHandler,), {}))
 
 

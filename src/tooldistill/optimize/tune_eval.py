@@ -20,8 +20,10 @@ trials that wait for each other (``_Barrier``) brings every actor up once at the
 
 A trial's config names its job, candidate (a hash of the prompt) and example count, which is what
 Tune's loggers and callbacks (MLflow's among them) record per trial; the payload itself (settings,
-prompt, traces) waits in a named actor of the evaluator's (``_PayloadStore``) that the trial takes
-it from, so no trace is copied into Tune's experiment state or a tracking server.
+prompt, traces, and the student's API key as the driver read it) waits in a named actor of the
+evaluator's (``_PayloadStore``) that the trial takes it from, so no trace is copied into Tune's
+experiment state or a tracking server, no key is written anywhere, and a trial on a node whose
+environment lacks the key still has it.
 
 On a cluster the trials spread over the nodes like any Tune trials (``cpus_per_trial``, or
 ``resources_per_trial`` for custom resources).
@@ -77,7 +79,9 @@ def evaluate_trial(config: dict[str, Any]) -> None:
     settings = StudentSettings.model_validate(payload["settings"])
     prompt = Prompt.from_json(payload["prompt"])
     traces = [trace_from_wire(row) for row in payload["traces"]]
-    outcomes = run_batch(traces, prompt, settings, concurrency=int(payload["requests"]))
+    outcomes = run_batch(
+        traces, prompt, settings, concurrency=int(payload["requests"]), api_key=payload.get("api_key")
+    )
     mean = sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
     tune.report(
         {
@@ -357,6 +361,9 @@ class TuneEvaluator:
         self.start()
         assert self._board is not None
         settings = self.settings.model_dump(mode="json")
+        # the student's key as this process sees it: trial workers (other nodes, or Ray workers
+        # started before the variable was set) may not have it; the payload is never recorded
+        api_key = os.environ.get(self.settings.api_key_env)
         jobs = self._submit(
             [
                 (
@@ -366,6 +373,7 @@ class TuneEvaluator:
                             "prompt": prompt.to_json(),
                             "traces": [trace_to_wire(t) for t in traces],
                             "requests": self.requests_per_trial,
+                            "api_key": api_key,
                         },
                         ensure_ascii=False,
                     ),
