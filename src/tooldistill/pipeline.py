@@ -235,12 +235,17 @@ def start_student(section: StudentSection, say: Say) -> Student:
     from tooldistill.serve import runner
 
     assert section.serve is not None
+    profile = runner.load_profile(section.serve)
+    engine = runner.cpu_engine(profile)
+    if engine is not None:
+        threads = max(engine["threads"].values(), default=1)
+        say(f"student on CPU: {engine['dtype']} ({engine['reason']}); {threads} engine threads per replica")
     if section.prepare:
         from tooldistill.serve.models import prepare
 
-        folder, built = prepare(section.prepare)
+        # the weights are written in the dtype the engine will run
+        folder, built = prepare(section.prepare, dtype=engine["dtype"] if engine else None)
         say(f"student model {section.prepare}: {'prepared' if built else 'ready'} in {folder}")
-    profile = runner.load_profile(section.serve)
     say(f"starting the student from {section.serve} (first start loads the model; minutes on CPU)")
     started = time.time()
     served = runner.start(
@@ -257,6 +262,7 @@ def start_student(section: StudentSection, say: Say) -> Student:
         "profile": section.serve,
         "replicas": replicas,
         "gpus_per_replica": _gpus_per_replica(profile),
+        **({"cpu_engine": served.cpu_engine} if served.cpu_engine else {}),
         "ready_after_s": round(time.time() - started, 1),
         "started": started,
     }

