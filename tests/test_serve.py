@@ -319,3 +319,98 @@ def test_profiles_are_valid_serve_configs() -> None:
     ours, theirs = (p["applications"][0]["args"]["llm_configs"][0] for p in (gpu, inline))
     assert ours["engine_kwargs"] == theirs["engine_kwargs"]
     assert theirs["engine_kwargs"]["tool_call_parser"] == "openai"
+
+
+def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
+    student: Any, model_folder: Path, tmp_path: Path
+) -> None:
+    """LoRA through Ray Train and TRL on a handful of traces; the training is killed after its first
+    checkpoint (its Ray Train worker, by pid) and resumes from it; the merged student, served by vLLM
+    behind Ray Serve in place of the base, answers a trained trace with the trained call, which the
+    base does not.  Last in this module: it replaces the shared deployment."""
+    import signal
+    import threading
+
+    import psutil
+
+    pytest.importorskip("trl")
+    from transformers import AutoTokenizer
+
+    from tooldistill.evaluate import build_request
+    from tooldistill.finetune.examples import ExampleSettings, build_examples
+    from tooldistill.finetune.merge import describe_adapter, merge
+    from tooldistill.finetune.train import TrainError, TrainSettings, train
+    from tooldistill.optimize.student import Prompt, StudentSettings
+    from tooldistill.optimize.testing import make_traces
+    from tooldistill.serve.runner import start
+
+    traces = make_traces(6)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder))
+    examples = build_examples(
+        traces, Prompt(""), StudentSettings(model=MODEL, max_tokens=64), tokenizer, ExampleSettings()
+    )
+    folder = tmp_path / "phase"
+    folder.mkdir()
+    (folder / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in examples.rows))
+    # the module's replicas hold both logical CPUs: the worker asks for a sliver (its threads are set)
+    settings = TrainSettings(
+        epochs=6, learning_rate=2e-3, batch_size=2, save_steps=1, cpus_per_worker=0.01, max_length=384
+    )
+    errors: list[BaseException] = []
+
+    def first_run() -> None:
+        try:
+            train(str(model_folder), folder, settings, threads=2)
+        except TrainError as error:
+            errors.append(error)
+
+    runner = threading.Thread(target=first_run)
+    runner.start()
+    deadline = time.monotonic() + 300
+    while not (folder / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists():
+        assert time.monotonic() < deadline and runner.is_alive(), "no first checkpoint"
+        time.sleep(0.5)
+    workers = [
+        p for p in psutil.process_iter(["cmdline"])
+        if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))
+    ]  # fmt: skip
+    assert workers, "no Ray Train worker process found"
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+    runner.join(timeout=300)
+    assert errors and "training failed" in str(errors[0])
+    killed_at = max(int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("checkpoint-*"))
+    assert killed_at < 18  # 6 examples / batch 2 * 6 epochs: it was killed before the end
+    result = train(str(model_folder), folder, settings, threads=2)
+    assert result.resumed_from_step == killed_at >= 1
+    assert result.steps == 18  # the step count continued to the end instead of starting over
+    assert min(e["step"] for e in result.log) <= killed_at + 1 and result.log[-1]["step"] == 18
+    describe_adapter(result.adapter, model_folder)
+    merged, built = merge(
+        result.adapter, model_folder, tmp_path / "merged", dtype=student.cpu_engine["dtype"]
+    )
+    assert built and (merged / "config.json").is_file()
+
+    trace = traces[1]
+    expected = trace.reference_calls[0].arguments
+
+    def ask(base_url: str, model: str) -> list[dict[str, Any]]:
+        body = build_request(trace, model, None, 0.0, 64)
+        status, answer = post(f"{base_url}/chat/completions", body)
+        assert status == 200, answer
+        return answer["choices"][0]["message"].get("tool_calls") or []
+
+    before = ask(student.base_url, MODEL)
+    assert not any(json.loads(c["function"]["arguments"]) == expected for c in before), before
+    os.environ["TD_TEST_SERVE_KEY"] = KEY
+    try:
+        tuned = start(
+            PROFILE, port=18123, replicas=1, api_key_env="TD_TEST_SERVE_KEY", model_source=str(merged),
+            model_id=f"{MODEL}-ft", wait_timeout_s=900,
+        )  # fmt: skip
+    finally:
+        os.environ.pop("TD_TEST_SERVE_KEY", None)
+    after = ask(tuned.base_url, f"{MODEL}-ft")
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in after] == [
+        ("weather_current", expected)
+    ], after

@@ -209,6 +209,48 @@ class Student:
     api_key_env: str | None
     stop: Callable[[], None] = lambda: None
     info: dict[str, Any] = field(default_factory=dict)
+    #: The model folder the profile serves (a finetune phase trains on it), when known.
+    base_folder: Path | None = None
+
+
+class ServeHost:
+    """Serves a fine-tuned student in place of the base (``finetune.phase.StudentHost``): the same
+    profile, application and port, another model folder and name."""
+
+    def __init__(self, section: StudentSection, student: Student, say: Say) -> None:
+        self.section, self.student, self.say = section, student, say
+
+    def base_model(self) -> Path:
+        if self.student.base_folder is None:
+            raise PipelineError("a finetune phase needs the student's model folder (a local model_source)")
+        return self.student.base_folder
+
+    def dtype(self) -> str:
+        engine = self.student.info.get("cpu_engine") or {}
+        return str(engine.get("dtype") or "bfloat16")
+
+    def serve(self, folder: Path, name: str) -> tuple[str, str]:
+        from tooldistill.serve import runner
+
+        if self.student.model == name:
+            return self.student.endpoint, name
+        assert self.section.serve is not None
+        self.say(f"serving the fine-tuned student {name} from {folder} (replaces {self.student.model})")
+        started = time.time()
+        served = runner.start(
+            self.section.serve,
+            port=self.section.port,
+            replicas=self.section.replicas,
+            model_source=str(folder),
+            model_id=name,
+            api_key_env=self.section.api_key_env,
+            wait_timeout_s=self.section.wait_timeout_s,
+        )
+        self.student.endpoint, self.student.model = served.base_url, name
+        self.student.info.setdefault("served", []).append(
+            {"model": name, "folder": str(folder), "ready_after_s": round(time.time() - started, 1)}
+        )
+        return served.base_url, name
 
 
 def _gpus_per_replica(profile: dict[str, Any]) -> float:
@@ -240,6 +282,7 @@ def start_student(section: StudentSection, say: Say) -> Student:
     if engine is not None:
         threads = max(engine["threads"].values(), default=1)
         say(f"student on CPU: {engine['dtype']} ({engine['reason']}); {threads} engine threads per replica")
+    folder: Path | None = None
     if section.prepare:
         from tooldistill.serve.models import prepare
 
@@ -257,6 +300,7 @@ def start_student(section: StudentSection, say: Say) -> Student:
     )
     model = section.model or served.models[0]
     replicas = section.replicas or _replicas(profile)
+    base_folder = folder if section.prepare else _local_source(profile)
     info = {
         "kind": "serve",
         "profile": section.serve,
@@ -266,7 +310,19 @@ def start_student(section: StudentSection, say: Say) -> Student:
         "ready_after_s": round(time.time() - started, 1),
         "started": started,
     }
-    return Student(served.base_url, model, section.api_key_env, served.stop, info)
+    return Student(served.base_url, model, section.api_key_env, served.stop, info, base_folder)
+
+
+def _local_source(profile: dict[str, Any]) -> Path | None:
+    from tooldistill.serve.app import ServeConfigError, expand_path
+
+    args = (profile.get("applications") or [{}])[0].get("args") or {}
+    source = ((args.get("llm_configs") or [{}])[0].get("model_loading_config") or {}).get("model_source")
+    try:
+        path = Path(expand_path(str(source))) if source else None
+    except ServeConfigError:
+        return None
+    return path if path is not None and path.is_dir() else None
 
 
 def _replicas(profile: dict[str, Any]) -> int:
@@ -568,6 +624,21 @@ class _Run:
                         f"{event['best_val_score']:.3f}, Pareto front {event['pareto_front']}, "
                         f"reflection ${event['reflection_usd']:.4f}"
                     )
+                elif event.get("event") == "examples":
+                    self.say(
+                        f"  {event['phase']}: {event['examples']} training examples ({event['calls']} with "
+                        f"calls, {event['no_calls']} without; {event['tokens']:,} tokens), left out: "
+                        f"{event['left_out'] or 'none'}"
+                    )
+                elif event.get("event") == "train_step":
+                    step, last = int(event["step"]), int(event["max_steps"])
+                    if step == 1 or step == last or step % max(1, last // 10) == 0:
+                        rate, eta = event.get("tokens_per_s"), event.get("eta_s")
+                        self.say(
+                            f"  {event['phase']}: step {step}/{last}, loss {event['loss']:.4f}"
+                            + (f", {rate:.0f} tokens/s" if rate else "")
+                            + (f", ETA {eta:.0f} s" if eta is not None else "")
+                        )
                 elif event.get("event") in ("done", "skipped") and event.get("test"):
                     self.say(f"  {event['phase']}: {event['event']}, test {_rate_text(event['test'])}")
                 elif event.get("event") == "start":
@@ -575,7 +646,9 @@ class _Run:
                         f"  {event['phase']}: start {json.dumps({k: v for k, v in event.items() if k not in ('phase', 'event')})}"
                     )
 
-            summary = optimize(config, progress=progress, tune_callbacks=tune_callbacks)
+            host = ServeHost(student_section, self.student, self.say) if student_section.serve else None
+            summary = optimize(config, progress=progress, tune_callbacks=tune_callbacks, host=host)
+            self._write_student()
             record.detail = {
                 "best_phase": summary["best_phase"],
                 "phases": {p["phase"]: p["test"].get("rate") for p in summary["phases"]},

@@ -77,7 +77,7 @@ class PhaseConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    kind: Literal["dspy", "gepa"]
+    kind: Literal["dspy", "gepa", "finetune"]
     #: Train examples: the first N of the train split, or the N best by CaR quality (``car``).
     train: int = Field(default=50, ge=1)
     select: Literal["first", "car"] = "first"
@@ -99,6 +99,23 @@ class PhaseConfig(BaseModel):
     candidate_selection: Literal["pareto", "current_best", "epsilon_greedy", "top_k_pareto"] = "pareto"
     use_merge: bool = False
     seed: int = 0
+    #: finetune: which examples and how to train (``finetune.phase.FinetuneOptions``).
+    finetune: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _finetune(self) -> PhaseConfig:
+        if self.finetune is not None:
+            if self.kind != "finetune":
+                raise ValueError(f"phase {self.name}: a 'finetune' section belongs to a finetune phase")
+            from tooldistill.finetune.phase import FinetuneOptions
+
+            FinetuneOptions.model_validate(self.finetune)  # its errors at load, not after an hour
+        return self
+
+    def finetune_options(self) -> Any:
+        from tooldistill.finetune.phase import FinetuneOptions
+
+        return FinetuneOptions.model_validate(self.finetune or {})
 
     def config_hash(self) -> str:
         return content_hash(self.model_dump(mode="json"), 16)
@@ -513,8 +530,12 @@ def run_phase(
     progress: Progress,
     callbacks: Sequence[Any] = (),
     evaluators: CandidateEvaluators | None = None,
+    host: Any = None,
 ) -> dict[str, Any]:
-    """One phase from ``start``; skipped when its result is there for the same config and start."""
+    """One phase from ``start``; skipped when its result is there for the same config and start.
+
+    A finetune phase also changes the student: its result holds ``student`` (the settings of the
+    fine-tuned student), which the phases after it use."""
     folder = Path(config.run_dir) / phase.name
     key = content_hash(
         {"phase": phase.config_hash(), "start": start.to_json(), "student": config.student.model_dump(mode="json"),
@@ -523,26 +544,40 @@ def run_phase(
     )  # fmt: skip
     done = _read(folder / "result.json")
     if done and done.get("key") == key:
+        if phase.kind == "finetune":  # serve its student again: the phases after it use it
+            student, _ = _finetune(config, phase, start, folder, progress, host)
+            done["student"] = student.model_dump(mode="json")
         progress({"phase": phase.name, "event": "skipped", "test": done.get("test")})
         return dict(done)
-    if done:  # a finished phase with other inputs: start it over
-        for name in ("result.json", "progress.json", "candidates.json"):
+    marker = _read(folder / "key.json")
+    if done or (marker and marker.get("key") != key):  # a phase with other inputs: start it over
+        for name in ("result.json", "progress.json", "candidates.json", "finetune.json", "examples.json",
+                     "examples.jsonl", "train_log.jsonl", "train_result.json"):  # fmt: skip
             (folder / name).unlink(missing_ok=True)
         import shutil
 
-        shutil.rmtree(folder / "gepa", ignore_errors=True)
+        for name in ("gepa", "checkpoints", "adapter", "merged", "ray"):
+            shutil.rmtree(folder / name, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
+    _write(folder, "key.json", {"key": key})
     started = time.time()
+    student = config.student
+    extra: dict[str, Any] = {}
     if phase.kind == "dspy":
         prompt = run_dspy_phase(config, phase, start, folder, progress)
-    else:
+    elif phase.kind == "gepa":
         prompt = run_gepa_phase(config, phase, start, folder, progress, callbacks, evaluators)
-    _write(folder, "prompt.json", prompt.to_json())
+    else:
+        prompt = start  # the weights change, the prompt stays
+        student, record = _finetune(config, phase, start, folder, progress, host)
+        extra = {"student": student.model_dump(mode="json"), "finetune": _finetune_row(record)}
+    _write(folder, "prompt.json", {**prompt.to_json(), **_student_note(folder, student, phase)})
     _export_program(config, prompt, folder)
     test = _traces(config.data.test)[: config.data.test_limit]
-    summary, outcomes = evaluate_prompt(prompt, test, config.student)
+    summary, outcomes = evaluate_prompt(prompt, test, student)
     _write(folder, "test.json", {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
     result = {
+        **extra,
         "phase": phase.name,
         "kind": phase.kind,
         "key": key,
@@ -556,6 +591,61 @@ def run_phase(
     _write(folder, "result.json", result)
     progress({"phase": phase.name, "event": "done", "test": summary})
     return result
+
+
+def _finetune(
+    config: OptimizeConfig, phase: PhaseConfig, start: Prompt, folder: Path, progress: Progress, host: Any
+) -> tuple[StudentSettings, dict[str, Any]]:
+    if host is None:
+        raise OptimizeError(
+            f"{phase.name}: a finetune phase needs a student that tooldistill serves (tooldistill run "
+            "with student.serve), so that the fine-tuned weights can be served and measured"
+        )
+    from tooldistill.finetune.phase import run_finetune_phase
+
+    return run_finetune_phase(
+        phase_train(config, phase), phase.finetune_options(), phase.name, start, config.student, folder,
+        host, progress,
+    )  # fmt: skip
+
+
+def _finetune_row(record: dict[str, Any]) -> dict[str, Any]:
+    """What the phase table shows of a finetune phase."""
+    training, examples = record["training"], record["examples"]
+    return {
+        "examples": examples["examples"],
+        "calls": examples["calls"],
+        "no_calls": examples["no_calls"],
+        "tokens": examples["tokens"],
+        "left_out": examples["left_out"],
+        "steps": training["steps"],
+        "train_seconds": training["train_seconds"],
+        "tokens_per_s": training["tokens_per_s"],
+        "final_loss": training["final_loss"],
+        "device": training["device"],
+        "adapter_bytes": record["adapter"]["adapter_bytes"],
+        "adapter_sha256": record["adapter"]["adapter_sha256"],
+        "served_model": record["served_model"],
+    }
+
+
+def _student_note(folder: Path, student: StudentSettings, phase: PhaseConfig) -> dict[str, Any]:
+    """In an exported prompt: which student it was measured with (the fine-tuned one names its base,
+    adapter and checksum), so any OpenAI-compatible client reaches the same student."""
+    record = None
+    for path in sorted(folder.parent.glob("*/finetune.json")):  # the phase that made this student
+        found = _read(path)
+        if found and found.get("served_model") == student.model:
+            record = found
+    note: dict[str, Any] = {"model": student.model}
+    if record:
+        note.update(
+            base_model=record["adapter"]["base_model"],
+            adapter=record["adapter"]["path"],
+            adapter_sha256=record["adapter"]["adapter_sha256"],
+            merged_model=record["merged"],
+        )
+    return {"student": note}
 
 
 def _export_program(config: OptimizeConfig, prompt: Prompt, folder: Path) -> None:
@@ -617,8 +707,11 @@ def optimize(
     progress: Progress | None = None,
     callbacks: Sequence[Any] = (),
     tune_callbacks: Sequence[Any] = (),
+    host: Any = None,
 ) -> dict[str, Any]:
-    """Run the selected phases in order, each from the previous one's prompt; returns the summary."""
+    """Run the selected phases in order, each from the previous one's prompt; returns the summary.
+
+    ``host`` serves the student (``finetune.phase.StudentHost``): a finetune phase needs it."""
     report = progress or (lambda _: None)
     check_endpoint(config.student)
     selected = config.phase(phase)
@@ -630,11 +723,19 @@ def optimize(
     report({"phase": "baseline", "event": "done", "test": baseline["test"]})
     results = []
     evaluators = CandidateEvaluators(config, tune_callbacks)
+    current = config
     try:
         for item in selected:
-            result = run_phase(config, item, start, report, callbacks, evaluators)
+            if item.kind == "finetune":
+                evaluators.close()  # its warm trial actors hold CPUs the training workers need
+            result = run_phase(current, item, start, report, callbacks, evaluators, host)
             results.append(result)
             start = read_prompt(str(run_dir / item.name / "prompt.json"))
+            if "student" in result:  # a finetune phase: the phases after it ask the fine-tuned student
+                student = StudentSettings.model_validate(result["student"])
+                current = current.model_copy(update={"student": student})
+                evaluators.close()  # its trial actors hold the old student's settings
+                evaluators = CandidateEvaluators(current, tune_callbacks)
     finally:
         evaluators.close()
     best = max(results, key=lambda r: r["test"].get("rate") or 0.0)
@@ -647,7 +748,10 @@ def optimize(
         "run_dir": str(run_dir),
         "baseline": baseline["test"],
         "phases": [
-            {k: r[k] for k in ("phase", "kind", "train", "test", "demo_messages", "elapsed_s")}
+            {
+                **{k: r[k] for k in ("phase", "kind", "train", "test", "demo_messages", "elapsed_s")},
+                **({"finetune": r["finetune"]} if "finetune" in r else {}),
+            }
             for r in results
         ],
         "best_phase": best["phase"],

@@ -71,8 +71,10 @@ def apply_overrides(
     replicas: int | None = None,
     model_source: str | None = None,
     api_key: str | None = None,
+    model_id: str | None = None,
 ) -> dict[str, Any]:
-    """A copy of the profile with the command line's choices applied."""
+    """A copy of the profile with the command line's choices applied (``model_id``: the name the
+    model is served under, e.g. a fine-tuned student's)."""
     profile = copy.deepcopy(profile)
     http = profile.setdefault("http_options", {})
     http.setdefault("host", "127.0.0.1")
@@ -89,6 +91,8 @@ def apply_overrides(
             deployment["num_replicas"] = replicas
         if model_source is not None:
             llm.setdefault("model_loading_config", {})["model_source"] = model_source
+        if model_id is not None:
+            llm.setdefault("model_loading_config", {})["model_id"] = model_id
     if api_key:
         args["api_key_sha256"] = key_sha256(api_key)
     return profile
@@ -140,6 +144,7 @@ def start(
     api_key_env: str | None = "TOOLDISTILL_SERVE_API_KEY",
     wait: bool = True,
     wait_timeout_s: float = 900.0,
+    model_id: str | None = None,
 ) -> Served:
     """Deploy the profile on the Ray cluster this process is connected to (starting a local one
     when none is); returns once the application is running (and, with ``wait``, answering)."""
@@ -154,6 +159,7 @@ def start(
         replicas=replicas,
         model_source=model_source,
         api_key=api_key,
+        model_id=model_id,
     )
     application = profile["applications"][0]
     # the CPU engine's dtype and threads are chosen once, here, and travel resolved

@@ -1,0 +1,181 @@
+"""Training examples from teacher traces, rendered exactly as the student sees them.
+
+Each train trace becomes one prompt-completion pair:
+
+- **prompt**: the request ``evaluate`` would send for the trace with the phase's start prompt
+  (system text, few-shot demos, the trace's messages, its tools as native tools:
+  ``optimize.student.request_for``), rendered by the student's own chat template with the
+  generation prompt at the end — the very text the served student reads;
+- **completion**: the assistant turn the teacher gave, in that template's call syntax (the
+  template renders an assistant message with ``tool_calls``), or the no-call answer for a trace
+  whose teacher called nothing.  The loss is on the completion only.
+
+Where a trace carries teacher samples, the target is their consensus; a trace whose consensus
+support is below ``min_consensus`` is left out (consistency-filtered distillation).  The set is
+balanced: no-call traces at most ``max_no_call_share`` of it, and no tool (the first one called)
+more than ``max_per_tool``.  A trace whose prompt and completion do not fit ``max_length`` tokens is
+left out and counted, never cut mid-call.  Every choice is counted in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tooldistill.match.consistency import consensus
+from tooldistill.optimize.student import Prompt, StudentSettings, request_for
+from tooldistill.schema import Trace
+
+NO_CALL = "<no call>"
+
+
+class ExamplesError(ValueError):
+    """No usable training example (or the template cannot render one)."""
+
+
+@dataclass(frozen=True)
+class ExampleSettings:
+    max_length: int = 512
+    min_consensus: float = 0.5
+    max_no_call_share: float = 0.1
+    max_per_tool: int | None = None
+    no_call_answer: str = "No tool is needed."
+
+
+@dataclass
+class Examples:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _target(trace: Trace, min_consensus: float) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The calls to train on, or (None, why it is left out)."""
+    agreed = consensus(trace)
+    if agreed is not None:
+        if agreed.support < min_consensus:
+            return None, "consensus below min_consensus"
+        return [c.model_dump() for c in agreed.calls], None
+    return [c.model_dump() for c in trace.reference_calls], None
+
+
+def _assistant(calls: Sequence[dict[str, Any]], settings: StudentSettings, no_call: str) -> dict[str, Any]:
+    from tooldistill.evaluate import _safe_name
+
+    if not calls:
+        return {"role": "assistant", "content": no_call}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {
+                    "name": _safe_name(c["name"]),
+                    "arguments": json.dumps(c.get("arguments") or {}),
+                },
+            }
+            for i, c in enumerate(calls)
+        ],
+    }
+
+
+def render(tokenizer: Any, request: dict[str, Any], assistant: dict[str, Any]) -> tuple[str, str]:
+    """(prompt, completion) text through the tokenizer's chat template."""
+    tools = request.get("tools")
+    prompt = tokenizer.apply_chat_template(
+        request["messages"], tools=tools, add_generation_prompt=True, tokenize=False
+    )
+    full = tokenizer.apply_chat_template(
+        [*request["messages"], assistant], tools=tools, add_generation_prompt=False, tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise ExamplesError("the chat template does not render the answer after the prompt it served")
+    completion = full[len(prompt) :]
+    # the turn ends at the end-of-sequence token, where the engine stops (the template's newline
+    # after it belongs to the next turn)
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and completion.endswith(eos + "\n"):
+        completion = completion[:-1]
+    return prompt, completion
+
+
+def build_examples(
+    traces: Sequence[Trace],
+    prompt: Prompt,
+    student: StudentSettings,
+    tokenizer: Any,
+    settings: ExampleSettings,
+) -> Examples:
+    """The prompt-completion rows for ``traces`` and a summary of what was kept and why."""
+    left: Counter[str] = Counter()
+    candidates: list[tuple[Trace, str, dict[str, Any]]] = []
+    for trace in traces:
+        calls, why = _target(trace, settings.min_consensus)
+        if calls is None:
+            left[why or "left out"] += 1
+            continue
+        first = calls[0]["name"] if calls else NO_CALL
+        request = request_for(trace, prompt, student)
+        text_prompt, completion = render(
+            tokenizer, request, _assistant(calls, student, settings.no_call_answer)
+        )
+        length = len(tokenizer(text_prompt + completion, add_special_tokens=False)["input_ids"])
+        if length > settings.max_length:
+            left["longer than max_length"] += 1
+            continue
+        candidates.append(
+            (
+                trace,
+                first,
+                {
+                    "trace_id": trace.id,
+                    "category": trace.category or "",
+                    "tool": first,
+                    "prompt": text_prompt,
+                    "completion": completion,
+                    "tokens": length,
+                },
+            )
+        )
+    calls_first = [c for c in candidates if c[1] != NO_CALL]
+    no_calls = [c for c in candidates if c[1] == NO_CALL]
+    # no tool more than max_per_tool (in input order, so the choice is deterministic)
+    kept: list[tuple[Trace, str, dict[str, Any]]] = []
+    per_tool: Counter[str] = Counter()
+    for item in calls_first:
+        if settings.max_per_tool is not None and per_tool[item[1]] >= settings.max_per_tool:
+            left["over max_per_tool"] += 1
+            continue
+        per_tool[item[1]] += 1
+        kept.append(item)
+    share = settings.max_no_call_share
+    allowed = len(no_calls) if share >= 1 else int(share * len(kept) / (1 - share)) if kept else 0
+    if len(no_calls) > allowed:
+        left["no-call over max_no_call_share"] += len(no_calls) - allowed
+    kept.extend(no_calls[:allowed])
+    # back in input order, so a trace's place in training does not depend on its kind
+    order = {t.id: i for i, t in enumerate(traces)}
+    kept.sort(key=lambda item: order[item[0].id])
+    rows = [row for _, _, row in kept]
+    if not rows:
+        raise ExamplesError(
+            f"no training example left from {len(traces)} train traces "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(left.items())) or 'none given'})"
+        )
+    summary = {
+        "traces": len(traces),
+        "examples": len(rows),
+        "tokens": sum(r["tokens"] for r in rows),
+        "calls": sum(r["tool"] != NO_CALL for r in rows),
+        "no_calls": sum(r["tool"] == NO_CALL for r in rows),
+        "by_category": dict(sorted(Counter(r["category"] for r in rows).items())),
+        "by_tool": dict(Counter(r["tool"] for r in rows).most_common(20)),
+        "distinct_tools": len({r["tool"] for r in rows if r["tool"] != NO_CALL}),
+        "left_out": dict(sorted(left.items())),
+        "max_length": settings.max_length,
+    }
+    return Examples(rows, summary)

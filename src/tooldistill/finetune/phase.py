@@ -1,0 +1,172 @@
+"""The ``finetune`` phase kind: LoRA distillation of the student's weights inside the phase schedule.
+
+A schedule such as ``dspy → gepa → finetune → gepa`` runs this phase like the others: it starts
+from the previous phase's prompt, trains the student on the teacher's train traces rendered with
+that prompt (``examples``), merges the adapter into a new model folder (``merge``), has the
+student's host serve that folder under a new model name, and is measured on the test split with the
+same prompt.  Every phase after it evaluates and optimizes the fine-tuned student.
+
+Phase folder::
+
+    RUN/phaseN/examples.jsonl    the prompt-completion rows trained on
+    RUN/phaseN/examples.json     what was kept and left out, calls against no-calls, per tool/category
+    RUN/phaseN/checkpoints/      Hugging Face checkpoints (a killed training resumes from the newest)
+    RUN/phaseN/train_log.jsonl   step, loss, tokens/s, ETA per logged step
+    RUN/phaseN/adapter/          the PEFT adapter and tooldistill-adapter.json (base, checksums)
+    RUN/phaseN/merged/           base + adapter as one model folder, in the serving dtype
+    RUN/phaseN/finetune.json     the phase's record: examples, training, adapter, served model
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tooldistill.finetune.examples import ExampleSettings, build_examples
+from tooldistill.finetune.merge import check_adapter, describe_adapter, merge
+from tooldistill.finetune.train import TrainSettings, train
+from tooldistill.optimize.student import Prompt, StudentSettings
+from tooldistill.schema import Trace
+
+
+class StudentHost(Protocol):
+    """Who serves the student: the base model folder, and a way to serve another folder."""
+
+    def base_model(self) -> Path: ...
+
+    def dtype(self) -> str: ...
+
+    def serve(self, folder: Path, name: str) -> tuple[str, str]:
+        """Serve ``folder`` as model ``name``; returns (endpoint, model name)."""
+        ...
+
+
+class ExampleOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Leave out traces whose teacher samples agree less than this (consistency filter).
+    min_consensus: float = Field(default=0.5, ge=0, le=1)
+    #: At most this share of the examples are no-call answers.
+    max_no_call_share: float = Field(default=0.1, ge=0, le=1)
+    #: At most this many examples whose first call is the same tool (None: no cap).
+    max_per_tool: int | None = Field(default=None, ge=1)
+    no_call_answer: str = "No tool is needed."
+
+
+class FinetuneOptions(BaseModel):
+    """A finetune phase's ``finetune:`` section."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    examples: ExampleOptions = Field(default_factory=ExampleOptions)
+    training: TrainSettings = Field(default_factory=TrainSettings)
+
+
+def served_name(base_name: str, phase: str) -> str:
+    """The fine-tuned student's model name: the base's, with the phase (``smollm2-135m-instruct-phase3``)."""
+    return f"{base_name.split(':')[0]}-{phase}"
+
+
+def run_finetune_phase(
+    traces: list[Trace],
+    options: FinetuneOptions,
+    phase_name: str,
+    start: Prompt,
+    student: StudentSettings,
+    folder: Path,
+    host: StudentHost,
+    progress: Callable[[dict[str, Any]], None],
+    threads: int | None = None,
+) -> tuple[StudentSettings, dict[str, Any]]:
+    """Train, merge and serve; returns the fine-tuned student's settings and the phase's record."""
+    from transformers import AutoTokenizer
+
+    base = host.base_model()
+    name = served_name(student.model, phase_name)
+    record_path = folder / "finetune.json"
+    done = _read(record_path)
+    if done is not None and (folder / "adapter").is_dir():
+        # trained before (the phase is being re-entered to serve its result): check and serve
+        check_adapter(folder / "adapter", base)
+        merged, _ = merge(folder / "adapter", base, folder / "merged", dtype=host.dtype())
+        endpoint, model = host.serve(merged, name)
+        return student.model_copy(update={"endpoint": endpoint, "model": model}), done
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    settings = ExampleSettings(
+        max_length=options.training.max_length,
+        min_consensus=options.examples.min_consensus,
+        max_no_call_share=options.examples.max_no_call_share,
+        max_per_tool=options.examples.max_per_tool,
+        no_call_answer=options.examples.no_call_answer,
+    )
+    examples = build_examples(traces, start, student, tokenizer, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "examples.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in examples.rows)
+    )
+    _write(folder / "examples.json", examples.summary)
+    summary = examples.summary
+    progress(
+        {
+            "phase": phase_name,
+            "event": "examples",
+            "examples": summary["examples"],
+            "calls": summary["calls"],
+            "no_calls": summary["no_calls"],
+            "tokens": summary["tokens"],
+            "left_out": summary["left_out"],
+        }
+    )
+
+    def step(entry: dict[str, Any]) -> None:
+        progress({"phase": phase_name, "event": "train_step", **entry})
+
+    started = time.time()
+    if threads is None and not options.training.use_gpu:
+        from tooldistill.serve.cpu import usable_cores
+
+        threads = usable_cores()  # the student is idle while it is trained: every core trains
+    result = train(str(base), folder, options.training, say=step, threads=threads)
+    adapter = describe_adapter(result.adapter, base, name)
+    merged, _ = merge(result.adapter, base, folder / "merged", dtype=host.dtype())
+    endpoint, model = host.serve(merged, name)
+    record = {
+        "examples": summary,
+        "training": {
+            "steps": result.steps,
+            "resumed_from_step": result.resumed_from_step,
+            "final_loss": result.final_loss,
+            "train_seconds": result.train_seconds,
+            "tokens": result.tokens,
+            "tokens_per_s": result.tokens_per_s,
+            "device": "gpu" if options.training.use_gpu else "cpu",
+            "workers": options.training.workers,
+            "settings": options.training.model_dump(mode="json"),
+            "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in result.log],
+        },
+        "adapter": {**adapter, "path": str(result.adapter)},
+        "merged": str(merged),
+        "served_model": model,
+        "elapsed_s": round(time.time() - started, 1),
+    }
+    _write(record_path, record)
+    return student.model_copy(update={"endpoint": endpoint, "model": model}), record
+
+
+def _write(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

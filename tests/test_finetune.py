@@ -1,0 +1,180 @@
+"""Weight distillation's parts that need no running engine: the training examples (rendered by the
+student's own chat template, balanced, filtered, counted), the adapter checks, and the clear errors
+for bad input.  Training through Ray Train, a killed training's resume, and the served fine-tuned
+student are in ``test_serve.py`` (they share its deployment)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tooldistill.evaluate import build_request
+from tooldistill.finetune.examples import ExamplesError, ExampleSettings, build_examples
+from tooldistill.finetune.merge import AdapterError, check_adapter, describe_adapter
+from tooldistill.finetune.train import TrainError, check_targets
+from tooldistill.match.parse import parse_message
+from tooldistill.optimize.run import OptimizeError, config_from_dict, optimize
+from tooldistill.optimize.student import Prompt, StudentSettings
+from tooldistill.optimize.testing import WEATHER, StudentServer, make_traces, write_traces
+from tooldistill.schema import Message, ToolCall, Trace
+
+pytest.importorskip("trl", reason="weight distillation needs trl and peft (the cpu extra)")
+
+
+@pytest.fixture(scope="module")
+def base() -> Path:
+    from tooldistill.serve.models import prepare
+
+    return prepare("smollm2")[0]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base))
+
+
+def no_call(i: int) -> Trace:
+    return Trace(
+        source_id=f"n{i}", source="test", category="irrelevance",
+        messages=[Message(role="user", content=f"Tell me a joke number {i}.")],
+        tools=[WEATHER], reference_calls=[],
+    ).with_id()  # fmt: skip
+
+
+def test_examples_are_what_the_student_is_served_and_the_teachers_calls(tokenizer: Any) -> None:
+    traces = make_traces(6)
+    student = StudentSettings(model="m", max_tokens=64)
+    prompt = Prompt("Call the right tool.", ())
+    examples = build_examples(traces, prompt, student, tokenizer, ExampleSettings(max_length=512))
+    assert examples.summary["examples"] == 6 and examples.summary["calls"] == 6
+    for trace, row in zip(traces, examples.rows, strict=True):
+        request = build_request(trace, "m", "Call the right tool.", 0.0, 64, [])
+        served = tokenizer.apply_chat_template(
+            request["messages"], tools=request["tools"], add_generation_prompt=True, tokenize=False
+        )
+        assert row["prompt"] == served  # exactly the text the engine renders for evaluate's request
+        assert row["completion"].endswith(tokenizer.eos_token)
+        parsed = parse_message(
+            {"role": "assistant", "content": row["completion"].removesuffix(tokenizer.eos_token)}
+        )
+        assert [(c.name, c.arguments) for c in parsed.calls] == [
+            ("weather_current", trace.reference_calls[0].arguments)
+        ]
+
+
+def test_examples_are_balanced_filtered_and_counted(tokenizer: Any) -> None:
+    calls = make_traces(10)
+    quiet = [no_call(i) for i in range(5)]
+    split = make_traces(1, 50)[0].model_copy(
+        update={
+            "teacher_samples": [
+                [ToolCall(name="weather.current", arguments={"city": "Oslo"})],
+                [ToolCall(name="clock.now", arguments={"tz": "UTC"})],
+                [ToolCall(name="weather.current", arguments={"city": "Rome"})],
+            ]
+        }
+    )
+    long = make_traces(1, 60)[0].model_copy(
+        update={"messages": [Message(role="user", content="weather " * 900 + "in Oslo60?")]}
+    )
+    traces = [*calls, *quiet, split, long]
+    examples = build_examples(
+        traces, Prompt(""), StudentSettings(model="m"), tokenizer,
+        ExampleSettings(max_length=512, max_no_call_share=0.1, min_consensus=0.5),
+    )  # fmt: skip
+    summary = examples.summary
+    # 10 calls: at most 10% no-calls means one of the five; the split consensus (1/3) and the
+    # trace longer than max_length are left out, never cut
+    assert (summary["calls"], summary["no_calls"]) == (10, 1)
+    assert summary["left_out"] == {
+        "consensus below min_consensus": 1,
+        "longer than max_length": 1,
+        "no-call over max_no_call_share": 4,
+    }
+    assert summary["by_category"] == {"irrelevance": 1, "weather": 10}
+    no_call_rows = [r for r in examples.rows if r["tool"] == "<no call>"]
+    assert no_call_rows[0]["completion"].startswith("No tool is needed.")
+    capped = build_examples(
+        calls, Prompt(""), StudentSettings(model="m"), tokenizer, ExampleSettings(max_per_tool=3)
+    )
+    assert capped.summary["examples"] == 3 and capped.summary["left_out"] == {"over max_per_tool": 7}
+
+
+def test_no_example_left_is_a_clear_error(tokenizer: Any) -> None:
+    with pytest.raises(ExamplesError, match="no training example left from 2 train traces"):
+        build_examples(
+            [no_call(1), no_call(2)], Prompt(""), StudentSettings(model="m"), tokenizer,
+            ExampleSettings(max_no_call_share=0.0),
+        )  # fmt: skip
+
+
+def test_adapter_checks(base: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(AdapterError, match="no adapter at"):
+        check_adapter(tmp_path / "nowhere", base)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(str(adapter))
+    with pytest.raises(AdapterError, match="not written by tooldistill"):
+        check_adapter(adapter, base)
+    manifest = describe_adapter(adapter, base)
+    assert check_adapter(adapter, base)["adapter_sha256"] == manifest["adapter_sha256"]
+    # the same adapter against another base model
+    other = tmp_path / "other-base"
+    shutil.copytree(base, other)
+    config = json.loads((other / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-6
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterError, match="made for another base model"):
+        check_adapter(adapter, other)
+    # a changed adapter file
+    weights = next(adapter.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(AdapterError, match="does not match its checksum"):
+        check_adapter(adapter, base)
+
+
+def test_a_lora_target_the_model_lacks_is_named(base: Path) -> None:
+    with pytest.raises(TrainError, match=r"\['attn_qkv'\] are not in .*its linear layers: .*q_proj"):
+        check_targets(str(base), ["q_proj", "attn_qkv"])
+
+
+def test_finetune_phase_config_is_checked_at_load() -> None:
+    data = {"train": "a", "val": "b", "test": "c"}
+    with pytest.raises(OptimizeError, match="belongs to a finetune phase"):
+        config_from_dict(
+            {"run_dir": "r", "data": data, "phases": [{"name": "p", "kind": "gepa", "finetune": {}}]}
+        )
+    with pytest.raises(OptimizeError, match="epochs"):
+        config_from_dict(
+            {"run_dir": "r", "data": data,
+             "phases": [{"name": "p", "kind": "finetune", "finetune": {"training": {"epochs": 0}}}]}
+        )  # fmt: skip
+
+
+def test_a_finetune_phase_without_a_served_student_says_why(tmp_path: Path) -> None:
+    data = {
+        name: write_traces(str(tmp_path / name), make_traces(4, start))
+        for name, start in (("train", 0), ("val", 100), ("test", 200))
+    }
+    with StudentServer() as server:
+        config = config_from_dict(
+            {
+                "run_dir": str(tmp_path / "run"), "data": data,
+                "student": {"endpoint": server.url, "model": "student"},
+                "phases": [{"name": "ft", "kind": "finetune", "train": 4}],
+            }
+        )  # fmt: skip
+        with pytest.raises(OptimizeError, match="needs a student that tooldistill serves"):
+            optimize(config)
