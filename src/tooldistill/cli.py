@@ -431,9 +431,10 @@ from tooldistill.cli_teacher import judge_command, teacher  # noqa: E402
 main.add_command(teacher)
 main.add_command(judge_command)
 
-from tooldistill.cli_optimize import optimize_command, sweep_command  # noqa: E402
+from tooldistill.cli_optimize import finetune_command, optimize_command, sweep_command  # noqa: E402
 
 main.add_command(optimize_command)
+main.add_command(finetune_command)
 main.add_command(sweep_command)
 
 from tooldistill.cli_serve import models, serve_command  # noqa: E402

@@ -140,3 +140,83 @@ def sweep_command(config_path: str) -> None:
             (row["error"] or "")[:60],
         )
     _console().print(table)
+
+
+@click.command("finetune")
+@click.option("--config", "config_path", required=True, help="Optimize config YAML with a finetune phase.")
+@click.option("--phase", default=None, help="The finetune phase (default: the config's first one).")
+@click.option("--base-model", required=True, help="The student's model folder (e.g. a prepared SmolLM2).")
+@click.option("--run-dir", default=None, help="Run folder (overrides the config's run_dir).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="The merged model's dtype (auto: as the CPU profile would serve it).",
+)
+@click.option("--set", "sets", multiple=True, help="Override a config key: phases.phase2.train=40.")
+def finetune_command(
+    config_path: str,
+    phase: str | None,
+    base_model: str,
+    run_dir: str | None,
+    dtype: str,
+    sets: tuple[str, ...],
+) -> None:
+    """Run a finetune phase alone: examples, LoRA training on Ray Train (resumes), adapter, merged model.
+
+    Starts from the prompt of the phase before it when that phase has run (else the seed prompt);
+    serve the result with `tooldistill serve --config PROFILE --model-source <merged>`."""
+    from pathlib import Path
+
+    from tooldistill.finetune.examples import ExamplesError
+    from tooldistill.finetune.merge import AdapterError
+    from tooldistill.finetune.phase import finetune
+    from tooldistill.finetune.train import TrainError
+    from tooldistill.optimize.run import OptimizeError, load_config, phase_train, start_prompt
+    from tooldistill.serve.cpu import choose_dtype
+
+    def show(event: dict[str, Any]) -> None:
+        if event.get("event") == "examples":
+            _console().print(
+                f"{event['examples']} examples ({event['calls']} calls, {event['no_calls']} no-call, "
+                f"{event['tokens']:,} tokens); left out: {event['left_out'] or 'none'}",
+                highlight=False,
+            )
+        elif event.get("event") == "train_step":
+            rate, eta = event.get("tokens_per_s"), event.get("eta_s")
+            _console().print(
+                f"step {event['step']}/{event['max_steps']} loss {event['loss']:.4f}"
+                + (f", {rate:.0f} tokens/s" if rate else "")
+                + (f", ETA {eta:.0f} s" if eta is not None else ""),
+                highlight=False,
+            )
+
+    with _user_errors():
+        try:
+            overrides = _overrides(sets)
+            if run_dir:
+                overrides["run_dir"] = run_dir
+            config = load_config(config_path, overrides)
+            phases = [p for p in config.phases if p.kind == "finetune" and phase in (None, p.name)]
+            if not phases:
+                raise OptimizeError(
+                    f"{config_path} has no finetune phase{f' named {phase}' if phase else ''}"
+                )
+            item = phases[0]
+            base = Path(base_model).expanduser()
+            record = finetune(
+                phase_train(config, item), item.finetune_options(), item.name, start_prompt(config, item.name),
+                config.student, Path(config.run_dir) / item.name, base, choose_dtype(
+                    None if dtype == "auto" else dtype).dtype, show,
+            )  # fmt: skip
+        except (OptimizeError, ExamplesError, AdapterError, TrainError) as error:
+            _console().print(f"[bold red]error:[/] {error}", highlight=False)
+            sys.exit(2)
+    training = record["training"]
+    _console().print(
+        f"{item.name}: {training['steps']} steps, final loss {training['final_loss']}, "
+        f"{training['train_seconds']:.0f} s; adapter {record['adapter']['path']} "
+        f"(sha256 {record['adapter']['adapter_sha256'][:12]}…); merged model {record['merged']}",
+        highlight=False,
+    )

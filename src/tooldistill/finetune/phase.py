@@ -84,18 +84,46 @@ def run_finetune_phase(
     threads: int | None = None,
 ) -> tuple[StudentSettings, dict[str, Any]]:
     """Train, merge and serve; returns the fine-tuned student's settings and the phase's record."""
+    name = served_name(student.model, phase_name)
+    record = finetune(
+        traces,
+        options,
+        phase_name,
+        start,
+        student,
+        folder,
+        host.base_model(),
+        host.dtype(),
+        progress,
+        threads,
+    )
+    endpoint, model = host.serve(Path(record["merged"]), name)
+    return student.model_copy(update={"endpoint": endpoint, "model": model}), record
+
+
+def finetune(
+    traces: list[Trace],
+    options: FinetuneOptions,
+    phase_name: str,
+    start: Prompt,
+    student: StudentSettings,
+    folder: Path,
+    base: Path,
+    dtype: str,
+    progress: Callable[[dict[str, Any]], None] = lambda _: None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Examples, training (resumed from the newest checkpoint), the adapter's manifest and the merged
+    folder; returns the phase's record (``finetune.json``).  Done before: checked and returned."""
     from transformers import AutoTokenizer
 
-    base = host.base_model()
     name = served_name(student.model, phase_name)
     record_path = folder / "finetune.json"
     done = _read(record_path)
     if done is not None and (folder / "adapter").is_dir():
-        # trained before (the phase is being re-entered to serve its result): check and serve
         check_adapter(folder / "adapter", base)
-        merged, _ = merge(folder / "adapter", base, folder / "merged", dtype=host.dtype())
-        endpoint, model = host.serve(merged, name)
-        return student.model_copy(update={"endpoint": endpoint, "model": model}), done
+        merge(folder / "adapter", base, folder / "merged", dtype=dtype)
+        return dict(done)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     settings = ExampleSettings(
         max_length=options.training.max_length,
@@ -126,15 +154,14 @@ def run_finetune_phase(
     def step(entry: dict[str, Any]) -> None:
         progress({"phase": phase_name, "event": "train_step", **entry})
 
-    started = time.time()
     if threads is None and not options.training.use_gpu:
         from tooldistill.serve.cpu import usable_cores
 
         threads = usable_cores()  # the student is idle while it is trained: every core trains
+    started = time.time()
     result = train(str(base), folder, options.training, say=step, threads=threads)
     adapter = describe_adapter(result.adapter, base, name)
-    merged, _ = merge(result.adapter, base, folder / "merged", dtype=host.dtype())
-    endpoint, model = host.serve(merged, name)
+    merged, _ = merge(result.adapter, base, folder / "merged", dtype=dtype)
     record = {
         "examples": summary,
         "training": {
@@ -151,11 +178,11 @@ def run_finetune_phase(
         },
         "adapter": {**adapter, "path": str(result.adapter)},
         "merged": str(merged),
-        "served_model": model,
+        "served_model": name,
         "elapsed_s": round(time.time() - started, 1),
     }
     _write(record_path, record)
-    return student.model_copy(update={"endpoint": endpoint, "model": model}), record
+    return record
 
 
 def _write(path: Path, value: Any) -> None:

@@ -45,6 +45,9 @@ class LoraSettings(BaseModel):
         "up_proj",
         "down_proj",
     )
+    #: Parameters (not modules) to adapt, e.g. a mixture-of-experts model's stacked expert weights
+    #: (``mlp.experts.gate_up_proj`` in GPT-OSS): PEFT's ``target_parameters``.
+    target_parameters: tuple[str, ...] = ()
 
 
 class TrainSettings(BaseModel):
@@ -127,6 +130,14 @@ def precision_bf16(settings: TrainSettings) -> bool:
 def _train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: SFTTrainer with LoRA on the examples, checkpoints in the run folder."""
     import ray.train
+
+    context = ray.train.get_context()
+    run_sft(config, context.get_world_rank(), ray_train=True)
+
+
+def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> None:
+    """The training itself (``_train_loop``'s body); ``ray_train=False`` runs it in this process
+    without Ray, as a plain TRL run (``benchmarks/finetune.py`` compares the two)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -135,8 +146,6 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     settings = TrainSettings.model_validate(config["settings"])
     folder = Path(config["folder"])
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
     torch.manual_seed(settings.seed)
     if not settings.use_gpu:
         torch.set_num_threads(int(config["threads"]))
@@ -150,6 +159,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     )
     layers = int(model.config.num_hidden_layers)
     top = settings.top_layers
+    extra: dict[str, Any] = {}
+    if settings.lora.target_parameters:
+        extra["target_parameters"] = list(settings.lora.target_parameters)
     lora = LoraConfig(
         r=settings.lora.r,
         lora_alpha=settings.lora.alpha,
@@ -157,6 +169,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         target_modules=list(settings.lora.target_modules),
         layers_to_transform=list(range(max(0, layers - top), layers)) if top else None,
         task_type="CAUSAL_LM",
+        **extra,
     )
     args = SFTConfig(
         output_dir=str(folder / "checkpoints"),
@@ -219,9 +232,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
         callbacks=[Report()],
     )  # fmt: skip
-    from ray.train.huggingface.transformers import prepare_trainer
+    if ray_train:
+        from ray.train.huggingface.transformers import prepare_trainer
 
-    trainer = prepare_trainer(trainer)
+        trainer = prepare_trainer(trainer)
     resume = latest_checkpoint(folder / "checkpoints")
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if rank == 0:

@@ -733,7 +733,17 @@ def optimize(
             start = read_prompt(str(run_dir / item.name / "prompt.json"))
             if "student" in result:  # a finetune phase: the phases after it ask the fine-tuned student
                 student = StudentSettings.model_validate(result["student"])
-                current = current.model_copy(update={"student": student})
+                update: dict[str, Any] = {"student": student}
+                reflection = current.reflection
+                if (reflection.kind, reflection.endpoint, reflection.model) == (
+                    "openai",
+                    current.student.endpoint,
+                    current.student.model,
+                ):  # the student reflected on itself (no Claude key): the fine-tuned one does now
+                    update["reflection"] = reflection.model_copy(
+                        update={"endpoint": student.endpoint, "model": student.model}
+                    )
+                current = current.model_copy(update=update)
                 evaluators.close()  # its trial actors hold the old student's settings
                 evaluators = CandidateEvaluators(current, tune_callbacks)
     finally:

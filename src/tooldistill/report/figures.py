@@ -140,3 +140,17 @@ def confusion(path: Path, expected: Sequence[str], called: Sequence[str], counts
     axes.set_ylabel("expected (reference)")
     axes.set_title("Per-tool confusion")
     return _save(figure, path)
+
+
+def loss_curves(path: Path, curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> Path:
+    """Training loss per step, one line per finetune phase."""
+    figure, axes = _figure(7.0, 3.2)
+    for (label, steps, losses), color in zip(curves, [BLUE, RED, GREEN, GREY], strict=False):
+        axes.plot(list(steps), list(losses), color=color, linewidth=1.6, label=label)
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss (completion tokens)")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    if len(curves) > 1:
+        axes.legend(frameon=False)
+    return _save(figure, path)

@@ -739,13 +739,17 @@ def _describe(index: int, config: Mapping[str, Any], kind: str | None) -> tuple[
     """(row label, short plot label, method) of a phase."""
     kind = str(config.get("kind") or kind or "?")
     curated = config.get("select") == "car"
-    short = {"dspy": "DSPy", "gepa": "GEPA"}.get(kind, kind) + (", curated" if curated else "")
+    short = {"dspy": "DSPy", "gepa": "GEPA", "finetune": "LoRA"}.get(kind, kind) + (
+        ", curated" if curated else ""
+    )
     if kind == "dspy":
         method = (
             f"DSPy {DSPY_OPTIMIZERS.get(str(config.get('optimizer', 'bootstrap')), config.get('optimizer'))}"
         )
     elif kind == "gepa":
         method = "GEPA instruction search"
+    elif kind == "finetune":
+        method = "LoRA distillation of the weights (TRL + PEFT on Ray Train)"
     else:
         method = kind
     if curated:
@@ -884,6 +888,7 @@ def phases_section(ctx: Context) -> Section:
             "Match rate per phase with 95% intervals",
             section,
         )
+    _finetune_rows(ctx, names, section, problems)
     search = _search_rows(ctx, names, by_name, problems)
     if search:
         section.add(Heading("Search per phase"))
@@ -915,6 +920,64 @@ def phases_section(ctx: Context) -> Section:
     else:
         section.status = PARTIAL if (problems or unfinished or base_test is None) else RENDERED
     return section
+
+
+def _bytes(value: Any) -> str:
+    size = number(value)
+    return DASH if size is None else f"{size / 1e6:.1f} MB"
+
+
+def _finetune_rows(ctx: Context, names: Sequence[str], section: Section, problems: list[str]) -> None:
+    """The finetune phases: what they trained on, how long, the final loss, the adapter; and the
+    loss curves."""
+    rows, curves = [], []
+    for name in names:
+        if not ctx.run.has(f"optimize/{name}/finetune.json"):
+            continue
+        record = ctx.run.try_json(f"optimize/{name}/finetune.json", problems)
+        if not isinstance(record, dict):
+            continue
+        examples, training, adapter = (obj(record.get(k)) for k in ("examples", "training", "adapter"))
+        rows.append(
+            [
+                name,
+                f"{count(examples.get('examples'))} ({count(examples.get('calls'))} calls, "
+                f"{count(examples.get('no_calls'))} no-call)",
+                count(examples.get("tokens")),
+                count(training.get("steps")),
+                duration(training.get("train_seconds")),
+                f"{number(training.get('tokens_per_s')) or 0:.0f}",
+                _g(training.get("final_loss")),
+                _bytes(adapter.get("adapter_bytes")),
+                mask_text(str(record.get("served_model", "?"))),
+            ]
+        )
+        curve = [e for e in training.get("loss_curve") or [] if isinstance(e, dict)]
+        if curve:
+            curves.append((name, [int(e["step"]) for e in curve], [float(e["loss"]) for e in curve]))
+        left = obj(examples.get("left_out"))
+        if left:
+            section.note(
+                f"{name}: left out of training: " + ", ".join(f"{k}: {v}" for k, v in sorted(left.items()))
+            )
+    if not rows:
+        return
+    section.add(Heading("Weight distillation"))
+    section.add(
+        Table(
+            ["Phase", "Train examples", "Tokens", "Steps", "Training time", "Tokens/s", "Final loss",
+             "Adapter", "Served as"],
+            rows,
+            {2, 3, 4, 5, 6, 7},
+        )
+    )  # fmt: skip
+    if curves:
+        ctx.figure(
+            "loss_curve.png",
+            lambda path: figures.loss_curves(path, curves),
+            "Training loss per step of the finetune phases",
+            section,
+        )
 
 
 def _ci(test: Mapping[str, Any]) -> tuple[float, float]:
@@ -1133,6 +1196,23 @@ def cost_section(ctx: Context) -> Section:
         rows.append(["Reflection, all phases", dollars(reflection_total), ""])
     else:
         rows.append(["Reflection", DASH, "no reflection model ran in this run (no GEPA phase)"])
+    for name in ctx.run.children("optimize"):
+        if not ctx.run.has(f"optimize/{name}/finetune.json"):
+            continue
+        record = ctx.run.try_json(f"optimize/{name}/finetune.json", problems)
+        training = obj(record.get("training")) if isinstance(record, dict) else {}
+        train_s = number(training.get("train_seconds"))
+        if train_s is None:
+            continue
+        device = str(training.get("device") or "cpu")
+        workers = number(training.get("workers")) or 1
+        rows.append(
+            [
+                f"Training, {name}",
+                f"{train_s * workers / 3600:.3f} {device.upper()} h",
+                f"{count(workers)} Ray Train worker(s) for {duration(train_s)}; optimize/{name}/finetune.json",
+            ]
+        )
     student = ctx.run.try_json("student.json", problems)
     if isinstance(student, dict):
         have += 1
