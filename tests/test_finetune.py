@@ -178,3 +178,20 @@ def test_a_finetune_phase_without_a_served_student_says_why(tmp_path: Path) -> N
         )  # fmt: skip
         with pytest.raises(OptimizeError, match="needs a student that tooldistill serves"):
             optimize(config)
+
+
+def test_sample_selection_spreads_over_the_split(tmp_path: Path) -> None:
+    from tooldistill.optimize.run import phase_train
+
+    # a split stored cluster by cluster: the first N would all be one kind
+    traces = [*make_traces(10), *[no_call(i) for i in range(10)]]
+    data = {name: write_traces(str(tmp_path / name), traces) for name in ("train", "val", "test")}
+    config = config_from_dict(
+        {"run_dir": str(tmp_path / "run"), "data": data,
+         "phases": [{"name": "a", "kind": "finetune", "train": 8, "select": "sample"},
+                    {"name": "b", "kind": "finetune", "train": 8}]}
+    )  # fmt: skip
+    sampled, first = (phase_train(config, phase) for phase in config.phases)
+    assert {t.category for t in first} == {"weather"}
+    assert {t.category for t in sampled} == {"weather", "irrelevance"}
+    assert [t.id for t in sampled] == sorted(t.id for t in traces)[:8]  # fixed, not random

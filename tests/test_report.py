@@ -343,8 +343,14 @@ def test_phase_table_equals_the_phase_results(run_dir: Path, report: Any, texts:
     baseline = read(opt / "baseline.json")["test"]
     train_rows = manifest(run_dir, "curate/split/train").rows
     rows = table_after(markdown, "|   | Method |")
+
+    def names(test: dict) -> str:  # the tool-name chain, measured beside the optimized mode
+        low, high = test["also"]["names"]["ci95"]
+        return f"{pct(test['also']['names']['rate'])} {low * 100:.1f}–{high * 100:.1f}%"
+
     assert rows[0] == ["Baseline", "seed prompt", "—", str(baseline["n"]), pct(baseline["rate"]),
-                       f"{baseline['ci95'][0] * 100:.1f}–{baseline['ci95'][1] * 100:.1f}%", "—"]  # fmt: skip
+                       f"{baseline['ci95'][0] * 100:.1f}–{baseline['ci95'][1] * 100:.1f}%", "—",
+                       names(baseline)]  # fmt: skip
     labels = {"phase1": "Phase 1 (DSPy)", "phase2": "Phase 2 (GEPA)", "phase3": "Phase 3 (GEPA, curated)"}
     caps = {"phase1": 50, "phase2": 50, "phase3": 10}
     for row, (name, label) in zip(rows[1:], labels.items(), strict=True):
@@ -358,6 +364,7 @@ def test_phase_table_equals_the_phase_results(run_dir: Path, report: Any, texts:
             pct(test["rate"]),
             f"{low * 100:.1f}–{high * 100:.1f}%",
             f"{(test['rate'] - baseline['rate']) * 100:+.1f} pp",
+            names(test),
         ]
         assert f"<td>{html.escape(label)}</td>" in page
     # the optimizers did something: demos beat the seed prompt, the reflection's instruction beats both

@@ -717,6 +717,14 @@ class _Run:
                 for phase in summary["phases"]:
                     if phase["test"].get("rate") is not None:
                         mlflow.log_metric(f"match_rate_{phase['phase']}", phase["test"]["rate"])
+                    if "finetune" in phase:  # the training's loss per step, tokens/s and time
+                        name, row = phase["phase"], phase["finetune"]
+                        record = _read_json(self.workdir / "optimize" / name / "finetune.json") or {}
+                        for point in (record.get("training") or {}).get("loss_curve") or []:
+                            mlflow.log_metric(f"train_loss_{name}", point["loss"], step=point["step"])
+                        for key in ("tokens_per_s", "train_seconds", "final_loss"):
+                            if row.get(key) is not None:
+                                mlflow.log_metric(f"train_{key}_{name}", row[key])
 
         return [callback], finish
 
@@ -783,7 +791,12 @@ def _rate_text(summary: dict[str, Any]) -> str:
         return "no examples"
     low, high = summary.get("ci95") or (None, None)
     interval = f" [{low:.1%}–{high:.1%}]" if low is not None else ""
-    return f"{summary.get('matched')}/{summary.get('n')} = {rate:.1%}{interval}"
+    text = f"{summary.get('matched')}/{summary.get('n')} = {rate:.1%}{interval}"
+    for mode, other in (summary.get("also") or {}).items():
+        if other.get("rate") is not None:
+            low, high = other.get("ci95") or (0.0, 0.0)
+            text += f"; {mode}: {other.get('matched')}/{other.get('n')} = {other['rate']:.1%} [{low:.1%}–{high:.1%}]"
+    return text
 
 
 def select_stages(start_from: str | None = None, until: str | None = None) -> set[str]:

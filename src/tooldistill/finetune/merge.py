@@ -31,11 +31,9 @@ class AdapterError(ValueError):
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from tooldistill.serve.models import sha256_file
+
+    return sha256_file(path)
 
 
 def base_fingerprint(base: Path) -> str:

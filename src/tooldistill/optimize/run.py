@@ -78,9 +78,11 @@ class PhaseConfig(BaseModel):
 
     name: str
     kind: Literal["dspy", "gepa", "finetune"]
-    #: Train examples: the first N of the train split, or the N best by CaR quality (``car``).
+    #: Train examples: the first N of the train split, the N best by CaR quality (``car``), or N
+    #: spread over the whole split (``sample``: ordered by trace id, a content hash, so the choice
+    #: is fixed but not tied to the split's cluster order).
     train: int = Field(default=50, ge=1)
-    select: Literal["first", "car"] = "first"
+    select: Literal["first", "car", "sample"] = "first"
     #: Validation examples GEPA scores candidates on (also random search's / MIPRO's valset).
     val: int = Field(default=50, ge=1)
     # DSPy
@@ -233,7 +235,10 @@ def car_best(uri: str, n: int) -> list[Trace]:
 def phase_train(config: OptimizeConfig, phase: PhaseConfig) -> list[Trace]:
     if phase.select == "car":
         return car_best(config.data.curated or config.data.train, phase.train)
-    return _traces(config.data.train)[: phase.train]
+    traces = _traces(config.data.train)
+    if phase.select == "sample":
+        return sorted(traces, key=lambda t: t.id)[: phase.train]
+    return traces[: phase.train]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ class StudentSettings(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     #: Match mode that gives the score and the feedback.
     mode: str = "chain"
+    #: Modes measured beside ``mode`` (reported, never optimized): ``names`` is the tool-name chain,
+    #: what "calls the same tools as Claude" means without the arguments.
+    also_modes: tuple[str, ...] = ("names",)
     #: Concurrent requests when this process evaluates a batch itself.
     concurrency: int = Field(default=8, ge=1)
 
@@ -138,6 +141,8 @@ class Outcome:
     reply: str | None = None
     error: str | None = None
     latency_s: float = 0.0
+    #: The verdict in each of ``also_modes`` (match or not).
+    modes: dict[str, bool] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +154,7 @@ class Outcome:
             "reply": self.reply,
             "error": self.error,
             "latency_s": self.latency_s,
+            "modes": self.modes,
         }
 
     @classmethod
@@ -186,7 +192,8 @@ def run_example(
     latency = time.perf_counter() - started
     message = first_message(response)
     parsed = parse_response(response)
-    judged = judge(trace, parsed, [settings.mode])
+    also = [m for m in settings.also_modes if m != settings.mode]
+    judged = judge(trace, parsed, [settings.mode, *also])
     verdict = judged["verdicts"][settings.mode]
     return Outcome(
         trace.id,
@@ -196,6 +203,7 @@ def run_example(
         judged["calls"],
         reply_text(message),
         latency_s=latency,
+        modes={m: bool(judged["verdicts"][m]["match"]) for m in also},
     )
 
 
@@ -229,6 +237,9 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     summary = rate(matched, len(outcomes))
     summary["mean_score"] = round(sum(o.score for o in outcomes) / len(outcomes), 4) if outcomes else None
     summary["errors"] = sum(o.error is not None for o in outcomes)
+    also = sorted({m for o in outcomes for m in o.modes})
+    if also:  # the same answers in the modes measured beside the optimized one
+        summary["also"] = {m: rate(sum(o.modes.get(m, False) for o in outcomes), len(outcomes)) for m in also}
     return summary
 
 

@@ -821,6 +821,17 @@ def phases_section(ctx: Context) -> Section:
         rows.append(PhaseRow(name, label, short, method, _train_count(ctx, config, result), test, problem))
 
     base_rate = number(base_test.get("rate")) if base_test else None
+    # the tool-name chain measured beside the optimized mode, when the run has it
+    names_column = any(obj(obj(r.test).get("also")).get("names") for r in rows if r.test)
+
+    def names_cell(test: Mapping[str, Any] | None) -> list[str]:
+        if not names_column:
+            return []
+        names = obj(obj(test).get("also")).get("names")
+        if not isinstance(names, dict) or number(names.get("rate")) is None:
+            return [DASH]
+        return [f"{pct(names['rate'])} {interval(names.get('ci95'))}"]
+
     table_rows = []
     for row in rows:
         if row.test is None or number(row.test.get("rate")) is None:
@@ -833,6 +844,7 @@ def phases_section(ctx: Context) -> Section:
                     DASH,
                     DASH,
                     DASH,
+                    *([DASH] if names_column else []),
                 ]
             )
             continue
@@ -847,15 +859,24 @@ def phases_section(ctx: Context) -> Section:
                 pct(rate),
                 interval(row.test.get("ci95")),
                 delta,
+                *names_cell(row.test),
             ]
         )
     section.add(
         Table(
-            ["", "Method", "Train examples", "Test n", "Match rate", "95% interval", "Δ vs baseline"],
+            ["", "Method", "Train examples", "Test n", "Match rate", "95% interval", "Δ vs baseline",
+             *(["Tool names (95%)"] if names_column else [])],
             table_rows,
             {2, 3, 4, 6},
         )
-    )
+    )  # fmt: skip
+    if names_column:
+        section.add(
+            Text(
+                "Tool names: the same answers judged on the tool-name chain alone (the right tools in "
+                "the right order, arguments not compared), beside the optimized match mode."
+            )
+        )
     measured = [r for r in rows if r.test is not None and number(r.test.get("rate")) is not None]
     sizes = {r.test.get("n") for r in measured if r.test is not None}
     if len(sizes) > 1:
