@@ -339,12 +339,27 @@ def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
     from tooldistill.evaluate import build_request
     from tooldistill.finetune.examples import ExampleSettings, build_examples
     from tooldistill.finetune.merge import describe_adapter, merge
-    from tooldistill.finetune.train import TrainError, TrainSettings, train
+    from tooldistill.finetune.train import TrainError, TrainSettings, latest_checkpoint, train
     from tooldistill.optimize.student import Prompt, StudentSettings
     from tooldistill.optimize.testing import make_traces
     from tooldistill.serve.runner import start
 
     traces = make_traces(6)
+    trace = traces[1]
+    expected = trace.reference_calls[0].arguments
+
+    def ask(base_url: str, model: str) -> list[dict[str, Any]]:
+        body = build_request(trace, model, None, 0.0, 64)
+        status, answer = post(f"{base_url}/chat/completions", body)
+        assert status == 200, answer
+        return answer["choices"][0]["message"].get("tool_calls") or []
+
+    before = ask(student.base_url, MODEL)
+    assert not any(json.loads(c["function"]["arguments"]) == expected for c in before), before
+    # the base's two replicas hold both of the session's CPUs: the training worker needs one
+    from ray import serve
+
+    serve.delete(student.app_name)
     tokenizer = AutoTokenizer.from_pretrained(str(model_folder))
     examples = build_examples(
         traces, Prompt(""), StudentSettings(model=MODEL, max_tokens=64), tokenizer, ExampleSettings()
@@ -352,10 +367,7 @@ def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
     folder = tmp_path / "phase"
     folder.mkdir()
     (folder / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in examples.rows))
-    # the module's replicas hold both logical CPUs: the worker asks for a sliver (its threads are set)
-    settings = TrainSettings(
-        epochs=6, learning_rate=2e-3, batch_size=2, save_steps=1, cpus_per_worker=0.01, max_length=384
-    )
+    settings = TrainSettings(epochs=6, learning_rate=2e-3, batch_size=2, save_steps=1, max_length=384)
     errors: list[BaseException] = []
 
     def first_run() -> None:
@@ -379,7 +391,9 @@ def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
         worker.send_signal(signal.SIGKILL)
     runner.join(timeout=300)
     assert errors and "training failed" in str(errors[0])
-    killed_at = max(int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("checkpoint-*"))
+    newest = latest_checkpoint(folder / "checkpoints")  # a half-written one does not count
+    assert newest is not None
+    killed_at = int(newest.name.split("-")[1])
     assert killed_at < 18  # 6 examples / batch 2 * 6 epochs: it was killed before the end
     result = train(str(model_folder), folder, settings, threads=2)
     assert result.resumed_from_step == killed_at >= 1
@@ -391,17 +405,6 @@ def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
     )
     assert built and (merged / "config.json").is_file()
 
-    trace = traces[1]
-    expected = trace.reference_calls[0].arguments
-
-    def ask(base_url: str, model: str) -> list[dict[str, Any]]:
-        body = build_request(trace, model, None, 0.0, 64)
-        status, answer = post(f"{base_url}/chat/completions", body)
-        assert status == 200, answer
-        return answer["choices"][0]["message"].get("tool_calls") or []
-
-    before = ask(student.base_url, MODEL)
-    assert not any(json.loads(c["function"]["arguments"]) == expected for c in before), before
     os.environ["TD_TEST_SERVE_KEY"] = KEY
     try:
         tuned = start(

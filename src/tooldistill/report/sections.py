@@ -1020,6 +1020,8 @@ def _search_rows(
         result = ctx.run.try_json(f"{folder}/result.json", [])
         kind = configs.get(name, {}).get("kind") or (result or {}).get("kind")
         elapsed = duration((result or {}).get("elapsed_s")) if result else DASH
+        if kind == "finetune":  # no search: its table is "Weight distillation"
+            continue
         if kind != "gepa":
             demos = (result or {}).get("demo_messages")
             rows.append(
