@@ -29,7 +29,7 @@ from tooldistill.finetune.examples import ExampleSettings, build_examples
 from tooldistill.finetune.train import TrainSettings, precision_bf16, run_sft, train
 from tooldistill.optimize.student import Prompt, StudentSettings
 from tooldistill.serve.cpu import capabilities, usable_cores
-from tooldistill.serve.models import prepare
+from tooldistill.serve.models import models_home, prepare
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -99,7 +99,8 @@ def main() -> int:
     parser.add_argument("--run", default=None, help="A finished run folder to read the match rates from.")
     parser.add_argument("--out", default=str(RESULTS / "finetune.json"))
     args = parser.parse_args()
-    base, _ = prepare("smollm2", dtype="float32")
+    # its own folder: the default one is in the dtype this CPU serves
+    base, _ = prepare("smollm2", models_home() / "smollm2-135m-instruct-bench-float32", dtype="float32")
     rows = bfcl_examples(base, args.examples)
     threads = usable_cores()
     settings = TrainSettings(epochs=args.epochs, batch_size=4, save_steps=10_000, max_length=768)
