@@ -84,7 +84,6 @@ def run_finetune_phase(
     threads: int | None = None,
 ) -> tuple[StudentSettings, dict[str, Any]]:
     """Train, merge and serve; returns the fine-tuned student's settings and the phase's record."""
-    name = served_name(student.model, phase_name)
     record = finetune(
         traces,
         options,
@@ -97,7 +96,7 @@ def run_finetune_phase(
         progress,
         threads,
     )
-    endpoint, model = host.serve(Path(record["merged"]), name)
+    endpoint, model = host.serve(Path(record["merged"]), record["served_model"])
     return student.model_copy(update={"endpoint": endpoint, "model": model}), record
 
 
