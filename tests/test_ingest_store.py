@@ -52,7 +52,16 @@ def test_manifest_describes_the_dataset(logs, tmp_path):
     quarantined = result.dataset.quarantined()
     assert {q["reason"] for q in quarantined} >= {"empty file"}
     assert all({"source", "line", "reason", "excerpt"} <= set(q) for q in quarantined)
-    assert result.summary == [{"source": str(logs), "files": 4, "traces": 9, "tools": 7, "quarantined": 6}]
+    (row,) = result.summary
+    assert {k: row[k] for k in ("source", "files", "traces", "tools", "quarantined")} == {
+        "source": str(logs),
+        "files": 4,
+        "traces": 9,
+        "tools": 7,
+        "quarantined": 6,
+    }
+    # the empty file is named as a file that gave no trace
+    assert row["files_without_traces"] == 1 and row["empty_files"][0].endswith("0000-000000000000.jsonl")
 
 
 def test_unchanged_input_is_skipped_and_changed_input_rebuilds(logs, tmp_path):

@@ -75,6 +75,21 @@ def _print_ingest(result: IngestResult) -> None:
     redacted = manifest.stats.get("secrets_redacted") or {}
     if redacted:
         console.print(f"secrets redacted: {sum(redacted.values())} ({', '.join(sorted(redacted))})")
+    for row in result.summary:
+        unrecognized = row.get("unrecognized") or {}
+        if unrecognized:
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in unrecognized.items())
+            console.print(
+                f"[yellow]{row['source']}: lines of no known shape were left out ({kinds})[/]",
+                highlight=False,
+            )
+        if row.get("files_without_traces"):
+            named = ", ".join(row.get("empty_files") or [])
+            console.print(
+                f"[yellow]{row['source']}: {row['files_without_traces']} of {row['files']} files gave no "
+                f"trace[/] ({named}{', ...' if row['files_without_traces'] > len(row.get('empty_files') or []) else ''})",
+                highlight=False,
+            )
 
 
 def _executor_option(fn: Callable[..., Any]) -> Callable[..., Any]:

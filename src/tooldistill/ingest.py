@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tooldistill import store
 from tooldistill.executor import Executor, LocalExecutor
-from tooldistill.readers import Quarantined, ReadContext, ReaderOptions, SourceFile, get_format
+from tooldistill.readers import Ignored, Quarantined, ReadContext, ReaderOptions, SourceFile, get_format
 from tooldistill.readers.bfcl import SINGLE_TURN_CATEGORIES, package_data_dir
 from tooldistill.schema import content_hash, traces_to_table
 
@@ -145,7 +145,13 @@ class ShardReader:
             if remote not in filesystems:
                 filesystems[remote] = store.resolve(uri)[0]
             path = uri[len("s3://") :] if remote else uri
-            counts: dict[str, Any] = {"traces": 0, "quarantined": 0, "tools": set()}
+            counts: dict[str, Any] = {
+                "traces": 0,
+                "quarantined": 0,
+                "tools": set(),
+                "ignored": Counter(),
+                "unrecognized": Counter(),
+            }
             per_file[uri] = counts
             source = SourceFile(uri, path, filesystems[remote])
             try:
@@ -153,6 +159,8 @@ class ShardReader:
                     if isinstance(item, Quarantined):
                         quarantined.append(item.to_json())
                         counts["quarantined"] += 1
+                    elif isinstance(item, Ignored):
+                        counts["ignored" if item.known else "unrecognized"][item.kind] += item.count
                     elif item.id in seen:
                         duplicates += 1
                     else:
@@ -175,6 +183,8 @@ class ShardReader:
             ).model_dump()
         for counts in per_file.values():
             counts["tools"] = sorted(counts["tools"])
+            counts["ignored"] = dict(counts["ignored"])
+            counts["unrecognized"] = dict(counts["unrecognized"])
         return {
             "part": part,
             "files": per_file,
@@ -278,7 +288,9 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
 
 
 def _summary(files: list[InputFile], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per source: files, traces, distinct tools called, quarantined records."""
+    """One row per source: files, traces, distinct tools called, quarantined records, lines left
+    out by kind (``ignored``: on purpose; ``unrecognized``: valid JSON of no known shape) and the
+    files that gave no trace at all (``files_without_traces``, up to ten named)."""
     source_of = {f.uri: f.source for f in files}
     rows: dict[str, dict[str, Any]] = {}
     tools: dict[str, set[str]] = {}
@@ -286,12 +298,31 @@ def _summary(files: list[InputFile], results: list[dict[str, Any]]) -> list[dict
         for uri, counts in result["files"].items():
             source = source_of.get(uri, uri)
             row = rows.setdefault(
-                source, {"source": source, "files": 0, "traces": 0, "tools": 0, "quarantined": 0}
+                source,
+                {
+                    "source": source,
+                    "files": 0,
+                    "traces": 0,
+                    "tools": 0,
+                    "quarantined": 0,
+                    "ignored": Counter(),
+                    "unrecognized": Counter(),
+                    "files_without_traces": 0,
+                    "empty_files": [],
+                },
             )
             row["files"] += 1
             row["traces"] += counts["traces"]
             row["quarantined"] += counts["quarantined"]
+            row["ignored"].update(counts.get("ignored", {}))
+            row["unrecognized"].update(counts.get("unrecognized", {}))
+            if not counts["traces"]:
+                row["files_without_traces"] += 1
+                if len(row["empty_files"]) < 10:
+                    row["empty_files"].append(uri)
             tools.setdefault(source, set()).update(counts["tools"])
     for source, row in rows.items():
         row["tools"] = len(tools[source])
+        row["ignored"] = dict(sorted(row["ignored"].items()))
+        row["unrecognized"] = dict(sorted(row["unrecognized"].items()))
     return list(rows.values())

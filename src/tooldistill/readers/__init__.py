@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tooldistill.readers.anthropic import read_anthropic_log
-from tooldistill.readers.base import Quarantined, ReadContext, Reader, ReaderOptions, SourceFile
+from tooldistill.readers.base import Ignored, Quarantined, ReadContext, Reader, ReaderOptions, SourceFile
 from tooldistill.readers.bfcl import SINGLE_TURN_CATEGORIES, category_of, read_bfcl
 from tooldistill.readers.claude_code import read_claude_code
 from tooldistill.readers.jsonl import read_jsonl
@@ -19,6 +19,7 @@ from tooldistill.readers.openai import read_openai_log
 __all__ = [
     "FORMATS",
     "Format",
+    "Ignored",
     "Quarantined",
     "ReadContext",
     "ReaderOptions",

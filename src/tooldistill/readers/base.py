@@ -1,8 +1,10 @@
 """What every reader shares: the source file, quarantine records, JSON-lines parsing, options.
 
-A reader is a function ``read(source, context) -> Iterator[Trace | Quarantined]``.  It never
-raises for one bad record: it yields a ``Quarantined`` with the line and the reason and goes on.
-It raises only when the whole file cannot be opened.
+A reader is a function ``read(source, context) -> Iterator[Trace | Quarantined | Ignored]``.  It
+never raises for one bad record: it yields a ``Quarantined`` with the line and the reason and goes
+on.  Valid lines that hold no decision are yielded as ``Ignored`` counts by kind (handled on purpose,
+or not recognised), so a file that gives no traces always says why.  A reader raises only when the
+whole file cannot be opened.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ class Quarantined:
         return {"source": self.source, "line": self.line, "reason": self.reason, "excerpt": self.excerpt}
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """Valid lines a reader left out, counted by kind.
+
+    ``known`` is true for line kinds the reader handles on purpose (a Claude Code ``progress``
+    line, a ``summary``); false for valid JSON the reader does not recognise, which the ingest
+    summary reports so that a file in an unexpected shape is never silently empty.
+    """
+
+    source: str
+    kind: str
+    count: int = 1
+    known: bool = True
+
+
 class ReaderOptions(BaseModel):
     """Options shared by all readers; part of the ingest config hash."""
 
@@ -52,6 +69,9 @@ class ReaderOptions(BaseModel):
     categories: tuple[str, ...] | None = None
     #: Replace secrets in every string with [REDACTED:kind].
     redact: bool = True
+    #: The prompt of ``claude -p`` runs (stream-json logs hold no prompt line): used for files with
+    #: no ``<file>.prompt.txt`` sidecar.  Without either, such traces are kept and flagged.
+    prompt: str | None = None
 
 
 @dataclass
@@ -90,7 +110,14 @@ class SourceFile:
         return SourceFile(f"{base_uri}/{relative}", f"{folder}/{relative}", self.filesystem)
 
 
-Reader = Callable[[SourceFile, ReadContext], Iterator["Trace | Quarantined"]]
+Reader = Callable[[SourceFile, ReadContext], Iterator["Trace | Quarantined | Ignored"]]
+
+
+def count_ignored(source: SourceFile, kinds: dict[str, int], known: bool) -> Iterator[Ignored]:
+    """``Ignored`` records for a ``{kind: count}`` tally."""
+    for kind, count in sorted(kinds.items()):
+        if count:
+            yield Ignored(source.uri, kind, count, known)
 
 
 def excerpt(raw: bytes | str, redactor: Redactor) -> str:
