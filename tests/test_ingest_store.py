@@ -61,7 +61,7 @@ def test_manifest_describes_the_dataset(logs, tmp_path):
         "quarantined": 6,
     }
     # the empty file is named as a file that gave no trace
-    assert row["files_without_traces"] == 1 and row["empty_files"][0].endswith("0000-000000000000.jsonl")
+    assert row["files_without_traces"] == 1 and row["empty_files"][0].endswith("8000-000000000000.jsonl")
 
 
 def test_unchanged_input_is_skipped_and_changed_input_rebuilds(logs, tmp_path):
