@@ -83,21 +83,42 @@ def test_examples_are_balanced_filtered_and_counted(tokenizer: Any) -> None:
     long = make_traces(1, 60)[0].model_copy(
         update={"messages": [Message(role="user", content="weather " * 900 + "in Oslo60?")]}
     )
-    traces = [*calls, *quiet, split, long]
+    # a long old tool result is shortened by the context policy, and the trace is kept
+    base = make_traces(1, 70)[0]
+    history = base.model_copy(
+        update={
+            "messages": [
+                Message(role="user", content="What is the weather in Paris?"),
+                Message(
+                    role="assistant",
+                    content="",
+                    tool_calls=[ToolCall(id="c1", name="weather.current", arguments={"city": "Paris"})],
+                ),
+                Message(role="tool", tool_call_id="c1", content="sunny, 21 C. " * 400),
+                *base.messages,
+            ]
+        }
+    )
+    traces = [*calls, *quiet, split, long, history]
     examples = build_examples(
         traces, Prompt(""), StudentSettings(model="m"), tokenizer,
         ExampleSettings(max_length=512, max_no_call_share=0.1, min_consensus=0.5),
     )  # fmt: skip
     summary = examples.summary
-    # 10 calls: at most 10% no-calls means one of the five; the split consensus (1/3) and the
-    # trace longer than max_length are left out, never cut
-    assert (summary["calls"], summary["no_calls"]) == (10, 1)
+    # 11 calls: at most 10% no-calls means one of the five; the split consensus (1/3) is left
+    # out, and so is the trace whose latest request alone is longer than max_length (the request
+    # is never cut); the trace with a long old tool result is cut to fit and kept
+    assert (summary["calls"], summary["no_calls"]) == (11, 1)
     assert summary["left_out"] == {
         "consensus below min_consensus": 1,
-        "longer than max_length": 1,
+        "longer than max_length after cuts": 1,
         "no-call over max_no_call_share": 4,
     }
-    assert summary["by_category"] == {"irrelevance": 1, "weather": 10}
+    assert summary["cut_to_fit"] == 1
+    assert summary["by_category"] == {"irrelevance": 1, "weather": 11}
+    (cut,) = [r for r in examples.rows if r["trace_id"] == history.id]
+    assert cut["tokens"] <= 512 and "tokens cut by tooldistill's context policy" in cut["prompt"]
+    assert "What is the weather in Paris?" in cut["prompt"] and cut["completion"].count("<tool_call>") == 1
     no_call_rows = [r for r in examples.rows if r["tool"] == "<no call>"]
     assert no_call_rows[0]["completion"].startswith("No tool is needed.")
     capped = build_examples(

@@ -221,6 +221,47 @@ def test_evaluate_against_the_served_student(
     assert summary["errors"] == 0 and summary["modes"]["chain"]["n"] == 6
 
 
+def test_a_session_longer_than_the_window_is_cut_and_served_not_refused(
+    student: Any, model_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tooldistill.context import ContextPolicy
+    from tooldistill.evaluate import EvaluateConfig, evaluate
+    from tooldistill.optimize.testing import make_traces, write_traces
+    from tooldistill.schema import Message, ToolCall
+
+    monkeypatch.setenv("STUDENT_KEY", KEY)
+    code = "\n".join(f"{i:4d}\tdef handler_{i}(event):\n\treturn event.get('v{i}', {i})" for i in range(700))
+    base = make_traces(1, 3)[0]
+    history = [Message(role="user", content=base.messages[0].content)]
+    for k in range(3):  # three file reads of ~9k tokens each: ~27k tokens, over the 8,192 window
+        call = ToolCall(id=f"c{k}", name="weather.current", arguments={"city": f"m{k}"})
+        history += [
+            Message(role="assistant", content="", tool_calls=[call]),
+            Message(role="tool", tool_call_id=f"c{k}", content=code),
+        ]
+    long = base.model_copy(update={"messages": history}).with_id()
+    dataset = write_traces(str(tmp_path / "data"), [long])
+    common = dict(
+        endpoint=student.base_url, model=MODEL, max_tokens=64, api_key_env="STUDENT_KEY", timeout_s=300
+    )
+    # as it is, the engine refuses it (HTTP 400: longer than max_model_len)
+    _, plain, _ = evaluate(
+        EvaluateConfig(dataset, out=str(tmp_path / "plain"), **common), show_progress=False
+    )
+    assert plain["errors"] == 1 and "400" in plain["first_error"]
+    # fitted with the student's own tokenizer it is served and scored
+    policy = ContextPolicy(window=8192, tokenizer=str(model_folder))
+    result, fitted, _ = evaluate(
+        EvaluateConfig(dataset, out=str(tmp_path / "fitted"), context=policy, **common), show_progress=False
+    )
+    assert fitted["errors"] == 0 and fitted["skipped"] == 0 and fitted["modes"]["chain"]["n"] == 1
+    (row,) = result.to_arrow().to_pylist()
+    cut = json.loads(row["context"])
+    assert cut["tokens_before"] > 20_000 and cut["tokens_after"] <= 8192 - 64 - 16
+    # the engine's own count of the prompt is within the window and close to ours
+    assert row["prompt_tokens"] <= 8192 - 64 and abs(row["prompt_tokens"] - cut["tokens_after"]) <= 8
+
+
 # What moves SmolLM2-135M (probed on this deployment): its system text alone does not (every
 # instruction we tried, "Always call a tool" included, left it answering in prose), few-shot
 # messages do, and so does an instruction that carries one worked exchange in the model's own turn

@@ -32,6 +32,7 @@ import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tooldistill import __version__, store
+from tooldistill.context import ContextPolicy, DoesNotFit, fitter_for, summarize_fits
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.match.parse import Parsed, parse_message
 from tooldistill.match.stats import aggregate
@@ -59,6 +60,9 @@ EVAL_SCHEMA = pa.schema(
         ("completion_tokens", pa.int64()),
         ("attempts", pa.int64()),
         ("error", pa.string()),
+        # what the context policy cut (JSON, null when nothing), and why a trace was not sent
+        ("context", pa.string()),
+        ("skipped", pa.string()),
     ]
 )
 store.SCHEMAS.setdefault("evaluation", EVAL_SCHEMA)
@@ -88,6 +92,8 @@ class EvaluateConfig:
     max_tokens: int = 512
     api_key_env: str = "OPENAI_API_KEY"
     force: bool = False
+    #: How a request longer than the student's window is cut (``context.ContextPolicy``).
+    context: ContextPolicy | None = None
 
     def config_hash(self, system: Any) -> str:
         """Hash of what decides the answers; ``system`` is the loaded prompt (text, or text and demos)."""
@@ -100,6 +106,7 @@ class EvaluateConfig:
                 "limit": self.limit,
                 "temperature": self.temperature,
                 "max_tokens": self.max_tokens,
+                **({"context": self.context.model_dump(mode="json")} if self.context else {}),
             },
             16,
         )
@@ -369,6 +376,15 @@ def evaluate_one(
     demos: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     request = build_request(trace, config.model, system, config.temperature, config.max_tokens, demos)
+    fitter = fitter_for(config.context)
+    skipped: str | None = None
+    context: dict[str, Any] | None = None
+    if fitter is not None:
+        try:
+            fit = fitter.fit(request)
+            request, context = fit.request, fit.record()
+        except DoesNotFit as error:
+            skipped = str(error)
     row: dict[str, Any] = {
         "trace_id": trace.id,
         "source_id": trace.source_id,
@@ -387,7 +403,12 @@ def evaluate_one(
         "completion_tokens": None,
         "attempts": 0,
         "error": None,
+        "context": json.dumps(context) if context else None,
+        "skipped": skipped,
     }
+    if skipped:  # never sent: it would be an HTTP 400, not a measure of the student
+        row["reason"] = f"skipped: {skipped}"
+        return row
     started = time.perf_counter()
     try:
         response, attempts = client.chat(request)
@@ -447,6 +468,7 @@ def evaluate(
         max_timeouts=config.max_timeouts,
     )
     client.check()
+    fitter_for(config.context)  # a tokenizer that cannot be loaded fails here, before any request
     rows: list[dict[str, Any] | None] = [None] * len(traces)
     with (
         Progress(
@@ -469,7 +491,7 @@ def evaluate(
             if progress is not None:
                 progress(done, len(traces))
     complete = [r for r in rows if r is not None]
-    summary = summarize(complete, traces, modes)
+    summary = summarize(complete, traces, modes, config.context)
     summary.update(endpoint=config.endpoint, model=config.model, prompt=config.prompt, dataset=config.dataset)
     summary["throughput"] = client.meter.throughput()
     token = store.new_token()
@@ -497,7 +519,10 @@ def evaluate(
 
 
 def summarize(
-    rows: Sequence[dict[str, Any]], traces: Sequence[Trace], modes: Sequence[str]
+    rows: Sequence[dict[str, Any]],
+    traces: Sequence[Trace],
+    modes: Sequence[str],
+    context: ContextPolicy | None = None,
 ) -> dict[str, Any]:
     """Match rates against the reference and the consensus, beside the consistency ceiling."""
     by_id = {t.id: t for t in traces}
@@ -509,6 +534,7 @@ def summarize(
             {
                 "category": row["category"],
                 "error": row["error"],
+                "skipped": row.get("skipped"),
                 "verdicts": json.loads(row["verdicts"]) if row["verdicts"] else {},
                 "predicted_tools": [c["name"] for c in calls],
                 "expected_tools": [c.name for c in trace.reference_calls] if trace else [],
@@ -518,7 +544,7 @@ def summarize(
     consensus_rows = [
         {**record, "verdicts": json.loads(row["consensus_verdicts"])}
         for record, row in zip(records, rows, strict=True)
-        if row["consensus_verdicts"] and not row["error"]
+        if row["consensus_verdicts"] and not row["error"] and not row.get("skipped")
     ]
     if consensus_rows:
         consensus_modes = list(consensus_rows[0]["verdicts"])
@@ -537,4 +563,13 @@ def summarize(
     errors = [r["error"] for r in rows if r["error"]]
     if errors:
         summary["first_error"] = errors[0]
+    if context is not None and context.window:
+        summary["context"] = summarize_fits(
+            [json.loads(r["context"]) if r.get("context") else None for r in rows if not r.get("skipped")],
+            sum(1 for r in rows if r.get("skipped")),
+            context,
+        )
+        first_skip = next((r["skipped"] for r in rows if r.get("skipped")), None)
+        if first_skip:
+            summary["context"]["first_skipped"] = first_skip
     return summary

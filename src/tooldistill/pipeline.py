@@ -211,6 +211,18 @@ class Student:
     info: dict[str, Any] = field(default_factory=dict)
     #: The model folder the profile serves (a finetune phase trains on it), when known.
     base_folder: Path | None = None
+    #: The served window in tokens (the profile's ``max_model_len``), when the profile says.
+    window: int | None = None
+
+    def context(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """The context policy for this student: the config's, with the window and the tokenizer
+        filled from the served profile where the config leaves them out."""
+        policy = dict(given or {})
+        if policy.get("window") is None and self.window is not None:
+            policy["window"] = self.window
+        if policy.get("tokenizer") is None and self.base_folder is not None:
+            policy["tokenizer"] = str(self.base_folder)
+        return policy
 
 
 class ServeHost:
@@ -310,7 +322,17 @@ def start_student(section: StudentSection, say: Say) -> Student:
         "ready_after_s": round(time.time() - started, 1),
         "started": started,
     }
-    return Student(served.base_url, model, section.api_key_env, served.stop, info, base_folder)
+    return Student(
+        served.base_url, model, section.api_key_env, served.stop, info, base_folder, _window(profile)
+    )
+
+
+def _window(profile: dict[str, Any]) -> int | None:
+    """The profile's ``max_model_len`` (the window the engine serves), when it sets one."""
+    args = (profile.get("applications") or [{}])[0].get("args") or {}
+    engine = ((args.get("llm_configs") or [{}])[0].get("engine_kwargs")) or {}
+    value = engine.get("max_model_len")
+    return int(value) if isinstance(value, int) else None
 
 
 def _local_source(profile: dict[str, Any]) -> Path | None:
@@ -595,6 +617,7 @@ class _Run:
             "endpoint": self.student.endpoint,
             "model": self.student.model,
             "api_key_env": self.student.api_key_env or "OPENAI_API_KEY",
+            "context": self.student.context(raw["student"].get("context")),
         }
         raw["reflection"] = self._reflection(section, raw["reflection"])
         config = config_from_dict(raw)

@@ -13,8 +13,12 @@ Each train trace becomes one prompt-completion pair:
 Where a trace carries teacher samples, the target is their consensus; a trace whose consensus
 support is below ``min_consensus`` is left out (consistency-filtered distillation).  The set is
 balanced: no-call traces at most ``max_no_call_share`` of it, and no tool (the first one called)
-more than ``max_per_tool``.  A trace whose prompt and completion do not fit ``max_length`` tokens is
-left out and counted, never cut mid-call.  Every choice is counted in the summary.
+more than ``max_per_tool``.  The prompt is first fitted into the student's serving window by the
+context policy (``context``: exactly what it is served); a prompt and completion still longer than
+``max_length`` are fitted again, with the completion's tokens reserved, so old tool results are
+shortened (with the policy's visible marker) rather than the trace being lost.  A completion is
+never cut; a trace that cannot fit is left out and counted.  Every choice is counted in the
+summary.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tooldistill.context import DoesNotFit, Fitter
 from tooldistill.match.consistency import consensus
-from tooldistill.optimize.student import Prompt, StudentSettings, request_for
+from tooldistill.optimize.student import Prompt, StudentSettings, fitted_request
 from tooldistill.schema import Trace
 
 NO_CALL = "<no call>"
@@ -112,21 +117,39 @@ def build_examples(
 ) -> Examples:
     """The prompt-completion rows for ``traces`` and a summary of what was kept and why."""
     left: Counter[str] = Counter()
+    fitted = 0
     candidates: list[tuple[Trace, str, dict[str, Any]]] = []
+    policy = student.context.model_copy(update={"window": max(256, settings.max_length), "margin": 0})
+    trainer_fit = Fitter(policy, tokenizer)
     for trace in traces:
         calls, why = _target(trace, settings.min_consensus)
         if calls is None:
             left[why or "left out"] += 1
             continue
         first = calls[0]["name"] if calls else NO_CALL
-        request = request_for(trace, prompt, student)
-        text_prompt, completion = render(
-            tokenizer, request, _assistant(calls, student, settings.no_call_answer)
-        )
+        assistant = _assistant(calls, student, settings.no_call_answer)
+        try:
+            served = fitted_request(trace, prompt, student)
+        except DoesNotFit:
+            left["longer than the student's window"] += 1
+            continue
+        request, was_cut = served.request, served.cut
+        text_prompt, completion = render(tokenizer, request, assistant)
         length = len(tokenizer(text_prompt + completion, add_special_tokens=False)["input_ids"])
         if length > settings.max_length:
-            left["longer than max_length"] += 1
-            continue
+            answer = len(tokenizer(completion, add_special_tokens=False)["input_ids"])
+            try:
+                request = trainer_fit.fit(request, reserve=answer).request
+            except DoesNotFit:
+                left["longer than max_length after cuts"] += 1
+                continue
+            was_cut = True
+            text_prompt, completion = render(tokenizer, request, assistant)
+            length = len(tokenizer(text_prompt + completion, add_special_tokens=False)["input_ids"])
+            if length > settings.max_length:
+                left["longer than max_length after cuts"] += 1
+                continue
+        fitted += was_cut
         candidates.append(
             (
                 trace,
@@ -176,6 +199,7 @@ def build_examples(
         "by_tool": dict(Counter(r["tool"] for r in rows).most_common(20)),
         "distinct_tools": len({r["tool"] for r in rows if r["tool"] != NO_CALL}),
         "left_out": dict(sorted(left.items())),
+        "cut_to_fit": fitted,
         "max_length": settings.max_length,
     }
     return Examples(rows, summary)

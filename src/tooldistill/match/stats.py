@@ -75,12 +75,16 @@ def confusion(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def aggregate(records: Sequence[Mapping[str, Any]], modes: Sequence[str]) -> dict[str, Any]:
     """Match rate per mode (with Wilson 95% intervals), mean partial score, per-category table and
     per-tool confusion.  Each record holds ``verdicts`` {mode: {match, score, reason}},
-    ``category``, ``expected_tools``, ``predicted_tools`` and optionally ``error``."""
-    scored = [r for r in records if not r.get("error")]
+    ``category``, ``expected_tools``, ``predicted_tools`` and optionally ``error`` or ``skipped``
+    (neither is scored: an endpoint error or a trace too long to send says nothing of the student;
+    both are counted beside the rate)."""
+    scored = [r for r in records if not r.get("error") and not r.get("skipped")]
     out: dict[str, Any] = {
         "examples": len(records),
         "scored": len(scored),
-        "errors": len(records) - len(scored),
+        "errors": sum(1 for r in records if r.get("error")),
+        # not sent: longer than the student's window even after the context policy's cuts
+        "skipped": sum(1 for r in records if r.get("skipped") and not r.get("error")),
     }
     out["modes"] = {}
     for mode in modes:

@@ -643,6 +643,13 @@ def _student_note(folder: Path, student: StudentSettings, phase: PhaseConfig) ->
         if found and found.get("served_model") == student.model:
             record = found
     note: dict[str, Any] = {"model": student.model}
+    if student.context.window is not None:
+        # how long requests were cut: a client that serves this prompt fits requests the same way
+        # (``tooldistill.context.Fitter``), so the student is served what it was measured on
+        policy = student.context.model_dump(mode="json")
+        if policy.get("tokenizer"):
+            policy["tokenizer"] = "the student's own (its model folder)"
+        note["context"] = policy
     if record:
         note.update(
             base_model=record["adapter"]["base_model"],

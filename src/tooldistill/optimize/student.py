@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tooldistill.context import ContextPolicy, DoesNotFit, Fit, fitter_for, summarize_fits
 from tooldistill.evaluate import (
     EndpointError,
     _Client,
@@ -61,6 +62,9 @@ class StudentSettings(BaseModel):
     also_modes: tuple[str, ...] = ("names",)
     #: Concurrent requests when this process evaluates a batch itself.
     concurrency: int = Field(default=8, ge=1)
+    #: How a request longer than the student's window is cut; the pipeline fills ``window`` and
+    #: ``tokenizer`` from the served profile when they are not given.
+    context: ContextPolicy = Field(default_factory=ContextPolicy)
 
     def client(self, api_key: str | None = None) -> _Client:
         """A client with ``api_key``, or the key in ``api_key_env`` of this process's environment."""
@@ -116,6 +120,20 @@ def demo_messages(trace: Trace, calls: Sequence[Mapping[str, Any]] | None = None
 
 
 def request_for(trace: Trace, prompt: Prompt, settings: StudentSettings) -> dict[str, Any]:
+    """The request the student is sent for ``trace`` (fitted into its window); raises
+    ``context.DoesNotFit`` for a trace that cannot fit."""
+    return fitted_request(trace, prompt, settings).request
+
+
+def fitted_request(trace: Trace, prompt: Prompt, settings: StudentSettings) -> Fit:
+    """The request for ``trace`` after the context policy, with what it cut."""
+    request = raw_request(trace, prompt, settings)
+    fitter = fitter_for(settings.context)
+    return Fit(request) if fitter is None else fitter.fit(request)
+
+
+def raw_request(trace: Trace, prompt: Prompt, settings: StudentSettings) -> dict[str, Any]:
+    """The request before the context policy."""
     request = build_request(
         trace,
         settings.model,
@@ -143,9 +161,15 @@ class Outcome:
     latency_s: float = 0.0
     #: The verdict in each of ``also_modes`` (match or not).
     modes: dict[str, bool] = field(default_factory=dict)
+    #: Why the trace was not sent (too long for the window after every cut); not scored.
+    skipped: str | None = None
+    #: What the context policy cut (``context.Fit.record``), when it cut anything.
+    context: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "skipped": self.skipped,
+            "context": self.context,
             "trace_id": self.trace_id,
             "score": self.score,
             "match": self.match,
@@ -181,9 +205,13 @@ def run_example(
 ) -> Outcome:
     """Ask the student once and judge the reply; never raises for a bad answer or endpoint."""
     client = client or settings.client()
+    try:
+        fit = fitted_request(trace, prompt, settings)
+    except DoesNotFit as error:
+        return Outcome(trace.id, 0.0, False, f"skipped: {error}", skipped=str(error))
     started = time.perf_counter()
     try:
-        response, _ = client.chat(request_for(trace, prompt, settings))
+        response, _ = client.chat(fit.request)
     except EndpointError as error:
         return Outcome(
             trace.id, 0.0, False, f"endpoint error: {error}", error=str(error),
@@ -204,6 +232,7 @@ def run_example(
         reply_text(message),
         latency_s=latency,
         modes={m: bool(judged["verdicts"][m]["match"]) for m in also},
+        context=fit.record(),
     )
 
 
@@ -232,7 +261,10 @@ def check_endpoint(settings: StudentSettings) -> None:
 
 
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Match rate with its Wilson interval, mean score, and errors."""
+    """Match rate with its Wilson interval, mean score, and errors; traces skipped by the context
+    policy are counted beside it, never as misses."""
+    skipped = [o for o in outcomes if o.skipped]
+    outcomes = [o for o in outcomes if not o.skipped]
     matched = sum(o.match for o in outcomes)
     summary = rate(matched, len(outcomes))
     summary["mean_score"] = round(sum(o.score for o in outcomes) / len(outcomes), 4) if outcomes else None
@@ -240,6 +272,12 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     also = sorted({m for o in outcomes for m in o.modes})
     if also:  # the same answers in the modes measured beside the optimized one
         summary["also"] = {m: rate(sum(o.modes.get(m, False) for o in outcomes), len(outcomes)) for m in also}
+    cut = [o.context for o in outcomes if o.context]
+    if cut or skipped:
+        summary["context"] = summarize_fits([o.context for o in outcomes], len(skipped), None)
+        summary["context"].pop("window"), summary["context"].pop("tokenizer")
+        if skipped:
+            summary["context"]["first_skipped"] = skipped[0].skipped
     return summary
 
 

@@ -878,6 +878,7 @@ def phases_section(ctx: Context) -> Section:
             )
         )
     measured = [r for r in rows if r.test is not None and number(r.test.get("rate")) is not None]
+    _context_text(rows, section)
     sizes = {r.test.get("n") for r in measured if r.test is not None}
     if len(sizes) > 1:
         section.note("The rows were measured on test sets of different sizes; compare them with care.")
@@ -941,6 +942,34 @@ def phases_section(ctx: Context) -> Section:
     else:
         section.status = PARTIAL if (problems or unfinished or base_test is None) else RENDERED
     return section
+
+
+def _context_text(rows: Sequence[PhaseRow], section: Section) -> None:
+    """What the context policy cut on the test traces, per phase that cut or skipped any."""
+    parts = []
+    for row in rows:
+        context = obj(obj(row.test).get("context"))
+        if not context.get("cut") and not context.get("skipped"):
+            continue
+        share = number(context.get("median_share_cut"))
+        parts.append(
+            f"{row.short}: {count(context.get('cut'))} cut"
+            + (
+                f" (median {pct(share)} of their tokens, at most {pct(context.get('max_share_cut'))})"
+                if share is not None
+                else ""
+            )
+            + f", {count(context.get('skipped') or 0)} skipped as too long"
+        )
+    if parts:
+        section.add(
+            Text(
+                "Context policy (test traces longer than the student's window: old tool results "
+                "shortened first, then older turns; a trace that cannot fit is skipped, not scored): "
+                + "; ".join(parts)
+                + "."
+            )
+        )
 
 
 def _bytes(value: Any) -> str:

@@ -1,0 +1,395 @@
+"""The context policy: fit a request into the student's window before the student sees it.
+
+Real Claude Code decision points are long (a median of about 17k tokens, a third over 32k) and a
+small student's window is not (8,192 tokens for the CPU student).  Sending such a trace as it is
+gets an HTTP 400 and measures nothing.  Every place the student sees a trace (evaluate, the
+optimizer's metric calls, the training examples of a finetune phase) passes its request through
+one ``Fitter``, so the student is measured and trained on what it would be served.
+
+What is kept, and in what order the rest is cut:
+
+1. always kept: the system prompt (with the prompt artifact's text and demos), the tools, and the
+   latest user request;
+2. cut first: **old tool results** (older than the ``keep_recent`` most recent messages), oldest
+   first, each shortened to its head plus a visible marker ``[… N tokens cut …]``;
+3. then the other old messages (assistant text, long arguments of old calls, earlier user text);
+4. then the recent tool results, oldest first, shortened only as far as needed (the result just
+   before the decision is cut last);
+5. last, whole old turns (an assistant message goes with the tool results that answer it), oldest
+   first, each run of them leaving a marker on the message after it.  Shortened old turns are
+   cheap and say what was already done, so they go only when nothing else is left to cut.
+
+A request that still does not fit (the system prompt, tools and latest request alone exceed the
+window) raises ``DoesNotFit``: the caller skips the trace with that reason; it is never sent to
+become an endpoint error.  Each fit records what it cut (``Fit.record``).
+
+Tokens are counted the way the student counts them: the request rendered by the student's chat
+template (tools included) and tokenized by its tokenizer.  Without a tokenizer the count is the
+rendered JSON's UTF-8 byte length, an upper bound for byte-level BPE tokenizers (every token
+covers at least one byte): it cuts more than needed, never too little.  The same bound lets a
+short request through without tokenizing it at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Template text around each message and around the tool list, over-estimated, for the byte bound.
+_BYTES_PER_MESSAGE = 48
+_BYTES_FIXED = 512
+
+
+class ContextPolicy(BaseModel):
+    """How a request is fitted into the student's window (``window: null`` fits nothing)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The student's context length in tokens (vLLM's ``max_model_len``); None: no policy.
+    window: int | None = Field(default=None, ge=256)
+    #: A local folder (or cached name) of the student's tokenizer and chat template; None counts
+    #: UTF-8 bytes, an upper bound.
+    tokenizer: str | None = None
+    #: The most recent messages kept whole for as long as anything older can be cut.
+    keep_recent: int = Field(default=4, ge=0)
+    #: Tokens a shortened message keeps of its beginning.
+    head_tokens: int = Field(default=96, ge=0)
+    #: Tokens kept free besides the request's ``max_tokens``.
+    margin: int = Field(default=16, ge=0)
+
+
+class DoesNotFit(ValueError):
+    """Even with everything cuttable cut, the request is longer than the window."""
+
+    def __init__(self, tokens: int, budget: int, window: int) -> None:
+        super().__init__(
+            f"does not fit the context window: {tokens:,} prompt tokens after every cut (the system "
+            f"prompt, tools and latest request), {budget:,} allowed ({window:,} window less the answer)"
+        )
+        self.tokens, self.budget, self.window = tokens, budget, window
+
+
+@dataclass
+class Fit:
+    """A request fitted into the window and what was cut to get there."""
+
+    request: dict[str, Any]
+    #: Prompt tokens before and after (None when a cheap bound showed the request fits as it is).
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+    #: One entry per message changed: ``index`` (in the original request), ``role``, ``action``
+    #: (``shortened`` or ``dropped``), ``tokens`` (its tokens before).
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cut(self) -> bool:
+        return bool(self.changes)
+
+    def record(self) -> dict[str, Any] | None:
+        """What was cut, for the evaluation row (None when nothing was)."""
+        if not self.changes:
+            return None
+        assert self.tokens_before is not None and self.tokens_after is not None
+        return {
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+            "share_cut": round(1 - self.tokens_after / self.tokens_before, 4) if self.tokens_before else 0.0,
+            "shortened": sum(c["action"] == "shortened" for c in self.changes),
+            "dropped": sum(c["action"] == "dropped" for c in self.changes),
+            "changes": self.changes,
+        }
+
+
+_TOKENIZERS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a local model folder (or a name in the local Hugging Face cache), loaded
+    once per process; nothing is downloaded."""
+    with _LOCK:
+        if name not in _TOKENIZERS:
+            from tooldistill.serve.app import expand_path
+
+            try:
+                from transformers import AutoTokenizer
+
+                _TOKENIZERS[name] = AutoTokenizer.from_pretrained(expand_path(name), local_files_only=True)
+            except Exception as error:  # transformers raises many kinds for a missing or bad folder
+                raise ValueError(f"cannot load the student's tokenizer from {name}: {error}") from None
+        return _TOKENIZERS[name]
+
+
+def byte_bound(request: dict[str, Any]) -> int:
+    """An upper bound of the request's prompt tokens for any byte-level BPE tokenizer."""
+    messages = request.get("messages") or []
+    text = json.dumps([messages, request.get("tools") or []], ensure_ascii=False)
+    return len(text.encode("utf-8")) + _BYTES_PER_MESSAGE * len(messages) + _BYTES_FIXED
+
+
+class Fitter:
+    """Fits requests into one window with one tokenizer (thread-safe: it keeps no request state)."""
+
+    def __init__(self, policy: ContextPolicy, tokenizer: Any | None = None) -> None:
+        if policy.window is None:
+            raise ValueError("a context policy needs the student's window (context.window)")
+        self.policy = policy
+        self.window = policy.window
+        self.tokenizer = tokenizer if tokenizer is not None else (
+            load_tokenizer(policy.tokenizer) if policy.tokenizer else None
+        )  # fmt: skip
+
+    # counting -------------------------------------------------------------------------------
+
+    def count(self, request: dict[str, Any]) -> int:
+        """The request's prompt tokens as the student counts them (its template and tokenizer)."""
+        if self.tokenizer is None:
+            return byte_bound(request)
+        text = self.tokenizer.apply_chat_template(
+            request["messages"], tools=request.get("tools"), add_generation_prompt=True, tokenize=False
+        )
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _text_tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            return len(text.encode("utf-8"))
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _head(self, text: str, keep: int) -> str:
+        """The first ``keep`` tokens of ``text``."""
+        if self.tokenizer is None:
+            return text.encode("utf-8")[:keep].decode("utf-8", errors="ignore")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return str(self.tokenizer.decode(ids[:keep]))
+
+    # fitting --------------------------------------------------------------------------------
+
+    def budget(self, request: dict[str, Any], reserve: int | None = None) -> int:
+        """Prompt tokens allowed: the window less the answer (``reserve``, default ``max_tokens``)."""
+        answer = int(request.get("max_tokens") or 0) if reserve is None else reserve
+        return self.window - answer - self.policy.margin
+
+    def fit(self, request: dict[str, Any], reserve: int | None = None) -> Fit:
+        """``request`` fitted into the window (the original is not changed); raises ``DoesNotFit``."""
+        budget = self.budget(request, reserve)
+        if byte_bound(request) <= budget:
+            return Fit(request)
+        before = self.count(request)
+        if before <= budget:
+            return Fit(request, before, before)
+        fitted = copy.deepcopy(request)
+        messages: list[dict[str, Any]] = fitted["messages"]
+        origin = list(range(len(messages)))  # original index of each message, across drops
+        changes: list[dict[str, Any]] = []
+        total = before
+        for step in (self._old_tool_results, self._old_messages, self._recent_tool_results, self._old_turns):
+            # a few rounds per step: the per-message estimate can differ from the template's count
+            for _ in range(4):
+                over = total - budget
+                if over <= 0:
+                    break
+                if not step(messages, origin, over, changes):
+                    break
+                total = self.count(fitted)
+            if total <= budget:
+                return Fit(fitted, before, total, changes)
+        raise DoesNotFit(total, budget, self.window)
+
+    # the steps: each cuts up to ``over`` tokens and says whether it changed anything ----------
+
+    def _protected(self, messages: list[dict[str, Any]]) -> set[int]:
+        """Positions never cut: the system prompt and the latest user request."""
+        keep = {i for i, m in enumerate(messages) if m.get("role") == "system"}
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if users:
+            keep.add(users[-1])
+        return keep
+
+    def _recent_start(self, messages: list[dict[str, Any]]) -> int:
+        return max(0, len(messages) - self.policy.keep_recent)
+
+    def _shorten(
+        self,
+        messages: list[dict[str, Any]],
+        origin: list[int],
+        positions: list[int],
+        over: int,
+        changes: list[dict[str, Any]],
+    ) -> bool:
+        """Shorten the messages at ``positions`` in that order until about ``over`` tokens are cut."""
+        changed = False
+        # asked a little over: the marker costs tokens, and tokens counted one message at a time
+        # differ slightly from the whole rendered request's
+        marker_cost = 48
+        for position in positions:
+            if over <= 0:
+                break
+            message = messages[position]
+            saved = self._shorten_content(message, over + marker_cost)
+            saved += self._shorten_arguments(message, over - saved + marker_cost)
+            if saved > 0:
+                changed = True
+                over -= saved
+                entry = {"index": origin[position], "role": message.get("role"), "action": "shortened"}
+                if entry not in changes:
+                    changes.append(entry)
+        return changed
+
+    def _shorten_content(self, message: dict[str, Any], want: int) -> int:
+        content = message.get("content")
+        if not isinstance(content, str) or not content:
+            return 0
+        tokens = self._text_tokens(content)
+        keep = max(self.policy.head_tokens, tokens - want)
+        if tokens - keep <= 24:  # not worth a marker
+            return 0
+        message["content"] = (
+            f"{self._head(content, keep)}\n[… {tokens - keep:,} tokens cut by tooldistill's context policy …]"
+        )
+        return tokens - keep - 16
+
+    def _shorten_arguments(self, message: dict[str, Any], want: int) -> int:
+        """Shorten long string arguments of an old call (a ``Write`` of a whole file, say)."""
+        saved = 0
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            try:
+                arguments = json.loads(function.get("arguments") or "{}")
+            except ValueError:
+                continue
+            if not isinstance(arguments, dict):
+                continue
+            changed = False
+            for key, value in arguments.items():
+                if saved >= want or not isinstance(value, str):
+                    continue
+                tokens = self._text_tokens(value)
+                keep = max(self.policy.head_tokens, tokens - (want - saved))
+                if tokens - keep <= 24:
+                    continue
+                arguments[key] = f"{self._head(value, keep)}[… {tokens - keep:,} tokens cut …]"
+                saved += tokens - keep - 12
+                changed = True
+            if changed:
+                function["arguments"] = json.dumps(arguments, ensure_ascii=False)
+        return saved
+
+    def _old_tool_results(
+        self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
+    ) -> bool:
+        protected, recent = self._protected(messages), self._recent_start(messages)
+        positions = [i for i in range(recent) if messages[i].get("role") == "tool" and i not in protected]
+        return self._shorten(messages, origin, positions, over, changes)
+
+    def _old_messages(
+        self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
+    ) -> bool:
+        protected, recent = self._protected(messages), self._recent_start(messages)
+        positions = [
+            i
+            for i in range(recent)
+            if messages[i].get("role") in ("assistant", "user") and i not in protected
+        ]
+        return self._shorten(messages, origin, positions, over, changes)
+
+    def _old_turns(
+        self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
+    ) -> bool:
+        """Drop whole old turns, oldest first: a user message, or an assistant message with the tool
+        results that follow it.  A turn holding a protected message, and the recent messages, stay;
+        each run of dropped turns leaves a marker on the message after it."""
+        protected, recent = self._protected(messages), self._recent_start(messages)
+        turns: list[tuple[int, int]] = []
+        i = next((k for k, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+        while i < recent:
+            j = i + 1
+            if messages[i].get("role") == "assistant":
+                while j < len(messages) and messages[j].get("role") == "tool":
+                    j += 1
+            if j <= recent and not any(k in protected for k in range(i, j)):
+                turns.append((i, j))
+            i = j
+        chosen: list[tuple[int, int]] = []
+        saved = 0
+        for begin, end in turns:
+            if saved >= over:
+                break
+            saved += sum(self._message_tokens(messages[k]) for k in range(begin, end))
+            chosen.append((begin, end))
+        if not chosen:
+            return False
+        dropped = sorted(k for begin, end in chosen for k in range(begin, end))
+        for k in dropped:
+            changes.append({"index": origin[k], "role": messages[k].get("role"), "action": "dropped"})
+        runs: list[list[int]] = []
+        for k in dropped:
+            if runs and runs[-1][-1] == k - 1:
+                runs[-1].append(k)
+            else:
+                runs.append([k])
+        for run in reversed(runs):  # from the end, so earlier positions stay valid
+            after = run[-1] + 1
+            if after < len(messages):
+                note = f"[{len(run)} earlier messages cut by tooldistill's context policy]"
+                messages[after]["content"] = f"{note}\n{messages[after].get('content') or ''}".rstrip("\n")
+            del messages[run[0] : after]
+            del origin[run[0] : after]
+        return True
+
+    def _recent_tool_results(
+        self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
+    ) -> bool:
+        protected = self._protected(messages)
+        positions = [i for i, m in enumerate(messages) if m.get("role") == "tool" and i not in protected]
+        return self._shorten(messages, origin, positions, over, changes)
+
+    def _message_tokens(self, message: dict[str, Any]) -> int:
+        text = message.get("content") if isinstance(message.get("content"), str) else ""
+        calls = (
+            json.dumps(message.get("tool_calls") or [], ensure_ascii=False)
+            if message.get("tool_calls")
+            else ""
+        )
+        return self._text_tokens(f"{text}{calls}") + 4
+
+
+def fitter_for(policy: ContextPolicy | None) -> Fitter | None:
+    """A cached ``Fitter`` for a policy (None when the policy has no window)."""
+    if policy is None or policy.window is None:
+        return None
+    key = policy.model_dump_json()
+    with _LOCK:
+        found = _FITTERS.get(key)
+    if found is None:
+        found = Fitter(policy)
+        with _LOCK:
+            _FITTERS[key] = found
+    return found
+
+
+_FITTERS: dict[str, Fitter] = {}
+
+
+def summarize_fits(
+    records: list[dict[str, Any] | None], skipped: int, policy: ContextPolicy | None
+) -> dict[str, Any]:
+    """How many requests were cut and by how much, and how many were skipped as too long."""
+    cut = [r for r in records if r]
+    shares = sorted(r["share_cut"] for r in cut)
+    return {
+        "window": policy.window if policy else None,
+        "tokenizer": "student"
+        if policy and policy.tokenizer
+        else ("bytes" if policy and policy.window else None),
+        "requests": len(records) + skipped,
+        "cut": len(cut),
+        "skipped": skipped,
+        "tokens_cut": sum(r["tokens_before"] - r["tokens_after"] for r in cut),
+        "median_share_cut": shares[len(shares) // 2] if shares else None,
+        "max_share_cut": shares[-1] if shares else None,
+    }
