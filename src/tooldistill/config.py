@@ -7,11 +7,12 @@ errors, so a typo fails loudly instead of being ignored.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tooldistill.readers import ReaderOptions
 
@@ -21,10 +22,30 @@ class _Section(BaseModel):
 
 
 class IngestSection(_Section):
+    #: Files, folders or ``s3://`` prefixes; ``~`` and ``$VAR``/``${VAR}`` are expanded, and
+    #: ``${VAR:-default}`` takes the default when the variable is unset or empty.
     sources: tuple[str, ...] = Field(min_length=1)
     format: str
     reader: ReaderOptions = Field(default_factory=ReaderOptions)
     strict: bool = False
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(expand_source(str(v)) if isinstance(v, str) else v for v in value)
+        return value
+
+
+_DEFAULTED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
+
+
+def expand_source(source: str) -> str:
+    """A source as written in a config with its variables and ``~`` expanded."""
+    if source.startswith("s3://"):
+        return source
+    source = _DEFAULTED.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), source)
+    return os.path.expanduser(os.path.expandvars(source))
 
 
 class RaySection(_Section):

@@ -160,12 +160,29 @@ class Fitter:
             return len(text.encode("utf-8"))
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _head(self, text: str, keep: int) -> str:
-        """The first ``keep`` tokens of ``text``."""
+    def _cut_text(self, text: str, want: int, marker: str) -> tuple[str, int] | None:
+        """``text`` shortened by about ``want`` tokens (keeping at least ``head_tokens`` of its
+        start) with ``marker`` naming the tokens cut, and the tokens saved; None when not worth it.
+        Tokenized once; text that cannot hold more than the head (its bytes bound its tokens) is
+        not tokenized at all."""
+        head = self.policy.head_tokens
+        if len(text.encode("utf-8")) <= head + 24:
+            return None
         if self.tokenizer is None:
-            return text.encode("utf-8")[:keep].decode("utf-8", errors="ignore")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return str(self.tokenizer.decode(ids[:keep]))
+            raw = text.encode("utf-8")
+            keep = max(head, len(raw) - want)
+            if len(raw) - keep <= 24:
+                return None
+            kept_text = raw[:keep].decode("utf-8", errors="ignore")
+            tokens = len(raw)
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            tokens = len(ids)
+            keep = max(head, tokens - want)
+            if tokens - keep <= 24:  # not worth a marker
+                return None
+            kept_text = str(self.tokenizer.decode(ids[:keep]))
+        return f"{kept_text}{marker.format(n=tokens - keep)}", tokens - keep - 16
 
     # fitting --------------------------------------------------------------------------------
 
@@ -186,21 +203,28 @@ class Fitter:
         messages: list[dict[str, Any]] = fitted["messages"]
         origin = list(range(len(messages)))  # original index of each message, across drops
         changes: list[dict[str, Any]] = []
-        total = before
+        total, exact = before, True
         for step in (self._old_tool_results, self._old_messages, self._recent_tool_results, self._old_turns):
-            # a few rounds per step: the per-message estimate can differ from the template's count
-            for _ in range(4):
+            for _ in range(4):  # rounds: the per-message estimate can differ from the template's count
                 over = total - budget
                 if over <= 0:
                     break
-                if not step(messages, origin, over, changes):
+                saved = step(messages, origin, over, changes)
+                if saved <= 0:
                     break
-                total = self.count(fitted)
+                # cut on the estimate; count exactly (the whole template) once it says "fits"
+                total, exact = total - saved, False
+                if total <= budget:
+                    total, exact = self.count(fitted), True
+            if total <= budget and exact:
+                return Fit(fitted, before, total, changes)
+        if not exact:
+            total = self.count(fitted)
             if total <= budget:
                 return Fit(fitted, before, total, changes)
         raise DoesNotFit(total, budget, self.window)
 
-    # the steps: each cuts up to ``over`` tokens and says whether it changed anything ----------
+    # the steps: each cuts about ``over`` tokens and returns the tokens it saved (an estimate) ----
 
     def _protected(self, messages: list[dict[str, Any]]) -> set[int]:
         """Positions never cut: the system prompt and the latest user request."""
@@ -220,9 +244,9 @@ class Fitter:
         positions: list[int],
         over: int,
         changes: list[dict[str, Any]],
-    ) -> bool:
+    ) -> int:
         """Shorten the messages at ``positions`` in that order until about ``over`` tokens are cut."""
-        changed = False
+        total_saved = 0
         # asked a little over: the marker costs tokens, and tokens counted one message at a time
         # differ slightly from the whole rendered request's
         marker_cost = 48
@@ -233,25 +257,22 @@ class Fitter:
             saved = self._shorten_content(message, over + marker_cost)
             saved += self._shorten_arguments(message, over - saved + marker_cost)
             if saved > 0:
-                changed = True
+                total_saved += saved
                 over -= saved
                 entry = {"index": origin[position], "role": message.get("role"), "action": "shortened"}
                 if entry not in changes:
                     changes.append(entry)
-        return changed
+        return total_saved
 
     def _shorten_content(self, message: dict[str, Any], want: int) -> int:
         content = message.get("content")
         if not isinstance(content, str) or not content:
             return 0
-        tokens = self._text_tokens(content)
-        keep = max(self.policy.head_tokens, tokens - want)
-        if tokens - keep <= 24:  # not worth a marker
+        cut = self._cut_text(content, want, "\n[… {n:,} tokens cut by tooldistill's context policy …]")
+        if cut is None:
             return 0
-        message["content"] = (
-            f"{self._head(content, keep)}\n[… {tokens - keep:,} tokens cut by tooldistill's context policy …]"
-        )
-        return tokens - keep - 16
+        message["content"], saved = cut
+        return saved
 
     def _shorten_arguments(self, message: dict[str, Any], want: int) -> int:
         """Shorten long string arguments of an old call (a ``Write`` of a whole file, say)."""
@@ -268,12 +289,11 @@ class Fitter:
             for key, value in arguments.items():
                 if saved >= want or not isinstance(value, str):
                     continue
-                tokens = self._text_tokens(value)
-                keep = max(self.policy.head_tokens, tokens - (want - saved))
-                if tokens - keep <= 24:
+                cut = self._cut_text(value, want - saved, "[… {n:,} tokens cut …]")
+                if cut is None:
                     continue
-                arguments[key] = f"{self._head(value, keep)}[… {tokens - keep:,} tokens cut …]"
-                saved += tokens - keep - 12
+                arguments[key], gained = cut
+                saved += gained
                 changed = True
             if changed:
                 function["arguments"] = json.dumps(arguments, ensure_ascii=False)
@@ -281,14 +301,14 @@ class Fitter:
 
     def _old_tool_results(
         self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
-    ) -> bool:
+    ) -> int:
         protected, recent = self._protected(messages), self._recent_start(messages)
         positions = [i for i in range(recent) if messages[i].get("role") == "tool" and i not in protected]
         return self._shorten(messages, origin, positions, over, changes)
 
     def _old_messages(
         self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
-    ) -> bool:
+    ) -> int:
         protected, recent = self._protected(messages), self._recent_start(messages)
         positions = [
             i
@@ -299,7 +319,7 @@ class Fitter:
 
     def _old_turns(
         self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
-    ) -> bool:
+    ) -> int:
         """Drop whole old turns, oldest first: a user message, or an assistant message with the tool
         results that follow it.  A turn holding a protected message, and the recent messages, stay;
         each run of dropped turns leaves a marker on the message after it."""
@@ -322,7 +342,7 @@ class Fitter:
             saved += sum(self._message_tokens(messages[k]) for k in range(begin, end))
             chosen.append((begin, end))
         if not chosen:
-            return False
+            return 0
         dropped = sorted(k for begin, end in chosen for k in range(begin, end))
         for k in dropped:
             changes.append({"index": origin[k], "role": messages[k].get("role"), "action": "dropped"})
@@ -339,11 +359,11 @@ class Fitter:
                 messages[after]["content"] = f"{note}\n{messages[after].get('content') or ''}".rstrip("\n")
             del messages[run[0] : after]
             del origin[run[0] : after]
-        return True
+        return saved
 
     def _recent_tool_results(
         self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
-    ) -> bool:
+    ) -> int:
         protected = self._protected(messages)
         positions = [i for i, m in enumerate(messages) if m.get("role") == "tool" and i not in protected]
         return self._shorten(messages, origin, positions, over, changes)
