@@ -595,3 +595,16 @@ def test_an_s3_run_and_a_staged_s3_run_give_the_same_report(
     assert staged.markdown.parent == staging / "report"
     assert body(staged.markdown.read_text()) == body(markdown)
     assert set(staged.sections.values()) == {"rendered"}
+
+
+def test_the_context_policys_cuts_are_reported_per_phase(run_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(run_dir, tmp_path)
+    baseline = json.loads((run / "optimize" / "baseline.json").read_text())
+    baseline["test"]["context"] = {
+        "requests": 12, "cut": 5, "skipped": 2, "tokens_cut": 41000, "median_share_cut": 0.62,
+        "max_share_cut": 0.9,
+    }  # fmt: skip
+    (run / "optimize" / "baseline.json").write_text(json.dumps(baseline))
+    markdown = render_report(str(run)).markdown.read_text()
+    assert "Context policy (test traces longer than the student's window" in markdown
+    assert "Baseline: 5 cut (median 62.0% of their tokens, at most 90.0%), 2 skipped as too long" in markdown
