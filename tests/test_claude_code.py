@@ -6,7 +6,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from conftest import CLAUDE_CODE
-from tooldistill.readers import Quarantined, ReadContext, ReaderOptions, SourceFile
+from tooldistill.readers import Ignored, Quarantined, ReadContext, ReaderOptions, SourceFile
 from tooldistill.readers.claude_code import load_catalog, read_claude_code
 
 SESSION = CLAUDE_CODE / "projects/-home-ana-shop/6f1c2e1a-3b4d-4c5e-8f90-1a2b3c4d5e6f.jsonl"
@@ -22,7 +22,7 @@ STREAM = CLAUDE_CODE / "stream/etl-run.jsonl"
 def read(path, **options):
     source = SourceFile(str(path), str(path), pafs.LocalFileSystem())
     items = list(read_claude_code(source, ReadContext.create(ReaderOptions(**options))))
-    traces = {t.source_id: t for t in items if not isinstance(t, Quarantined)}
+    traces = {t.source_id: t for t in items if not isinstance(t, (Quarantined, Ignored))}
     return traces, [q for q in items if isinstance(q, Quarantined)]
 
 
@@ -170,3 +170,422 @@ def test_a_user_catalog_adds_to_the_built_in_one(tmp_path):
     catalog.write_text(json.dumps([{"name": "mcp__db__query", "parameters": {"type": "object"}}]))
     merged = load_catalog(str(catalog))
     assert "mcp__db__query" in merged and "Bash" in merged and "Read" in merged
+
+
+# ---------------------------------------------------------------------------------------------
+# Today's logs: stream-json without a prompt line, subagents, several sessions, new line types
+# ---------------------------------------------------------------------------------------------
+
+NIGHTLY = CLAUDE_CODE / "stream/nightly-report.jsonl"  # with a .prompt.txt sidecar
+TWO_RUNS = CLAUDE_CODE / "stream/two-runs.jsonl"  # two claude -p runs appended, no sidecar
+CURRENT = CLAUDE_CODE / "current/-home-ana-api/3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f.jsonl"
+SIDECAR_PROMPT = "Write tonight's signup report from the metrics server into out/, using our report template."
+
+
+def read_all(path, **options):
+    """Traces by source id, quarantined records, and the ignored counts as {kind: (count, known)}."""
+    source = SourceFile(str(path), str(path), pafs.LocalFileSystem())
+    items = list(read_claude_code(source, ReadContext.create(ReaderOptions(**options))))
+    traces = {t.source_id: t for t in items if not isinstance(t, (Quarantined, Ignored))}
+    ignored = {i.kind: (i.count, i.known) for i in items if isinstance(i, Ignored)}
+    return traces, [q for q in items if isinstance(q, Quarantined)], ignored
+
+
+def test_stream_json_without_a_prompt_line_takes_the_sidecar_prompt():
+    traces, quarantined, ignored = read_all(NIGHTLY)
+    assert not quarantined
+    assert sorted(traces) == sorted(
+        [
+            "msg_01NrPlan",
+            "msg_01NrSearch",
+            "msg_01NrSeries",
+            "msg_01NrAgent",
+            "msg_01SubGlob",
+            "msg_01NrWrite",
+        ]
+    )
+    plan = traces["msg_01NrPlan"]  # the first decision, which used to be quarantined
+    assert [(m.role, m.content) for m in plan.messages] == [("user", SIDECAR_PROMPT)]
+    assert plan.metadata["prompt_source"] == "sidecar" and plan.metadata["prompt_missing"] is False
+    assert plan.metadata["session_id"] == "7d2e9a10-4b3c-4f5e-9a8b-0c1d2e3f4a5b"
+    assert all(t.metadata["prompt_source"] == "sidecar" for k, t in traces.items() if k != "msg_01SubGlob")
+    # the sidecar wins over the option
+    with_option, _, _ = read_all(NIGHTLY, prompt="something else")
+    assert with_option["msg_01NrPlan"].messages[0].content == SIDECAR_PROMPT
+    assert ignored == {"system/init": (1, True), "result": (1, True)}
+
+
+def test_prompt_option_then_placeholder_and_redaction(tmp_path):
+    traces, _, _ = read_all(TWO_RUNS)
+    disk = traces["msg_01RunADisk"]
+    assert [(m.role, m.content) for m in disk.messages] == [("user", "[prompt not recorded]")]
+    assert disk.metadata["prompt_missing"] is True and disk.metadata["prompt_source"] == "missing"
+    # the second run has its prompt in the log: neither placeholder nor option is used there
+    assert traces["msg_01RunBEdit"].metadata["prompt_source"] == "log"
+
+    key = "sk-ant-api03-" + "Q" * 40
+    traces, _, _ = read_all(TWO_RUNS, prompt=f"How much disk is free? (key {key})")
+    disk = traces["msg_01RunADisk"]
+    assert disk.metadata["prompt_source"] == "option" and disk.metadata["prompt_missing"] is False
+    assert disk.messages[0].content == "How much disk is free? (key [REDACTED:anthropic_key])"
+    assert traces["msg_01RunBEdit"].messages[0].content.startswith("Rename helper()")
+
+    # a sidecar written next to a copy of the log is found (and redacted too)
+    copy = tmp_path / "run.jsonl"
+    copy.write_bytes(TWO_RUNS.read_bytes())
+    (tmp_path / "run.jsonl.prompt.txt").write_text(f"Check the disk. {key}\n")
+    traces, _, _ = read_all(copy, prompt="ignored")
+    assert traces["msg_01RunADisk"].messages[0].content == "Check the disk. [REDACTED:anthropic_key]"
+    assert traces["msg_01RunADisk"].metadata["prompt_source"] == "sidecar"
+
+
+def test_subagent_turns_form_their_own_conversation():
+    traces, _, _ = read_all(NIGHTLY)
+    glob = traces["msg_01SubGlob"]
+    assert glob.metadata["subagent"] is True and glob.metadata["parent_tool_use_id"] == "toolu_01NrAgent"
+    assert glob.metadata["prompt_source"] == "log"  # the subagent's own first user line
+    assert [(m.role, m.content) for m in glob.messages] == [
+        ("user", "Find the Markdown template the nightly report uses and give me its path.")
+    ]
+    # the main conversation goes on past the subagent as if it were one tool call
+    write = traces["msg_01NrWrite"]
+    assert write.metadata["subagent"] is False and write.metadata["parent_tool_use_id"] is None
+    assert [m.tool_call_id for m in write.messages if m.role == "tool"] == [
+        "toolu_01NrTaskA",
+        "toolu_01NrSearch",
+        "toolu_01NrSeries",
+        "toolu_01NrAgent",
+    ]
+    assert "Glob" not in {c.name for m in write.messages for c in m.tool_calls}
+    assert [(c.name, c.arguments) for c in write.reference_calls] == [
+        (
+            "Write",
+            {
+                "file_path": "/home/ana/reports/out/2025-11-30.md",
+                "content": "# Nightly report\n\nSignups: 412\n",
+            },
+        ),
+        ("TaskUpdate", {"taskId": "1", "status": "completed"}),
+    ]
+    # a subagent whose prompt line is not in the log takes the prompt of its Agent call
+    traces, _, _ = read_all(TWO_RUNS)
+    grep = traces["msg_01RunBSubGrep"]
+    assert grep.metadata["prompt_source"] == "parent_call" and grep.metadata["subagent"] is True
+    assert [m.content for m in grep.messages] == ["List every caller of helper() under /home/ana/tools."]
+
+
+def test_each_session_of_a_file_keeps_its_own_tools_and_history():
+    traces, quarantined, ignored = read_all(TWO_RUNS)
+    assert not quarantined and len(traces) == 4
+    disk, edit = traces["msg_01RunADisk"], traces["msg_01RunBEdit"]
+    assert [t.name for t in disk.tools] == ["Bash", "Read"]
+    assert [t.name for t in edit.tools] == ["Agent", "Bash", "Edit", "Grep"]
+    assert disk.metadata["session_id"] != edit.metadata["session_id"]
+    assert [m.role for m in edit.messages] == ["user", "assistant", "tool"]
+    assert "df -h" not in json.dumps([m.model_dump() for m in edit.messages])
+    assert ignored == {"system/init": (2, True), "result": (2, True)}
+
+
+def test_current_session_log_line_types_are_counted():
+    traces, quarantined, ignored = read_all(CURRENT)
+    assert not quarantined
+    assert sorted(traces) == sorted(
+        [
+            "msg_01ApiTask",
+            "msg_01ApiRead",
+            "msg_01ApiEdit",
+            "msg_01ApiUpdate",
+            "msg_01ApiSend",
+            "msg_01ApiTest",
+        ]
+    )
+    known = {kind: count for kind, (count, is_known) in ignored.items() if is_known}
+    assert known == {
+        "permission-mode": 1,
+        "file-history-snapshot": 1,
+        "attachment": 1,
+        "progress": 1,
+        "system/microcompact_boundary": 1,
+        "system/stop_hook_summary": 1,
+        "system/turn_duration": 1,
+        "last-prompt": 1,
+        "custom-title": 1,
+        "agent-name": 1,
+        "mode": 1,
+        "queue-operation": 2,
+        "system/api_error": 1,
+        "system/local_command": 1,
+        "system/away_summary": 1,
+        "system/informational": 1,
+        "system/compact_boundary": 1,
+    }
+    unknown = {kind: count for kind, (count, is_known) in ignored.items() if not is_known}
+    assert unknown == {"hologram-event": 1, "no type": 1, "system/hologram_notice": 1}
+    # the chain runs through attachment and progress lines without losing a message
+    edit = traces["msg_01ApiEdit"]
+    assert [m.role for m in edit.messages] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert edit.messages[-1].content.startswith("     1\tfrom flask import Flask")
+    assert edit.metadata["history_incomplete"] is False
+    # after the compaction the history starts at the summary; the call's caller is kept
+    test = traces["msg_01ApiTest"]
+    assert test.metadata["after_compaction"] is True
+    assert [m.content[:34] for m in test.messages] == [
+        "This session is being continued fr",
+        "Run the health test.",
+    ]
+    assert test.metadata["callers"] == [{"type": "direct"}]
+
+
+def test_microcompact_clears_earlier_tool_results(tmp_path):
+    traces, _, _ = read_all(CURRENT)
+    assert traces["msg_01ApiEdit"].metadata["cleared_tool_results"] == []
+    for key in ("msg_01ApiUpdate", "msg_01ApiSend"):
+        trace = traces[key]
+        assert trace.metadata["cleared_tool_results"] == ["toolu_03ApiRead"]
+        read_result = next(m for m in trace.messages if m.tool_call_id == "toolu_03ApiRead")
+        assert read_result.content == "[tool result cleared by microcompact]"
+        edit_result = next(m for m in trace.messages if m.tool_call_id == "toolu_03ApiEdit")
+        assert edit_result.content.startswith("The file")
+    # the boundary also counts when the next line's parentUuid skips it (it hangs off the chain)
+    skipping = tmp_path / "skip.jsonl"
+    skipping.write_text(CURRENT.read_text().replace('"parentUuid": "h-m1"', '"parentUuid": "h-u4"'))
+    traces, _, _ = read_all(skipping)
+    assert traces["msg_01ApiUpdate"].metadata["cleared_tool_results"] == ["toolu_03ApiRead"]
+    # ... but not on another branch
+    other = tmp_path / "branch.jsonl"
+    text = CURRENT.read_text().replace('"parentUuid": "h-u4"', '"parentUuid": "h-elsewhere"')
+    other.write_text(text.replace('"parentUuid": "h-m1"', '"parentUuid": "h-u4"'))
+    traces, _, _ = read_all(other)
+    assert traces["msg_01ApiUpdate"].metadata["cleared_tool_results"] == []
+
+
+def test_current_built_in_tools_have_schemas():
+    catalog = load_catalog(None)
+    for name in ("TaskCreate", "TaskUpdate", "TaskList", "TaskGet", "ToolSearch", "SendMessage"):
+        spec = catalog[name]
+        assert spec.description and spec.parameters["type"] == "object" and not spec.schema_missing
+        assert spec.parameters.get("additionalProperties") is True
+    assert catalog["TaskUpdate"].parameters["required"] == ["taskId"]
+    assert {"addBlocks", "addBlockedBy", "owner", "status"} <= set(
+        catalog["TaskUpdate"].parameters["properties"]
+    )
+    traces, _, _ = read_all(CURRENT)
+    for trace in traces.values():
+        assert trace.metadata["unknown_tools"] == []
+        called = {c.name for c in trace.reference_calls}
+        assert all(not t.schema_missing for t in trace.tools if t.name in called)
+
+
+def test_mcp_schemas_from_a_tools_list_catalog_or_the_init_event(tmp_path):
+    traces, _, _ = read_all(NIGHTLY)
+    series = traces["msg_01NrSeries"]
+    assert series.metadata["unknown_tools"] == ["mcp__metrics__get_series"]
+    assert next(t for t in series.tools if t.name == "mcp__metrics__get_series").schema_missing
+
+    schema = {"type": "object", "properties": {"metric": {"type": "string"}, "day": {"type": "string"}}}
+    listing = {
+        "server": "metrics",
+        "tools": [{"name": "get_series", "description": "A metric by day", "inputSchema": schema}],
+    }
+    catalog = tmp_path / "metrics.json"
+    catalog.write_text(json.dumps(listing))
+    assert "mcp__metrics__get_series" in load_catalog(str(catalog)) and "Bash" in load_catalog(str(catalog))
+    traces, _, _ = read_all(NIGHTLY, catalog=str(catalog))
+    series = traces["msg_01NrSeries"]
+    spec = next(t for t in series.tools if t.name == "mcp__metrics__get_series")
+    assert not spec.schema_missing and spec.parameters == schema and spec.description == "A metric by day"
+    assert series.metadata["unknown_tools"] == []
+    # the JSON-RPC response of tools/list works as it is; server names are normalised as Claude Code does
+    rpc = tmp_path / "rpc.json"
+    rpc.write_text(
+        json.dumps({"jsonrpc": "2.0", "id": 1, "server": "my metrics", "result": {"tools": listing["tools"]}})
+    )
+    assert "mcp__my_metrics__get_series" in load_catalog(str(rpc))
+    with pytest.raises(ValueError, match="'server' must be"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"server": 3, "tools": []}))
+        load_catalog(str(bad))
+
+    # an init event that gives schemas wins
+    lines = NIGHTLY.read_text().splitlines()
+    init = json.loads(lines[0])
+    init["tools"] = [
+        t if not t.startswith("mcp__") else {"name": t, "input_schema": schema} for t in init["tools"]
+    ]
+    stream = tmp_path / "with-schemas.jsonl"
+    stream.write_text("\n".join([json.dumps(init), *lines[1:]]) + "\n")
+    traces, _, _ = read_all(stream)
+    spec = next(t for t in traces["msg_01NrSeries"].tools if t.name == "mcp__metrics__get_series")
+    assert not spec.schema_missing and spec.parameters == schema
+
+
+def test_tool_reference_results_stay_tool_messages():
+    # tool search results hold tool_reference blocks (converted by anthropic.blocks_to_messages)
+    traces, quarantined, _ = read_all(NIGHTLY)
+    assert not quarantined
+    result = next(m for m in traces["msg_01NrSeries"].messages if m.tool_call_id == "toolu_01NrSearch")
+    assert result.role == "tool" and "mcp__metrics__get_series" in result.content
+
+
+# ---------------------------------------------------------------------------------------------
+# One bad record costs one record
+# ---------------------------------------------------------------------------------------------
+
+
+def _blocks(record):
+    message = record.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, list) else []
+
+
+def _first_block(record, kind):
+    return next((b for b in _blocks(record) if isinstance(b, dict) and b.get("type") == kind), None)
+
+
+def _set(target, key, value):
+    if isinstance(target, dict) and key in target:
+        target[key] = value
+        return True
+    return False
+
+
+def _corruptions():
+    """Wrong-type edits of one record; each returns False when it does not apply to the record."""
+    is_message = lambda r: r.get("type") in ("user", "assistant")  # noqa: E731
+    return {
+        "message.id a dict": lambda r: r.get("type") == "assistant" and _set(r["message"], "id", {"id": 1}),
+        "content an int": lambda r: is_message(r) and _set(r.get("message"), "content", 7),
+        "a block a string": lambda r: (
+            bool(_blocks(r)) and _set(r["message"], "content", ["oops", *_blocks(r)[1:]])
+        ),
+        "a block an int": lambda r: bool(_blocks(r)) and _set(r["message"], "content", [*_blocks(r)[:-1], 5]),
+        # linking fields matter on lines that are part of a conversation or of the uuid tree
+        "parentUuid a list": lambda r: _set(r, "parentUuid", ["u-1"]),
+        "uuid a dict": lambda r: (is_message(r) or "parentUuid" in r) and _set(r, "uuid", {"u": 1}),
+        "session id a list": lambda r: (
+            (is_message(r) or r.get("subtype") == "init")
+            and (_set(r, "session_id", ["s"]) or _set(r, "sessionId", ["s"]))
+        ),
+        "parent_tool_use_id a dict": lambda r: is_message(r) and _set(r, "parent_tool_use_id", {"id": 1}),
+        "message a list": lambda r: is_message(r) and _set(r, "message", ["x"]),
+        "type a dict": lambda r: is_message(r) and _set(r, "type", {"t": 1}),
+        "tools a dict": lambda r: r.get("subtype") == "init" and _set(r, "tools", {"Bash": {}}),
+        "tool_use id a dict": lambda r: _set(_first_block(r, "tool_use"), "id", {"x": 1}),
+        "tool_use name a dict": lambda r: _set(_first_block(r, "tool_use"), "name", {"x": 1}),
+        "tool_result id a dict": lambda r: _set(_first_block(r, "tool_result"), "tool_use_id", {"x": 1}),
+        "compactedToolIds a dict": lambda r: _set(
+            r.get("microcompactMetadata"), "compactedToolIds", {"a": 1}
+        ),
+    }
+
+
+def _loads(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _predecessors(lines):
+    """For each user/assistant line: the line number of the line before it in its conversation."""
+    records = {n: r for n, r in ((n, _loads(t)) for n, t in enumerate(lines, 1)) if isinstance(r, dict)}
+    by_uuid = {r.get("uuid"): n for n, r in records.items() if r.get("uuid")}
+    last, before = {}, {}
+    for number, record in records.items():
+        if record.get("type") not in ("user", "assistant"):
+            continue
+        if "parentUuid" in record:
+            before[number] = by_uuid.get(record["parentUuid"])
+        else:
+            thread = (record.get("session_id"), record.get("parent_tool_use_id"))
+            before[number] = last.get(thread)
+            last[thread] = number
+    return records, before
+
+
+@pytest.mark.parametrize(
+    "path", [SESSION, SUBAGENT, STREAM, NIGHTLY, TWO_RUNS, CURRENT], ids=lambda p: p.name[:16]
+)
+def test_one_bad_record_costs_one_record(path, tmp_path):
+    good, good_quarantined, _ = read_all(path)
+    already_bad = {q.line for q in good_quarantined}
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    records, before = _predecessors(lines)
+    sidecar = path.parent / (path.name + ".prompt.txt")
+    tried = 0
+    for number, original in records.items():
+        if number in already_bad:
+            continue
+        for name, corrupt in _corruptions().items():
+            record = json.loads(json.dumps(original))
+            if not corrupt(record):
+                continue
+            tried += 1
+            corrupted = tmp_path / path.name
+            corrupted.write_text("\n".join([*lines[: number - 1], json.dumps(record), *lines[number:]]))
+            if sidecar.exists():
+                (tmp_path / sidecar.name).write_text(sidecar.read_text())
+            traces, quarantined, _ = read_all(corrupted)  # never raises
+            where = f"{name} on line {number}"
+            assert number in {q.line for q in quarantined}, where
+            assert not any(q.reason.startswith("cannot build trace") for q in quarantined), where
+            by_id = {t.id for t in traces.values()}
+            for key, trace in good.items():
+                reply = trace.metadata["reply_lines"]
+                if max(reply) < number:  # nothing of it comes after the bad line: unchanged
+                    assert trace.id in by_id, f"{where}: {key} changed"
+                elif number in reply or number in {before.get(n) for n in reply}:
+                    continue  # the bad line is part of the reply, or maybe is: it may go
+                else:  # a later decision survives, possibly flagged as having lost history
+                    assert key in traces, f"{where}: {key} lost"
+    assert tried > 20
+
+
+def test_a_lost_history_line_is_flagged_and_a_cut_reply_is_quarantined(tmp_path):
+    lines = SESSION.read_text(encoding="utf-8").split("\n")
+
+    def with_line(number, edit):
+        record = json.loads(lines[number - 1])
+        edit(record)
+        path = tmp_path / f"edit-{number}.jsonl"
+        path.write_text("\n".join([*lines[: number - 1], json.dumps(record), *lines[number:]]))
+        return read_all(path)
+
+    # the Read tool result (line 7) is unreadable: later decisions keep going, flagged
+    traces, quarantined, _ = with_line(7, lambda r: r["message"].__setitem__("content", 7))
+    assert (7, "message content is a int, not text or blocks") in {(q.line, q.reason) for q in quarantined}
+    bash = traces["msg_01CcccBash"]
+    assert bash.metadata["history_incomplete"] is True and bash.metadata["history_gaps"] == [7]
+    assert "toolu_01Read" not in {m.tool_call_id for m in bash.messages}
+    assert traces["msg_01AaaaTotalTest"].metadata["history_incomplete"] is False
+
+    # the middle line of a three-line reply loses its message id: the reply would lose a call
+    traces, quarantined, _ = with_line(5, lambda r: r["message"].__setitem__("id", {"oops": 1}))
+    reasons = {q.line: q.reason for q in quarantined}
+    assert reasons[5] == "message.id is a dict, not a string"
+    assert "msg_01AaaaTotalTest" not in traces and "lost the quarantined assistant line 5" in reasons[4]
+    assert {"msg_01BbbbEdit", "msg_01CcccBash", "msg_01SsssSide", "msg_01DdddMcp"} <= set(traces)
+
+
+def test_ingest_counts_line_kinds_and_takes_the_prompt_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from tooldistill.cli import main
+    from tooldistill.store import Dataset
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "two-runs.jsonl").write_bytes(TWO_RUNS.read_bytes())
+    (logs / "session.jsonl").write_bytes(CURRENT.read_bytes())
+    out = tmp_path / "traces"
+    args = ["ingest", str(logs), "--format", "claude_code", "--out", str(out), "--executor", "local"]
+    result = CliRunner().invoke(main, [*args, "--prompt", "How much disk is free?", "--strict"])
+    assert result.exit_code == 0, result.output
+    dataset = Dataset.open(str(out))
+    traces = {t.source_id: t for t in dataset.to_traces()}
+    assert len(traces) == 10
+    assert traces["msg_01RunADisk"].messages[0].content == "How much disk is free?"
+    assert traces["msg_01RunADisk"].metadata["prompt_source"] == "option"
+    (row,) = dataset.manifest.stats["summary"]
+    assert row["ignored"]["system/init"] == 2 and row["ignored"]["progress"] == 1
+    assert row["unrecognized"] == {"hologram-event": 1, "no type": 1, "system/hologram_notice": 1}

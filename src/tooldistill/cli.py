@@ -129,6 +129,12 @@ def main() -> None:
 )
 @click.option("--no-redact", is_flag=True, help="Keep secrets found in the logs (not recommended).")
 @click.option("--files-per-shard", type=int, default=None, help="Files per task and Parquet part.")
+@click.option(
+    "--prompt",
+    default=None,
+    metavar="TEXT",
+    help="Prompt of 'claude -p' runs, for stream-json logs without a <log>.prompt.txt sidecar.",
+)
 @_executor_option
 def ingest_command(
     sources: tuple[str, ...],
@@ -141,6 +147,7 @@ def ingest_command(
     include_no_call: bool,
     no_redact: bool,
     files_per_shard: int | None,
+    prompt: str | None,
     executor: str,
     ray_address: str | None,
 ) -> None:
@@ -158,6 +165,7 @@ def ingest_command(
                 include_no_call=include_no_call,
                 categories=tuple(c.strip() for c in categories.split(",")) if categories else None,
                 redact=not no_redact,
+                prompt=prompt,
             ),
         )
         result = ingest(config, make_executor(executor, address=ray_address))
@@ -315,6 +323,8 @@ def _print_rates(title: str, summary: dict[str, Any]) -> None:
     extra = []
     if summary.get("errors"):
         extra.append(f"{summary['errors']} not scored (errors)")
+    if summary.get("skipped"):
+        extra.append(f"{summary['skipped']} not sent (longer than the window after the context policy)")
     if summary.get("unparseable"):
         extra.append(f"{summary['unparseable']} unparseable outputs")
     if extra:
@@ -391,6 +401,17 @@ def consistency_command(dataset: str, as_json: bool) -> None:
 @click.option("--max-tokens", default=512, show_default=True, help="Longest answer asked of the student.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Env var holding the key.")
 @click.option("--force", is_flag=True, help="Re-run even when the evaluation is up to date.")
+@click.option(
+    "--window",
+    type=int,
+    default=None,
+    help="The student's context length: longer requests are cut to fit (docs/context.md).",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="Local folder of the student's tokenizer for --window (default: count bytes, an upper bound).",
+)
 def evaluate_command(
     dataset: str,
     endpoint: str,
@@ -405,9 +426,15 @@ def evaluate_command(
     max_tokens: int,
     api_key_env: str,
     force: bool,
+    window: int | None,
+    tokenizer: str | None,
 ) -> None:
     """Ask a student endpoint for each trace (native tool calling) and measure the match rate."""
+    from tooldistill.context import ContextPolicy
     from tooldistill.evaluate import EvaluateConfig, evaluate
+
+    if tokenizer and window is None:
+        raise click.UsageError("--tokenizer needs --window (the student's context length)")
 
     with user_errors():
         all_modes = tuple(dict.fromkeys([*modes, "chain", "set", "names", "bfcl"]))
@@ -425,6 +452,7 @@ def evaluate_command(
             max_tokens=max_tokens,
             api_key_env=api_key_env,
             force=force,
+            context=ContextPolicy(window=window, tokenizer=tokenizer) if window else None,
         )
         result, summary, skipped = evaluate(config)
         title = f"evaluate {model} → {result.uri}" + (" (up to date, skipped)" if skipped else "")
@@ -434,6 +462,14 @@ def evaluate_command(
         _print_consistency(summary.get("consistency") or {})
         if summary.get("first_error"):
             console.print(f"first error: {summary['first_error']}", highlight=False)
+        context = summary.get("context") or {}
+        if context.get("cut") or context.get("skipped"):
+            console.print(
+                f"context policy ({context['window']:,}-token window): {context['cut']} cut "
+                f"(median {context['median_share_cut'] or 0:.0%} of their tokens), "
+                f"{context['skipped']} skipped as too long",
+                highlight=False,
+            )
 
 
 # The curation commands live in cli_curate.py (they import this module lazily, so no cycle).

@@ -819,6 +819,9 @@ def _rate_text(summary: dict[str, Any]) -> str:
         if other.get("rate") is not None:
             low, high = other.get("ci95") or (0.0, 0.0)
             text += f"; {mode}: {other.get('matched')}/{other.get('n')} = {other['rate']:.1%} [{low:.1%}–{high:.1%}]"
+    context = summary.get("context") or {}
+    if context.get("cut") or context.get("skipped"):
+        text += f"; context policy: {context.get('cut', 0)} cut, {context.get('skipped', 0)} skipped"
     return text
 
 

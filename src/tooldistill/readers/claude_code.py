@@ -1,29 +1,41 @@
-"""Claude Code session logs: ``~/.claude/projects/<slug>/<session>.jsonl``.
+"""Claude Code session logs: ``~/.claude/projects/<slug>/<session>.jsonl`` and ``claude -p`` output.
 
 What the log looks like (and what this reader relies on):
 
 - one JSON object per line; ``type`` ``user`` and ``assistant`` lines carry ``message`` in the
   Anthropic Messages shape, usually **one content block per line**; the lines of one assistant
   reply share ``message.id``;
-- ``uuid``/``parentUuid`` link the lines into a tree (retries and edits make branches); a
-  compaction starts a new root (``system``/``compact_boundary`` with ``parentUuid: null``) followed
-  by a user line with ``isCompactSummary``; lines with ``isSidechain`` belong to a subagent, whose
-  own log may also sit in ``<session>/subagents/agent-*.jsonl``;
-- other line types (``summary``, ``file-history-snapshot``, ``system`` notices, ...) hold no
-  conversation and are skipped; a ``stream-json`` ``system``/``init`` event names the tools offered.
+- in session logs ``uuid``/``parentUuid`` link the lines into a tree (retries and edits make
+  branches; ``progress`` and ``system`` lines sit in the chain too); a compaction starts a new root
+  (``system``/``compact_boundary`` with ``parentUuid: null``) followed by a user line with
+  ``isCompactSummary``; a ``microcompact_boundary`` names tool results whose content was cleared
+  from the context; lines with ``isSidechain`` belong to a subagent, whose own log may also sit in
+  ``<session>/subagents/agent-*.jsonl``;
+- ``claude -p --output-format stream-json`` output has no ``parentUuid``: it starts with a
+  ``system``/``init`` event (session id, tools offered) and **no prompt line**; lines whose
+  ``parent_tool_use_id`` is set are a subagent's, run by the Task/Agent call of that id, and are
+  interleaved with the main conversation; several runs appended to one file are several sessions,
+  each with its own ``init``;
+- other line types (``summary``, ``file-history-snapshot``, ``progress``, ``result``, ...) hold no
+  conversation: they are counted by kind (``Ignored``), and a type this reader does not know is
+  counted as unrecognised rather than silently dropped.
 
 Every assistant reply that calls tools is a decision point: its history is the chain of lines from
-the tree's root (or the last compaction) to the reply, exactly what Claude saw.  Logs without
-``uuid`` links (``stream-json`` output) are read in file order.
+the tree's root (or the last compaction) to the reply, exactly what Claude saw.  Stream-json lines
+are read in file order, one conversation per session and per subagent.
 
 The log holds no tool schemas: they come from a tool catalog (one for Claude Code's built-in tools
-ships with tooldistill).  A tool named by neither the catalog nor an ``init`` event gets a
-permissive schema with ``schema_missing`` set.
+ships with tooldistill; ``--catalog`` adds MCP tools).  A tool named by neither the catalog nor an
+``init`` event gets a permissive schema with ``schema_missing`` set.
+
+One bad record costs one record: a line that cannot be read is quarantined with its number, a
+reply whose trace cannot be built is quarantined, and everything else in the file is still read.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +43,15 @@ from importlib import resources
 from typing import Any
 
 from tooldistill.readers.anthropic import SERVER_RESULT_SUFFIX, blocks_to_messages, tool_call_from_block
-from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, iter_json_lines
+from tooldistill.readers.base import (
+    Ignored,
+    Quarantined,
+    ReadContext,
+    SourceFile,
+    count_ignored,
+    excerpt,
+    iter_json_lines,
+)
 from tooldistill.schema import Message, ToolCall, ToolSpec, Trace, validate_trace
 
 KNOWN_BLOCKS = {
@@ -45,8 +65,60 @@ KNOWN_BLOCKS = {
     "server_tool_use",
     "mcp_tool_use",
     "search_result",
+    "tool_reference",
+    "compaction",
+    "tool_addition",
+    "tool_removal",
+    "mcp_tool_listing",
+    "container_upload",
+    "fallback",
 }
 CALL_BLOCKS = {"tool_use", "server_tool_use", "mcp_tool_use"}
+#: Tools whose calls start a subagent; their ``prompt`` argument is the subagent's first message.
+SUBAGENT_TOOLS = {"Task", "Agent"}
+
+#: Line types that hold no conversation, left out on purpose (counted as ``Ignored``, known).
+SKIPPED_TYPES = frozenset(
+    {
+        "progress",
+        "attachment",
+        "permission-mode",
+        "last-prompt",
+        "custom-title",
+        "agent-name",
+        "mode",
+        "summary",
+        "file-history-snapshot",
+        "queue-operation",
+        "result",
+        # stream-json events besides the messages (partial messages, tool progress, auth)
+        "stream_event",
+        "tool_progress",
+        "auth_status",
+    }
+)
+#: ``system`` subtypes this reader knows; ``init`` and the two boundaries are also used.
+SYSTEM_SUBTYPES = frozenset(
+    {
+        "init",
+        "compact_boundary",
+        "microcompact_boundary",
+        "api_error",
+        "turn_duration",
+        "local_command",
+        "stop_hook_summary",
+        "away_summary",
+        "informational",
+        "status",
+        "hook_response",
+    }
+)
+
+#: The user message of a conversation whose prompt is nowhere to be found.
+PROMPT_PLACEHOLDER = "[prompt not recorded]"
+#: What a tool result named by a ``microcompact_boundary`` reads as in later histories.
+CLEARED_RESULT = "[tool result cleared by microcompact]"
+PROMPT_SIDECAR_SUFFIX = ".prompt.txt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,12 +126,23 @@ CALL_BLOCKS = {"tool_use", "server_tool_use", "mcp_tool_use"}
 # ---------------------------------------------------------------------------------------------
 
 
+def mcp_tool_name(server: str, tool: str) -> str:
+    """The name Claude Code gives an MCP tool: ``mcp__<server>__<tool>``.
+
+    Characters other than letters, digits, ``_`` and ``-`` in the server name become ``_``, as
+    Claude Code does, so a catalog written from ``tools/list`` matches the names in the log.
+    """
+    return f"mcp__{re.sub(r'[^A-Za-z0-9_-]', '_', server)}__{tool}"
+
+
 def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[str, ToolSpec]:
     """Tool specs by name: the built-in Claude Code catalog, plus (overriding) a catalog file.
 
     A catalog is JSON: ``{"tools": [...]}`` or a bare list; each tool has ``name``, ``description``
-    and ``parameters`` (or Anthropic's ``input_schema``).  Raises ``ValueError`` for an unreadable
-    catalog: without it the whole ingest would be wrong.
+    and ``parameters`` (or Anthropic's ``input_schema``, or MCP's ``inputSchema``).  An MCP
+    ``tools/list`` result works as it is (also inside its JSON-RPC ``result``); a top-level
+    ``"server": "name"`` names the server, and its tools become ``mcp__<server>__<tool>``.  Raises
+    ``ValueError`` for an unreadable catalog: without it the whole ingest would be wrong.
     """
     key = f"catalog:{path}"
     if context is not None and key in context.cache:
@@ -77,24 +160,45 @@ def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[s
         raw = json.loads(text)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read tool catalog {path}: {error}") from error
-    items = raw.get("tools", []) if isinstance(raw, dict) else raw
+    label = path or "built-in"
+    server: Any = None
+    if isinstance(raw, dict):
+        server = raw.get("server")
+        body = raw["result"] if isinstance(raw.get("result"), dict) else raw  # a JSON-RPC response
+        items = body.get("tools", [])
+    else:
+        items = raw
+    if server is not None and not (isinstance(server, str) and server):
+        raise ValueError(f"tool catalog {label}: 'server' must be a non-empty string")
+    if not isinstance(items, list):
+        raise ValueError(f"tool catalog {label}: 'tools' must be a list")
     # A user catalog adds to the built-in one (its entries win), so naming your MCP tools does not
     # turn Bash and Read into unknown tools.
     catalog: dict[str, ToolSpec] = {} if path is None else dict(load_catalog(None, context))
     for item in items:
-        if not isinstance(item, dict) or not item.get("name"):
-            raise ValueError(
-                f"tool catalog {path or 'built-in'}: every tool needs a name, got {str(item)[:80]}"
-            )
-        parameters = item.get("parameters", item.get("input_schema"))
-        catalog[item["name"]] = ToolSpec(
-            name=item["name"],
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise ValueError(f"tool catalog {label}: every tool needs a name, got {str(item)[:80]}")
+        name = item["name"]
+        if server and not name.startswith("mcp__"):
+            name = mcp_tool_name(server, name)
+        parameters = _schema_of(item)
+        catalog[name] = ToolSpec(
+            name=name,
             description=str(item.get("description") or ""),
-            parameters=parameters if isinstance(parameters, dict) else {"type": "object"},
+            parameters=parameters if parameters is not None else {"type": "object"},
         )
     if context is not None:
         context.cache[key] = catalog
     return catalog
+
+
+def _schema_of(tool: dict[str, Any]) -> dict[str, Any] | None:
+    """A tool definition's JSON Schema under any of the names Anthropic, OpenAI-likes and MCP use."""
+    for key in ("parameters", "input_schema", "inputSchema"):
+        schema = tool.get(key)
+        if isinstance(schema, dict):
+            return schema
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,18 +206,50 @@ def load_catalog(path: str | None, context: ReadContext | None = None) -> dict[s
 # ---------------------------------------------------------------------------------------------
 
 
+class _BadLine(ValueError):
+    """A line that cannot be part of any conversation; the message is the quarantine reason."""
+
+
 @dataclass
 class _Line:
-    """One user/assistant line of the log, with unknown blocks already removed."""
+    """One user/assistant line of the log, already converted to neutral messages."""
 
     number: int
-    uuid: str
+    node: str  # its uuid, or ``line:<n>`` when it has none
     parent: str | None
     role: str
     message_id: str | None
-    content: Any
     record: dict[str, Any]
-    calls: list[dict[str, Any]] = field(default_factory=list)
+    session: str | None
+    #: ``parent_tool_use_id`` of a stream-json subagent line; None in the main conversation
+    thread: str | None
+    stream: bool  # linked in file order (no ``parentUuid``)
+    init: int | None  # index of the ``init`` event in force for this line's session
+    messages: list[Message] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    callers: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Link:
+    """Where a line sits: its node id, its parent node, its session and its thread."""
+
+    node: str
+    parent: str | None
+    session: str | None
+    thread: str | None
+    stream: bool
+    has_uuid: bool
+
+
+@dataclass(frozen=True)
+class _Microcompact:
+    number: int
+    node: str
+    parent: str | None
+    session: str | None
+    stream: bool
+    tool_ids: frozenset[str]
 
 
 def _known_content(content: Any) -> tuple[Any, list[str]]:
@@ -127,179 +263,531 @@ def _known_content(content: Any) -> tuple[Any, list[str]]:
         if isinstance(kind, str) and (kind in KNOWN_BLOCKS or kind.endswith(SERVER_RESULT_SUFFIX)):
             kept.append(block)
         else:
-            unknown.append(str(kind))
+            unknown.append(str(kind) if kind is not None else type(block).__name__)
     return kept, unknown
 
 
-def read_claude_code(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined]:
-    """Traces for every assistant reply that calls tools in one Claude Code session log."""
-    redactor = context.redactor
-    lines: list[_Line] = []
-    parents: dict[str, str | None] = {}  # every uuid in the file, message or not
-    init_tools: list[Any] | None = None
-    previous: str | None = None
-    skipped: Counter[str] = Counter()
+def _optional_str(record: dict[str, Any], key: str, label: str | None = None) -> str | None:
+    """``record[key]`` when it is a string or absent/null; a ``_BadLine`` for any other type."""
+    value = record.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _BadLine(f"{label or key} is a {type(value).__name__}, not a string")
 
+
+def _check_ids(blocks: list[dict[str, Any]]) -> None:
+    """Calls need a name and results must name their call by a string id: a block that breaks
+    this cannot be read as what it says (the shared converter would quietly make do)."""
+    for block in blocks:
+        kind = block.get("type")
+        if kind in CALL_BLOCKS:
+            if not isinstance(block.get("name"), str) or not block["name"]:
+                raise _BadLine(f"{kind} block without a name")
+            if not isinstance(block.get("id"), (str, type(None))):
+                raise _BadLine(f"{kind} block id is a {type(block['id']).__name__}, not a string")
+        elif kind == "tool_result" and not isinstance(block.get("tool_use_id"), (str, type(None))):
+            raise _BadLine(f"tool_result's tool_use_id is a {type(block['tool_use_id']).__name__}")
+
+
+def _str_or_none(record: dict[str, Any], key: str) -> str | None:
+    value = record.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _record_excerpt(record: Any, context: ReadContext) -> str:
+    """The redacted excerpt of a parsed record, whatever it holds (even nested too deep to dump)."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=str)
+    except (RecursionError, ValueError, TypeError):
+        text = repr(record)[:100_000]
+    return excerpt(text, context.redactor)
+
+
+class _Log:
+    """The lines of one file, linked into conversations, and everything needed to build traces.
+
+    Every ``add`` either records a line or raises ``_BadLine``/another error for that line only;
+    state is changed only after the line has been read in full, so a bad line leaves no half of
+    itself behind.
+    """
+
+    def __init__(self, source: SourceFile, context: ReadContext) -> None:
+        self.source = source
+        self.context = context
+        self.by_node: dict[str, _Line] = {}
+        self.parents: dict[str, str | None] = {}  # every linked node, message or not
+        self.replies: dict[str, list[_Line]] = {}  # reply key -> its lines, in file order
+        self.bad_nodes: dict[str, int] = {}  # node of a quarantined line -> line number
+        self.bad_replies: dict[str, int] = {}  # message id of a quarantined line -> line number
+        self.bad_unknown_replies: dict[str, int] = {}  # quarantined assistant lines, id unknown
+        self.inits: list[list[Any]] = []
+        self.session_init: dict[str | None, int] = {}
+        self.current_session: str | None = None
+        self.thread_last: dict[tuple[str | None, str | None], str] = {}
+        self.compactions: set[str] = set()
+        self.microcompacts: list[_Microcompact] = []
+        self.subagent_prompts: dict[str, str] = {}  # Task/Agent call id -> its prompt argument
+        self.ignored: Counter[str] = Counter()
+        self.unrecognized: Counter[str] = Counter()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def add(self, number: int, record: dict[str, Any]) -> Iterator[Quarantined]:
+        """Record one line; yields notes about it (an unknown block) while still using it."""
+        kind = record.get("type")
+        if kind in ("user", "assistant"):
+            yield from self._add_message(number, record, str(kind))
+        elif kind == "system":
+            self._add_system(number, record)
+        elif isinstance(kind, str) and kind in SKIPPED_TYPES:
+            self._link_other(number, record)
+            self.ignored[kind] += 1
+        elif "message" in record:
+            # A conversation line whose type got lost: dropping it silently would cut a reply.
+            raise _BadLine(f"line with a message but type {str(kind)[:40]!r}")
+        else:
+            self._link_other(number, record)
+            self.unrecognized[kind[:60] if isinstance(kind, str) and kind else "no type"] += 1
+
+    def mark_bad(self, number: int, record: dict[str, Any]) -> None:
+        """Remember a quarantined line so that traces through it are flagged, not silently cut."""
+        # Broken linking fields are read as absent: the line still becomes a node, so the
+        # conversation it sat in is flagged as having lost a line instead of silently closing up.
+        link = self._link(number, record, strict=False)
+        message = record.get("message")
+        message_id = message.get("id") if isinstance(message, dict) else None
+        # A stream-json line that is not a message belongs to no conversation; in a session log
+        # every line is a node of the tree, and one left out would cut the chains through it.
+        if not link.stream or record.get("type") in ("user", "assistant"):
+            self._attach(link)
+            self.bad_nodes[link.node] = number
+            if record.get("type") == "assistant" and not isinstance(message_id, str):
+                self.bad_unknown_replies[link.node] = number
+        if isinstance(message_id, str):
+            self.bad_replies.setdefault(message_id, number)
+
+    def _link(self, number: int, record: dict[str, Any], strict: bool = True) -> _Link:
+        """Where the line sits.  Session logs link by ``parentUuid``; stream-json by file order
+        within its session and thread, so subagent lines never enter the main conversation.
+
+        ``strict`` raises ``_BadLine`` for a linking field of the wrong type; otherwise such a
+        field counts as absent.
+        """
+        text = _optional_str if strict else _str_or_none
+        uuid = text(record, "uuid")
+        session = text(record, "session_id") or text(record, "sessionId") or self.current_session
+        thread = text(record, "parent_tool_use_id")
+        node = uuid or f"line:{number}"
+        if "parentUuid" in record:
+            return _Link(node, text(record, "parentUuid"), session, thread, False, bool(uuid))
+        return _Link(node, self.thread_last.get((session, thread)), session, thread, True, bool(uuid))
+
+    def _attach(self, link: _Link) -> None:
+        self.parents.setdefault(link.node, link.parent)
+        if link.stream:
+            self.thread_last[(link.session, link.thread)] = link.node
+
+    def _link_other(self, number: int, record: dict[str, Any]) -> None:
+        """Session-log lines without a message still link the tree (a tool result's parent may be
+        a ``progress`` line); in stream-json they are not part of any conversation."""
+        if "parentUuid" in record:
+            link = self._link(number, record)
+            if link.has_uuid:
+                self._attach(link)
+
+    def _add_system(self, number: int, record: dict[str, Any]) -> None:
+        subtype = record.get("subtype")
+        kind = f"system/{subtype[:60]}" if isinstance(subtype, str) and subtype else "system"
+        if subtype == "init":
+            self._add_init(record)
+        elif subtype == "compact_boundary":
+            link = self._link(number, record)
+            if link.stream:  # a new root for the session's main conversation
+                link = _Link(link.node, None, link.session, None, True, link.has_uuid)
+            self._attach(link)
+            self.compactions.add(link.node)
+        elif subtype == "microcompact_boundary":
+            self._add_microcompact(number, record)
+        else:
+            self._link_other(number, record)
+        if subtype in SYSTEM_SUBTYPES:
+            self.ignored[kind] += 1
+        else:
+            self.unrecognized[kind] += 1
+
+    def _add_init(self, record: dict[str, Any]) -> None:
+        """A new session starts; its tools hold for its lines.  The session switch is kept even
+        when the tools are unreadable (its lines then offer the catalog)."""
+        session = _optional_str(record, "session_id") or _optional_str(record, "sessionId")
+        self.current_session = session
+        tools = record.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise _BadLine(f"init event's tools is a {type(tools).__name__}, not a list")
+        if tools is not None:
+            self.inits.append(tools)
+            self.session_init[session] = len(self.inits) - 1
+
+    def _add_microcompact(self, number: int, record: dict[str, Any]) -> None:
+        details = record.get("microcompactMetadata")
+        ids = record.get("compactedToolIds")
+        if ids is None and isinstance(details, dict):
+            ids = details.get("compactedToolIds")
+        if ids is None:
+            ids = []
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _BadLine("microcompact_boundary's compactedToolIds is not a list of strings")
+        link = self._link(number, record)
+        if link.stream:
+            link = _Link(link.node, link.parent, link.session, None, True, link.has_uuid)
+        self._attach(link)
+        self.microcompacts.append(
+            _Microcompact(number, link.node, link.parent, link.session, link.stream, frozenset(ids))
+        )
+
+    def _add_message(self, number: int, record: dict[str, Any], role: str) -> Iterator[Quarantined]:
+        redactor = self.context.redactor
+        link = self._link(number, record)
+        message = record.get("message")
+        if not isinstance(message, dict):
+            raise _BadLine(f"{role} line without a message object")
+        message_id = _optional_str(message, "id", "message.id")
+        raw_content = message.get("content")
+        if raw_content is not None and not isinstance(raw_content, (str, list)):
+            raise _BadLine(f"message content is a {type(raw_content).__name__}, not text or blocks")
+        content, unknown = _known_content(raw_content)
+        blocks = content if isinstance(content, list) else []
+        _check_ids(blocks)
+        call_blocks = [b for b in blocks if b.get("type") in CALL_BLOCKS] if role == "assistant" else []
+        messages = blocks_to_messages(role, content, redactor, lambda kind: None)
+        calls = [tool_call_from_block(block, redactor) for block in call_blocks]
+        callers = [redactor.value(block.get("caller")) for block in call_blocks]
+        if link.has_uuid and link.node in self.by_node:
+            self.ignored["duplicate line"] += 1  # the same line written twice (resumed sessions)
+            return
+        # -- nothing below can fail: the line is recorded whole or not at all --
+        if unknown:
+            yield Quarantined(
+                self.source.uri,
+                number,
+                f"unknown content block type {unknown[0]!r}",
+                _record_excerpt(message, self.context),
+            )
+        session = link.session
+        line = _Line(
+            number=number,
+            node=link.node,
+            parent=link.parent,
+            role=role,
+            message_id=message_id,
+            record=record,
+            session=session,
+            thread=link.thread,
+            stream=link.stream,
+            init=self.session_init.get(session) if link.stream else None,
+            messages=messages,
+            calls=calls,
+            callers=callers,
+        )
+        self._attach(link)
+        self.by_node[line.node] = line
+        if role == "assistant":
+            self.replies.setdefault(message_id or line.node, []).append(line)
+        for call in calls:
+            prompt = call.arguments.get("prompt")
+            if call.name in SUBAGENT_TOOLS and call.id and isinstance(prompt, str) and prompt:
+                self.subagent_prompts[call.id] = prompt
+
+
+def read_claude_code(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined | Ignored]:
+    """Traces for every assistant reply that calls tools in one Claude Code log."""
+    log = _Log(source, context)
     for item in iter_json_lines(source, context):
         if isinstance(item, Quarantined):
             yield item
             continue
         number, record = item
-        kind = record.get("type")
-        uuid = str(record.get("uuid") or f"line:{number}")
-        parent = record.get("parentUuid", previous)
-        parents[uuid] = parent
-        previous = uuid
-        if kind == "system" and record.get("subtype") == "init":
-            tools = record.get("tools")
-            init_tools = tools if isinstance(tools, list) else init_tools
-            continue
-        if kind not in ("user", "assistant"):
-            skipped[str(kind)] += 1
-            continue
-        message = record.get("message")
-        if not isinstance(message, dict):
-            yield Quarantined(
-                source.uri,
-                number,
-                f"{kind} line without a message object",
-                excerpt(json.dumps(record), redactor),
-            )
-            continue
-        content, unknown = _known_content(message.get("content"))
-        if unknown:
-            yield Quarantined(
-                source.uri,
-                number,
-                f"unknown content block type {unknown[0]!r}",
-                excerpt(json.dumps(message), redactor),
-            )
-        line = _Line(number, uuid, parent, kind, message.get("id"), content, record)
-        if kind == "assistant" and isinstance(content, list):
-            line.calls = [b for b in content if b.get("type") in CALL_BLOCKS]
-        lines.append(line)
+        try:
+            notes = list(log.add(number, record))
+        except Exception as error:  # RecursionError included: a line nested too deep to walk
+            reason = str(error) if isinstance(error, _BadLine) else f"cannot read line: {_error(error)}"
+            notes = [Quarantined(source.uri, number, reason, _record_excerpt(record, context))]
+            log.mark_bad(number, record)
+        yield from notes
 
-    tools, catalog_names = _session_tools(lines, init_tools, context)
-    by_uuid = {line.uuid: line for line in lines}
-    replies: dict[str, list[_Line]] = {}
-    for line in lines:
-        if line.role == "assistant":
-            replies.setdefault(line.message_id or line.uuid, []).append(line)
+    builder = _TraceBuilder(log)
+    for key, reply_lines in log.replies.items():
+        try:
+            result = builder.build(key, reply_lines)
+        except Exception as error:
+            result = Quarantined(source.uri, reply_lines[0].number, f"cannot build trace: {_error(error)}")
+        if result is not None:
+            yield result
+    yield from count_ignored(source, dict(log.ignored), True)
+    yield from count_ignored(source, dict(log.unrecognized), False)
 
-    converted: dict[str, list[Message]] = {}
 
-    def unit_messages(key: str, role: str, blocks: Any) -> list[Message]:
-        if key not in converted:
-            converted[key] = blocks_to_messages(role, blocks, redactor, lambda kind: None)
-        return converted[key]
+def _error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
 
-    for _reply_key, reply_lines in replies.items():
-        calls_blocks = [block for line in reply_lines for block in line.calls]
-        if not calls_blocks:
-            continue
+
+# ---------------------------------------------------------------------------------------------
+# Traces
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Chain:
+    """The lines before a reply, root first, and what the walk found on the way."""
+
+    lines: list[_Line]
+    nodes: set[str]
+    gaps: list[int]  # line numbers of quarantined lines the history skips
+    missing_parent: bool  # the walk ended at a parent that is not in the file
+
+
+class _TraceBuilder:
+    """Turns the replies of a ``_Log`` into traces; caches what several traces share."""
+
+    def __init__(self, log: _Log) -> None:
+        self.log = log
+        self.context = log.context
+        self.catalog = load_catalog(self.context.options.catalog, self.context)
+        self.tools: dict[int | None, tuple[list[ToolSpec], set[str]]] = {}
+        self.reply_messages: dict[str, list[Message]] = {}
+        self._file_prompt: tuple[str | None, str] | None = None
+
+    def build(self, key: str, reply_lines: list[_Line]) -> Trace | Quarantined | None:
+        log = self.log
+        calls = [call for line in reply_lines for call in line.calls]
+        if not calls:
+            return None
         first = reply_lines[0]
-        chain = _history(first.parent, parents, by_uuid)
+        uri = log.source.uri
+        if key in log.bad_replies:
+            return Quarantined(
+                uri, first.number, f"a line of this reply was quarantined (line {log.bad_replies[key]})"
+            )
+        for line in reply_lines:
+            lost = log.bad_unknown_replies.get(line.parent or "")
+            if lost is not None:
+                return Quarantined(
+                    uri, first.number, f"the reply may have lost the quarantined assistant line {lost}"
+                )
+        chain = self._chain(first.parent)
         messages: list[Message] = []
         seen_replies: set[str] = set()
-        after_compaction = False
-        for line in chain:
+        after_compaction = bool(chain.nodes & log.compactions)
+        for line in chain.lines:
             if line.role == "assistant":
-                key = line.message_id or line.uuid
-                if key in seen_replies:
-                    continue
-                seen_replies.add(key)
-                blocks = [b for part in replies.get(key, [line]) for b in _as_blocks(part.content)]
-                messages.extend(unit_messages(f"a:{key}", "assistant", blocks))
+                reply_key = line.message_id or line.node
+                if reply_key not in seen_replies:
+                    seen_replies.add(reply_key)
+                    messages.extend(self._reply_messages(reply_key, line))
             else:
                 after_compaction = after_compaction or bool(line.record.get("isCompactSummary"))
-                messages.extend(unit_messages(f"u:{line.uuid}", "user", line.content))
-        if not messages:
-            yield Quarantined(source.uri, first.number, "tool call with no conversation before it")
-            continue
-        calls = [tool_call_from_block(block, redactor) for block in calls_blocks]
-        reply_text = "\n".join(
-            redactor.text(str(b.get("text", "")))
-            for line in reply_lines
-            for b in _as_blocks(line.content)
-            if b.get("type") == "text"
-        )
+                messages.extend(line.messages)
+        messages, cleared = self._clear_microcompacted(messages, first, chain)
+        prompt_source = "log"
+        if _needs_prompt(messages):
+            prompt_source, prompt = self._prompt(first)
+            messages.insert(0, Message(role="user", content=prompt))
+        tools, catalog_names = self._tools(first.init)
         record = first.record
         message = record.get("message") or {}
+        reply_text = "\n".join(
+            m.content for line in reply_lines for m in line.messages if m.role == "assistant" and m.content
+        )
         unknown_tools = sorted({c.name for c in calls} - catalog_names)
+        callers = [caller for line in reply_lines for caller in line.callers]
+        metadata: dict[str, Any] = {
+            "file": uri,
+            "line": first.number,
+            "reply_lines": [line.number for line in reply_lines],
+            "session_id": first.session,
+            "model": message.get("model"),
+            "timestamp": record.get("timestamp"),
+            "sidechain": bool(record.get("isSidechain")),
+            "subagent": "/subagents/" in log.source.path or first.thread is not None,
+            "parent_tool_use_id": first.thread,
+            "agent_id": record.get("agentId"),
+            "after_compaction": after_compaction,
+            "assistant_text": reply_text,
+            "unknown_tools": unknown_tools,
+            "stop_reason": message.get("stop_reason"),
+            "prompt_source": prompt_source,
+            "prompt_missing": prompt_source == "missing",
+            "history_incomplete": bool(chain.gaps) or chain.missing_parent,
+            "history_gaps": chain.gaps,
+            "cleared_tool_results": cleared,
+        }
+        if any(caller is not None for caller in callers):
+            metadata["callers"] = callers  # one per reference call: who made it (direct, code)
         trace = Trace(
-            source_id=str(first.message_id or f"{record.get('sessionId', source.uri)}:{first.number}"),
+            source_id=str(first.message_id or f"{first.session or uri}:{first.number}"),
             source="claude_code",
             messages=messages,
             tools=_offered_tools(tools, calls),
             reference_calls=calls,
-            metadata={
-                "file": source.uri,
-                "line": first.number,
-                "session_id": record.get("sessionId"),
-                "model": message.get("model"),
-                "timestamp": record.get("timestamp"),
-                "sidechain": bool(record.get("isSidechain")),
-                "subagent": "/subagents/" in source.path,
-                "agent_id": record.get("agentId"),
-                "after_compaction": after_compaction,
-                "assistant_text": reply_text,
-                "unknown_tools": unknown_tools,
-                "stop_reason": message.get("stop_reason"),
-            },
+            metadata=metadata,
         )
         problem = validate_trace(trace)
         if problem:
-            yield Quarantined(source.uri, first.number, problem)
-            continue
-        yield trace.with_id()
+            return Quarantined(uri, first.number, problem)
+        return trace.with_id()
+
+    def _chain(self, start: str | None) -> _Chain:
+        """Message lines from the root (or compaction) down to ``start``, in conversation order."""
+        log = self.log
+        lines: list[_Line] = []
+        nodes: set[str] = set()
+        gaps: list[int] = []
+        node = start
+        missing = False
+        while node is not None and node not in nodes:
+            if node not in log.parents:
+                missing = True
+                break
+            nodes.add(node)
+            line = log.by_node.get(node)
+            if line is not None:
+                lines.append(line)
+            elif node in log.bad_nodes:
+                gaps.append(log.bad_nodes[node])
+            node = log.parents[node]
+        lines.reverse()
+        return _Chain(lines, nodes, sorted(gaps), missing)
+
+    def _reply_messages(self, key: str, line: _Line) -> list[Message]:
+        """One earlier reply as the assistant message Claude saw: the text of all its lines joined,
+        its calls in order."""
+        if key not in self.reply_messages:
+            parts = [m for part in self.log.replies.get(key, [line]) for m in part.messages]
+            merged: list[Message] = []
+            for message in parts:
+                if merged and message.role == "assistant" and merged[-1].role == "assistant":
+                    previous = merged[-1]
+                    text = "\n".join(t for t in (previous.content, message.content) if t)
+                    merged[-1] = previous.model_copy(
+                        update={"content": text, "tool_calls": [*previous.tool_calls, *message.tool_calls]}
+                    )
+                else:
+                    merged.append(message)
+            self.reply_messages[key] = merged
+        return self.reply_messages[key]
+
+    def _clear_microcompacted(
+        self, messages: list[Message], first: _Line, chain: _Chain
+    ) -> tuple[list[Message], list[str]]:
+        """The history with tool results cleared by earlier microcompactions of this conversation.
+
+        A boundary counts when it comes before the reply in the file and sits on the reply's
+        branch: in the chain itself, or hanging off a line of it (when the next line's
+        ``parentUuid`` skips the boundary).  In stream-json, the same session suffices.
+        """
+        cleared_ids: set[str] = set()
+        for boundary in self.log.microcompacts:
+            if boundary.number >= first.number:
+                continue
+            if boundary.stream:
+                applies = first.stream and boundary.session == first.session
+            else:
+                applies = boundary.node in chain.nodes or (boundary.parent or "") in chain.nodes
+            if applies:
+                cleared_ids |= boundary.tool_ids
+        if not cleared_ids:
+            return messages, []
+        cleared: list[str] = []
+        result: list[Message] = []
+        for message in messages:
+            if message.role == "tool" and message.tool_call_id in cleared_ids:
+                cleared.append(message.tool_call_id)
+                message = message.model_copy(update={"content": CLEARED_RESULT})
+            result.append(message)
+        return result, cleared
+
+    def _prompt(self, first: _Line) -> tuple[str, str]:
+        """``(prompt_source, text)`` for a conversation whose history holds no user message.
+
+        A stream-json subagent was prompted by its Task/Agent call; a stream-json main
+        conversation by the ``claude -p`` prompt: the file's ``.prompt.txt`` sidecar, else the
+        ``prompt`` option.  Otherwise the prompt is lost and a placeholder stands in for it.
+        """
+        if first.stream and first.thread is not None:
+            prompt = self.log.subagent_prompts.get(first.thread)
+            if prompt:
+                return "parent_call", prompt
+        elif first.stream:
+            source, text = self._stream_prompt()
+            if source is not None:
+                return source, text
+        return "missing", PROMPT_PLACEHOLDER
+
+    def _stream_prompt(self) -> tuple[str | None, str]:
+        if self._file_prompt is None:
+            text = _read_sidecar(self.log.source)
+            source: str | None = "sidecar"
+            if text is None and self.context.options.prompt:
+                text, source = self.context.options.prompt, "option"
+            if text is None:
+                self._file_prompt = (None, "")
+            else:  # redacted once per file, so the secret counts are not multiplied by the traces
+                self._file_prompt = (source, self.context.redactor.text(text))
+        return self._file_prompt
+
+    def _tools(self, init: int | None) -> tuple[list[ToolSpec], set[str]]:
+        if init not in self.tools:
+            self.tools[init] = _session_tools(None if init is None else self.log.inits[init], self.catalog)
+        return self.tools[init]
 
 
-def _as_blocks(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, list):
-        return [b for b in content if isinstance(b, dict)]
-    if isinstance(content, str) and content:
-        return [{"type": "text", "text": content}]
-    return []
+def _needs_prompt(messages: list[Message]) -> bool:
+    """True when no user message comes before the first reply (stream-json has no prompt line)."""
+    for message in messages:
+        if message.role == "user":
+            return False
+        if message.role == "assistant":
+            return True
+    return True
 
 
-def _history(start: str | None, parents: dict[str, str | None], by_uuid: dict[str, _Line]) -> list[_Line]:
-    """Message lines from the root (or compaction) down to ``start``, in conversation order."""
-    chain: list[_Line] = []
-    seen: set[str] = set()
-    node = start
-    while node is not None and node not in seen:
-        seen.add(node)
-        line = by_uuid.get(node)
-        if line is not None:
-            chain.append(line)
-        node = parents.get(node)
-    chain.reverse()
-    return chain
+def _read_sidecar(source: SourceFile) -> str | None:
+    """The prompt in ``<log file>.prompt.txt`` next to the log; None when there is none."""
+    name = source.path.rsplit("/", 1)[-1]
+    try:
+        data = source.sibling(name + PROMPT_SIDECAR_SUFFIX).data
+    except OSError:  # FileNotFoundError, and the S3 equivalents
+        return None
+    text = data.decode("utf-8", errors="replace").strip()
+    return text or None
 
 
 def _session_tools(
-    lines: list[_Line], init_tools: list[Any] | None, context: ReadContext
+    init_tools: list[Any] | None, catalog: dict[str, ToolSpec]
 ) -> tuple[list[ToolSpec], set[str]]:
-    """The tools offered in this session, and the names whose schema is known."""
-    catalog = load_catalog(context.options.catalog, context)
+    """The tools offered in a session, and the names whose schema is known.
+
+    Without an ``init`` event that is the whole catalog.  An init entry may be a name (looked up
+    in the catalog) or a definition with a schema (used as it is); entries of any other shape
+    name no tool and are left out.
+    """
     if init_tools is None:
         return list(catalog.values()), set(catalog)
-    offered: list[ToolSpec] = []
+    offered: dict[str, ToolSpec] = {}
     for tool in init_tools:
-        if isinstance(tool, dict) and tool.get("name"):
-            schema = tool.get("input_schema", tool.get("parameters"))
-            if isinstance(schema, dict):
-                offered.append(
-                    ToolSpec(
-                        name=tool["name"], description=str(tool.get("description") or ""), parameters=schema
-                    )
+        if isinstance(tool, dict) and isinstance(tool.get("name"), str) and tool["name"]:
+            schema = _schema_of(tool)
+            name = tool["name"]
+            if schema is not None:
+                offered[name] = ToolSpec(
+                    name=name, description=str(tool.get("description") or ""), parameters=schema
                 )
                 continue
-            name = str(tool["name"])
+        elif isinstance(tool, str) and tool:
+            name = tool
         else:
-            name = str(tool)
-        offered.append(catalog.get(name) or ToolSpec(name=name, schema_missing=True))
-    return offered, {t.name for t in offered if not t.schema_missing}
+            continue
+        offered[name] = catalog.get(name) or ToolSpec(name=name, schema_missing=True)
+    return list(offered.values()), {t.name for t in offered.values() if not t.schema_missing}
 
 
 def _offered_tools(tools: list[ToolSpec], calls: list[ToolCall]) -> list[ToolSpec]:
