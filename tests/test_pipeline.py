@@ -8,6 +8,7 @@ MiniLM embedding, FAISS SemDeDup and CaR, the split, DSPy, GEPA, the report.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import FIXTURES
 from tooldistill.cli import main
 from tooldistill.optimize.testing import ReflectionServer, StudentServer, make_traces
 from tooldistill.pipeline import STAGES as PIPELINE_STAGES
@@ -256,3 +258,84 @@ def test_mlflow_tracking_logs_the_phases_and_every_candidate_trial(
     logged = {c.data.params.get("candidate") for c in scored}
     assert hashes <= logged
     assert all(len(value) < 100 for c in scored for value in c.data.params.values())
+
+
+def test_the_claude_code_config_runs_on_session_logs_with_long_decisions_fitted(
+    tmp_path: Path, servers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/claude-code.yaml as shipped, on Claude Code fixtures plus a session whose decisions
+    are far over an 8,192-token window; only the student (the stand-in) and the folders change."""
+    from tooldistill.serve.models import prepare
+
+    student, _ = servers
+    projects = tmp_path / "projects"
+    shutil.copytree(FIXTURES / "claude_code", projects)
+    # long sessions: a request, then ~20k tokens of file reads before each later decision
+    asks = [
+        "Find where totals are computed and fix the rounding.",
+        "Why does the nightly export write empty CSV files?",
+        "Add retry with backoff to the payment client.",
+        "Rename the config loader and update every import.",
+        "The login page is slow: profile it and fix the hot path.",
+        "Port the date helpers from moment to the standard library.",
+    ]
+    for j, ask in enumerate(asks):
+        lines: list[dict[str, Any]] = []
+        parent: str | None = None
+        for k in range(4):
+            code = "\n".join(
+                f"{i:5d}\tdef f{j}_{k}_{i}(rows): return round(sum(rows), {i % 4})" for i in range(1200)
+            )
+            turn = (
+                [("user", ask, f"u{j}")]
+                if k == 0
+                else [
+                    (
+                        "user",
+                        [{"type": "tool_result", "tool_use_id": f"toolu_{j}_{k - 1}", "content": code}],
+                        f"r{j}{k}",
+                    )
+                ]
+            )
+            call = {
+                "type": "tool_use",
+                "id": f"toolu_{j}_{k}",
+                "name": "Read",
+                "input": {"file_path": f"/home/ana/app/m{k}.py"},
+            }
+            turn.append(("assistant", [call], f"a{j}{k}"))
+            for role, content, uuid in turn:
+                message: dict[str, Any] = {"role": role, "content": content}
+                if role == "assistant":
+                    message["id"] = f"msg_{j}_{k}"
+                lines.append(
+                    {
+                        "type": role,
+                        "uuid": uuid,
+                        "parentUuid": parent,
+                        "sessionId": f"long-{j}",
+                        "message": message,
+                    }
+                )
+                parent = uuid
+        (projects / f"long-session-{j}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    monkeypatch.setenv("CLAUDE_PROJECTS", str(projects))
+    config = yaml.safe_load((Path(__file__).parent.parent / "configs" / "claude-code.yaml").read_text())
+    assert config["ingest"]["sources"] == ["${CLAUDE_PROJECTS:-~/.claude/projects}"]
+    config["ray"] = {"executor": "local"}
+    config["student"] = {"endpoint": student.url, "model": "student", "api_key_env": None}
+    config["curate"]["split"] = {"fractions": [0.2, 0.1, 0.7], "by_cluster": False, "by_tool": False}
+    config["optimize"]["student"]["context"] = {"window": 8192, "tokenizer": str(prepare("smollm2")[0])}
+    path = tmp_path / "claude-code.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = invoke("run", path, "--out", run, "--until", "baseline")
+    assert result.exit_code == 0, result.output
+    traces = Dataset.open(str(run / "traces"))
+    assert traces.manifest.rows >= 20
+    assert {t.source for t in traces.to_traces()} == {"claude_code"}
+    test = json.loads((run / "optimize" / "baseline.json").read_text())["test"]
+    # scored on the tool-name chain, the full chain beside it; nothing was an endpoint error
+    assert test["errors"] == 0 and "chain" in test["also"]
+    # the long decisions in the test split were cut to fit, and none was sent too long
+    assert test["context"]["cut"] >= 1 and test["context"]["median_share_cut"] > 0.5

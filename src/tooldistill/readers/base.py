@@ -120,13 +120,76 @@ def count_ignored(source: SourceFile, kinds: dict[str, int], known: bool) -> Ite
             yield Ignored(source.uri, kind, count, known)
 
 
+#: Longest line a reader parses.  A longer line is quarantined unread: parsing it could hold
+#: several times its size in memory, and no real log record comes near it (a Claude Code line
+#: with a pasted screenshot is a few MB).
+MAX_LINE_BYTES = 32 * 1024 * 1024
+#: How much of a line the excerpt redacts before cutting it to ``EXCERPT_CHARS``: far more than a
+#: secret is long, far less than a huge line, so a bad multi-MB line costs no full regex pass.
+EXCERPT_WINDOW = 64 * 1024
+#: Keys of the wrapper some SDK test fixtures and HTTP recorders write around each record:
+#: ``{"timestamp": ..., "raw": {...}}``.  ``raw`` is required, the others optional.
+WRAPPER_KEYS = frozenset({"raw", "timestamp"})
+
+
 def excerpt(raw: bytes | str, redactor: Redactor) -> str:
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    """The first ``EXCERPT_CHARS`` of a line, redacted; only ``EXCERPT_WINDOW`` of it is read."""
+    text = raw[: EXCERPT_WINDOW * 4].decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    text = text[:EXCERPT_WINDOW]
     # Redact before cutting: a secret that straddles the cut would otherwise leak its prefix.
     text = redactor.text(text)
     if len(text) > EXCERPT_CHARS:
         text = text[:EXCERPT_CHARS] + "…"
     return text
+
+
+def record_excerpt(record: Any, redactor: Redactor) -> str:
+    """The excerpt of a parsed record; never raises, whatever the record holds."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=str)
+    except (RecursionError, ValueError, TypeError):  # nested deeper than the encoder goes
+        text = f"<{type(record).__name__} nested too deeply to show>"
+    return excerpt(text, redactor)
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """A short kind for a JSON object no reader recognises: its ``type``, else its keys.
+
+    This is the key of the ingest summary's ``unrecognized`` counts, so it must be short and
+    stable across lines of the same shape.
+    """
+    kind = record.get("type")
+    if isinstance(kind, str) and kind:
+        return f"type {kind[:60]}"
+    keys = sorted(str(key)[:30] for key in record)
+    shown = ",".join(keys[:8]) + (",…" if len(keys) > 8 else "")
+    return f"object with keys {shown}" if keys else "empty object"
+
+
+def unwrap(record: dict[str, Any]) -> dict[str, Any]:
+    """The record inside a ``{"timestamp": ..., "raw": {...}}`` wrapper, or the record itself.
+
+    Only that exact wrapper is opened (every key among ``WRAPPER_KEYS``, ``raw`` an object), so no
+    reader's own records, which always have other keys, are mistaken for one.
+    """
+    inner = record.get("raw")
+    if isinstance(inner, dict) and record.keys() <= WRAPPER_KEYS:
+        return inner
+    return record
+
+
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(index, line)`` for each line, one line copied at a time (not the whole file at once)."""
+    start = 0
+    index = 0
+    size = len(data)
+    while start < size:
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = size
+        yield index, data[start:end]
+        start = end + 1
+        index += 1
 
 
 def iter_json_lines(
@@ -135,20 +198,29 @@ def iter_json_lines(
     """Yield ``(line_number, object)`` for each JSON object line, ``Quarantined`` for bad lines.
 
     Blank lines are skipped.  A bad last line with no newline after it is reported as truncated
-    (the usual result of a process killed mid-write).
+    (the usual result of a process killed mid-write).  Lines over ``MAX_LINE_BYTES`` and lines
+    nested too deeply for the parser are quarantined like malformed ones: one line, never the
+    file.  A record in the ``{"timestamp", "raw"}`` wrapper is yielded unwrapped.
     """
     data = source.data
     if not data.strip():
         yield Quarantined(source.uri, 0, "empty file")
         return
-    lines = data.split(b"\n")
-    last_index = len(lines) - 1
     truncated_tail = not data.endswith(b"\n")
-    for index, raw in enumerate(lines):
+    last_index = data.count(b"\n")
+    for index, raw in _lines(data):
         raw = raw.rstrip(b"\r")
         if not raw.strip():
             continue
         number = index + 1
+        if len(raw) > MAX_LINE_BYTES:
+            yield Quarantined(
+                source.uri,
+                number,
+                f"line of {len(raw)} bytes is over the {MAX_LINE_BYTES // (1024 * 1024)} MiB line limit",
+                excerpt(raw, context.redactor),
+            )
+            continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -165,6 +237,13 @@ def iter_json_lines(
                 reason = f"malformed JSON: {error.msg} at column {error.colno}"
             yield Quarantined(source.uri, number, reason, excerpt(text, context.redactor))
             continue
+        except RecursionError:
+            # json raises this, not JSONDecodeError, for nesting deeper than the interpreter's
+            # recursion limit: valid JSON or not, the line cannot be read.
+            yield Quarantined(
+                source.uri, number, "JSON nested too deeply to parse", excerpt(text, context.redactor)
+            )
+            continue
         if not isinstance(value, dict):
             yield Quarantined(
                 source.uri,
@@ -173,7 +252,7 @@ def iter_json_lines(
                 excerpt(text, context.redactor),
             )
             continue
-        yield number, value
+        yield number, unwrap(value)
 
 
 RecordReader = Callable[["SourceFile", "ReadContext", int, dict[str, Any]], Iterator[Any]]
@@ -189,7 +268,7 @@ def read_records(source: SourceFile, context: ReadContext, one: RecordReader) ->
         number, record = item
         try:
             produced = list(one(source, context, number, record))
-        except Exception as error:
-            reason = f"reader failed on this record: {type(error).__name__}: {error}"
-            produced = [Quarantined(source.uri, number, reason)]
+        except Exception as error:  # RecursionError included: a record nested too deep to walk
+            reason = f"reader failed on this record: {type(error).__name__}: {str(error)[:200]}"
+            produced = [Quarantined(source.uri, number, reason, record_excerpt(record, context.redactor))]
         yield from produced

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from tooldistill.readers.anthropic import KNOWN_BLOCKS as ANTHROPIC_BLOCKS
 from tooldistill.readers.anthropic import SERVER_RESULT_SUFFIX, blocks_to_messages, tool_call_from_block
 from tooldistill.readers.base import (
     Ignored,
@@ -54,25 +55,8 @@ from tooldistill.readers.base import (
 )
 from tooldistill.schema import Message, ToolCall, ToolSpec, Trace, validate_trace
 
-KNOWN_BLOCKS = {
-    "text",
-    "tool_use",
-    "tool_result",
-    "thinking",
-    "redacted_thinking",
-    "image",
-    "document",
-    "server_tool_use",
-    "mcp_tool_use",
-    "search_result",
-    "tool_reference",
-    "compaction",
-    "tool_addition",
-    "tool_removal",
-    "mcp_tool_listing",
-    "container_upload",
-    "fallback",
-}
+#: Content blocks this reader keeps: every type the Messages API converter reads.
+KNOWN_BLOCKS = ANTHROPIC_BLOCKS
 CALL_BLOCKS = {"tool_use", "server_tool_use", "mcp_tool_use"}
 #: Tools whose calls start a subagent; their ``prompt`` argument is the subagent's first message.
 SUBAGENT_TOOLS = {"Task", "Agent"}

@@ -7,12 +7,12 @@ line was edited its id is recomputed from the new content and the old one is kep
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
+from typing import Any
 
 from pydantic import ValidationError
 
-from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, iter_json_lines
+from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, read_records, record_excerpt
 from tooldistill.schema import Trace, compute_trace_id, validate_trace
 
 
@@ -26,24 +26,24 @@ def _first_error(error: ValidationError) -> str:
 
 def read_jsonl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined]:
     """Traces from tooldistill JSONL; a line that does not fit the schema is quarantined."""
-    for item in iter_json_lines(source, context):
-        if isinstance(item, Quarantined):
-            yield item
-            continue
-        number, record = item
-        given_id = record.pop("id", None) or ""
-        try:
-            trace = Trace.model_validate(context.redactor.value(record))
-        except ValidationError as error:
-            yield Quarantined(
-                source.uri, number, _first_error(error), excerpt(json.dumps(record), context.redactor)
-            )
-            continue
-        problem = validate_trace(trace)
-        if problem:
-            yield Quarantined(source.uri, number, problem, excerpt(json.dumps(record), context.redactor))
-            continue
-        computed = compute_trace_id(trace)
-        if given_id and given_id != computed:
-            trace = trace.model_copy(update={"metadata": {**trace.metadata, "edited_from": given_id}})
-        yield trace.model_copy(update={"id": computed})
+    yield from read_records(source, context, _read_record)
+
+
+def _read_record(
+    source: SourceFile, context: ReadContext, number: int, record: dict[str, Any]
+) -> Iterator[Trace | Quarantined]:
+    """The trace of one line, or why it is not one."""
+    given_id = record.pop("id", None) or ""
+    try:
+        trace = Trace.model_validate(context.redactor.value(record))
+    except ValidationError as error:
+        yield Quarantined(source.uri, number, _first_error(error), record_excerpt(record, context.redactor))
+        return
+    problem = validate_trace(trace)
+    if problem:
+        yield Quarantined(source.uri, number, problem, record_excerpt(record, context.redactor))
+        return
+    computed = compute_trace_id(trace)
+    if isinstance(given_id, str) and given_id and given_id != computed:
+        trace = trace.model_copy(update={"metadata": {**trace.metadata, "edited_from": given_id}})
+    yield trace.model_copy(update={"id": computed})

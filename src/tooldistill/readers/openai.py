@@ -8,6 +8,10 @@
 The legacy ``functions``/``function_call`` fields are read too.  The first choice's calls are the
 reference; when a response holds several choices (``n`` > 1) every choice is also kept as a teacher
 sample, which feeds the consistency ceiling.
+
+Responses API exchanges (``request.input``, ``response.output`` items, ``"object": "response"``)
+are a different format and are not read: they are counted as unrecognized lines, so a file of
+them says so in the ingest summary instead of quarantining every line.
 """
 
 from __future__ import annotations
@@ -16,8 +20,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from tooldistill.readers.anthropic import request_response
-from tooldistill.readers.base import Quarantined, ReadContext, SourceFile, excerpt, read_records
+from tooldistill.readers.anthropic import is_exchange, request_response
+from tooldistill.readers.base import (
+    Ignored,
+    Quarantined,
+    ReadContext,
+    SourceFile,
+    describe_record,
+    read_records,
+    record_excerpt,
+)
 from tooldistill.redact import Redactor
 from tooldistill.schema import PERMISSIVE_PARAMETERS, Message, ToolCall, ToolSpec, Trace, validate_trace
 
@@ -61,7 +73,9 @@ def _calls(message: dict[str, Any], redactor: Redactor) -> list[ToolCall]:
         function = raw.get("function") if isinstance(raw, dict) else None
         if not isinstance(function, dict) or not function.get("name"):
             raise _BadRecord("tool call without a function name")
-        arguments: Any = function.get("arguments") or "{}"
+        arguments: Any = function.get("arguments")
+        if arguments is None or isinstance(arguments, str) and not arguments.strip():
+            arguments = {}  # a tool without parameters is called with "" (or nothing)
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
@@ -69,9 +83,18 @@ def _calls(message: dict[str, Any], redactor: Redactor) -> list[ToolCall]:
                 raise _BadRecord(
                     f"arguments of {function['name']!r} are not valid JSON: {error.msg}"
                 ) from error
+            except RecursionError as error:
+                raise _BadRecord(f"arguments of {function['name']!r} are nested too deeply") from error
         if not isinstance(arguments, dict):
             raise _BadRecord(f"arguments of {function['name']!r} are not a JSON object")
-        calls.append(ToolCall(name=function["name"], arguments=redactor.value(arguments), id=raw.get("id")))
+        call_id = raw.get("id")
+        calls.append(
+            ToolCall(
+                name=str(function["name"]),
+                arguments=redactor.value(arguments),
+                id=call_id if isinstance(call_id, str) else None,
+            )
+        )
     return calls
 
 
@@ -133,18 +156,34 @@ def tool_specs_from_openai(request: dict[str, Any]) -> list[ToolSpec]:
     return specs
 
 
-def read_openai_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined]:
+def read_openai_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined | Ignored]:
     """Traces from a JSONL log of OpenAI chat-completions request/response pairs."""
     yield from read_records(source, context, _read_record)
 
 
+def _is_responses_api(request: Any, response: Any) -> bool:
+    """A Responses API exchange: ``input`` items instead of ``messages``, ``output`` items."""
+    if isinstance(response, dict) and (response.get("object") == "response" or "output" in response):
+        return not isinstance(response.get("choices"), list)
+    return isinstance(request, dict) and "input" in request and "messages" not in request
+
+
 def _read_record(
     source: SourceFile, context: ReadContext, number: int, record: dict[str, Any]
-) -> Iterator[Trace | Quarantined]:
-    """The trace (or quarantined record) of one log line."""
+) -> Iterator[Trace | Quarantined | Ignored]:
+    """The trace (or quarantined or ignored record) of one log line."""
     redactor = context.redactor
+    if not is_exchange(record):
+        yield Ignored(source.uri, describe_record(record), 1, known=False)
+        return
     request, response = request_response(record)
-    snippet = excerpt(json.dumps(record), redactor)
+    if _is_responses_api(request, response):
+        yield Ignored(source.uri, "Responses API exchange (not read)", 1, known=False)
+        return
+
+    def bad(reason: str) -> Quarantined:
+        return Quarantined(source.uri, number, reason, record_excerpt(record, redactor))
+
     try:
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise _BadRecord("no request with a messages list")
@@ -162,13 +201,14 @@ def _read_record(
                 raise _BadRecord("a choice has no message")
             samples.append(_calls(message, redactor))
     except _BadRecord as error:
-        yield Quarantined(source.uri, number, str(error), snippet)
+        yield bad(str(error))
         return
     calls = samples[0]
     if not calls and not context.options.include_no_call:
+        yield Ignored(source.uri, "reply without tool calls", 1, known=True)
         return
     if not messages:
-        yield Quarantined(source.uri, number, "request has no messages before the reply", snippet)
+        yield bad("request has no messages before the reply")
         return
     first = response["choices"][0]
     trace = Trace(
@@ -191,6 +231,6 @@ def _read_record(
     )
     problem = validate_trace(trace)
     if problem:
-        yield Quarantined(source.uri, number, problem, snippet)
+        yield bad(problem)
         return
     yield trace.with_id()
