@@ -589,3 +589,27 @@ def test_ingest_counts_line_kinds_and_takes_the_prompt_flag(tmp_path):
     (row,) = dataset.manifest.stats["summary"]
     assert row["ignored"]["system/init"] == 2 and row["ignored"]["progress"] == 1
     assert row["unrecognized"] == {"hologram-event": 1, "no type": 1, "system/hologram_notice": 1}
+
+
+def test_a_changed_prompt_sidecar_rebuilds_the_dataset(tmp_path):
+    import os
+    import shutil
+
+    from tooldistill.ingest import IngestConfig, ingest
+
+    logs = tmp_path / "stream"
+    shutil.copytree(CLAUDE_CODE / "stream", logs)
+    config = IngestConfig(sources=(str(logs),), format="claude_code", out=str(tmp_path / "out"))
+    first = ingest(config)
+    assert not first.skipped and ingest(config).skipped
+    sidecar = next(logs.glob("*.prompt.txt"))
+    sidecar.write_text("Another prompt, given on the command line this time.\n")
+    os.utime(sidecar, ns=(sidecar.stat().st_atime_ns, sidecar.stat().st_mtime_ns + 10**9))
+    again = ingest(config)
+    assert not again.skipped
+    prompts = {
+        t.messages[0].content
+        for t in again.dataset.to_traces()
+        if t.metadata.get("prompt_source") == "sidecar"
+    }
+    assert "Another prompt, given on the command line this time." in prompts

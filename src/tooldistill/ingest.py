@@ -58,6 +58,15 @@ class InputFile:
     source: str
     size: int
     mtime_ns: int
+    #: The stamp (size, mtime) of a ``<file>.prompt.txt`` sidecar beside it, when there is one:
+    #: part of the fingerprint, so a changed prompt rebuilds the dataset.
+    sidecar: tuple[int, int] | None = None
+
+    def stamp(self) -> list[Any]:
+        return [self.uri, self.size, self.mtime_ns, *([list(self.sidecar)] if self.sidecar else [])]
+
+
+SIDECAR_SUFFIX = ".prompt.txt"
 
 
 @dataclass
@@ -100,16 +109,27 @@ def discover(
             raise IngestError(f"source not found: {source}")
         if info.type == pafs.FileType.File:
             infos = [info]
+            listed = [info]
+            if format_name == "claude_code":
+                listed.append(filesystem.get_file_info(path + SIDECAR_SUFFIX))
         else:
             try:
-                infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                listed = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
             except OSError as error:
                 raise IngestError(f"cannot list source {source}: {error}") from error
-            infos = [i for i in infos if i.type == pafs.FileType.File and fmt.selects(i.path, options)]
+            infos = [i for i in listed if i.type == pafs.FileType.File and fmt.selects(i.path, options)]
+        sidecars = {
+            i.path[: -len(SIDECAR_SUFFIX)]: (int(i.size or 0), int(i.mtime_ns or 0))
+            for i in listed
+            if i.type == pafs.FileType.File and i.path.endswith(SIDECAR_SUFFIX)
+        }
         for file_info in infos:
             uri = f"s3://{file_info.path}" if root.startswith("s3://") else file_info.path
             mtime = file_info.mtime_ns if file_info.mtime_ns is not None else 0
-            found.setdefault(uri, InputFile(uri, source, int(file_info.size or 0), int(mtime)))
+            found.setdefault(
+                uri,
+                InputFile(uri, source, int(file_info.size or 0), int(mtime), sidecars.get(file_info.path)),
+            )
     return sorted(found.values(), key=lambda f: f.uri)
 
 
@@ -231,7 +251,7 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
     files = discover(config.sources, config.format, config.reader)
     if not files:
         raise IngestError(f"no {config.format} files found under: {', '.join(config.sources)}")
-    inputs = [[f.uri, f.size, f.mtime_ns] for f in files]
+    inputs = [f.stamp() for f in files]
     if config.reader.catalog:
         inputs.append(["catalog", *_stamp(config.reader.catalog)])
     expected = store.fingerprint(STAGE, config.config_hash(), inputs)
