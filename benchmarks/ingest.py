@@ -38,8 +38,7 @@ import pyarrow.parquet as pq
 from tooldistill.executor import RayExecutor
 from tooldistill.ingest import IngestConfig, discover, ingest
 from tooldistill.readers import ReadContext, ReaderOptions, SourceFile, get_format
-from tooldistill.readers.base import Quarantined
-from tooldistill.schema import traces_to_table
+from tooldistill.schema import Trace, traces_to_table
 from tooldistill.testing.synthetic import write_sessions
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,7 +52,7 @@ def loop_ingest(files: list[str], out: Path) -> tuple[int, set[str]]:
     traces = []
     for uri in files:
         for item in read(SourceFile(uri, uri, filesystem), context):
-            if not isinstance(item, Quarantined):
+            if isinstance(item, Trace):  # not Quarantined, not Ignored
                 traces.append(item)
     pq.write_table(traces_to_table(traces), out, compression="zstd")
     return len(traces), {t.id for t in traces}
