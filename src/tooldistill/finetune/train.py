@@ -212,8 +212,18 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
             if not logs or "loss" not in logs or rank != 0:
                 return
             tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            now = time.perf_counter()
+            elapsed = max(now - self.started, 1e-9)
             done = state.global_step - self.step0
+            # the steady rate: counted from the end of the first step, which also pays for warming
+            # up (allocations, kernel selection, the process group's first all-reduce)
+            if done == 1:
+                self.first_end, self.first_tokens = now, tokens
+            steady = (
+                (tokens - self.first_tokens) / max(now - self.first_end, 1e-9)
+                if done > 1
+                else (tokens - self.tokens0) / elapsed
+            )
             entry = {
                 "step": state.global_step,
                 "max_steps": state.max_steps,
@@ -221,7 +231,7 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
                 "loss": round(float(logs["loss"]), 4),
                 "tokens_seen": tokens,
                 # the trainer counts every worker's tokens (gathered), so this is the run's rate
-                "tokens_per_s": round((tokens - self.tokens0) / elapsed, 1) if done else None,
+                "tokens_per_s": round(steady, 1) if done else None,
                 "eta_s": round((state.max_steps - state.global_step) * elapsed / done, 1) if done else None,
                 "time": time.time(),
             }
