@@ -15,6 +15,7 @@ Run folder (local path or ``s3://``)::
                                      test evaluation), best/prompt.json (the exported prompt), summary.json
     RUN/report/report.md|html        the report, with its plots
     RUN/run.json, RUN/run.log        what each stage did this time (ran, skipped, disabled) and how long
+    RUN/.lock                        while a run is using the folder: its pid, host, start and command
 
 Each dataset stage is skipped when its output manifest matches its inputs and config (the stage's own
 fingerprint).  The student is started only when the baseline or a phase has work to do, and stopped
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tooldistill import __version__, store
+from tooldistill import __version__, runlock, store
 from tooldistill.config import PipelineConfig, StudentSection
 from tooldistill.executor import Executor, make_executor
 from tooldistill.ingest import IngestConfig, IngestResult, ingest
@@ -846,25 +847,31 @@ def run_pipeline(
     say: Say | None = None,
     show_progress: bool = True,
 ) -> RunResult:
-    """Run the selected stages; each is skipped when its output is up to date."""
-    run = _Run(
-        config,
-        run_dir or config.run_dir,
-        executor,
-        select_stages(start_from, until),
-        say or (lambda _: None),
-        show_progress,
-    )
+    """Run the selected stages; each is skipped when its output is up to date.
+
+    The run folder is locked for the duration (``runlock``): a second run on it stops with a
+    ``PipelineError`` naming the holder."""
+    run_dir = run_dir or config.run_dir
+    selected = select_stages(start_from, until)
+    say = say or (lambda _: None)
     try:
-        traces = run.ingest()
-        source = run.teacher(traces)
-        data = run.curate(source)
+        lock = runlock.RunLock(run_dir, warn=say).acquire()
+    except runlock.RunLockError as error:
+        raise PipelineError(str(error)) from None
+    try:
+        run = _Run(config, run_dir, executor, selected, say, show_progress)
         try:
-            run.optimize(data)
+            traces = run.ingest()
+            source = run.teacher(traces)
+            data = run.curate(source)
+            try:
+                run.optimize(data)
+            finally:
+                run.stop_student()
+            run.report()
         finally:
-            run.stop_student()
-        run.report()
+            run.log.write(finished=True)
+            run.sync()
+        return run.result
     finally:
-        run.log.write(finished=True)
-        run.sync()
-    return run.result
+        lock.release()

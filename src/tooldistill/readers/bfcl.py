@@ -153,10 +153,13 @@ def read_bfcl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quar
             continue
         number, entry = item
         entry_id = str(entry.get("id", f"{category}:{number}"))
-        snippet = excerpt(json.dumps(entry), context.redactor)
+
+        def snippet(entry: dict[str, Any] = entry) -> str:  # redacted only for a quarantined entry
+            return excerpt(json.dumps(entry), context.redactor)
+
         question = entry.get("question")
         if not isinstance(question, list) or len(question) != 1 or not isinstance(question[0], list):
-            yield Quarantined(source.uri, number, f"not a single-turn question ({entry_id})", snippet)
+            yield Quarantined(source.uri, number, f"not a single-turn question ({entry_id})", snippet())
             continue
         try:
             messages = [
@@ -172,7 +175,7 @@ def read_bfcl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quar
                 for f in entry.get("function") or []
             ]
         except (KeyError, TypeError, ValueError) as error:
-            yield Quarantined(source.uri, number, f"malformed entry: {error} ({entry_id})", snippet)
+            yield Quarantined(source.uri, number, f"malformed entry: {error} ({entry_id})", snippet())
             continue
         if no_call:
             calls: list[ToolCall] = []
@@ -181,7 +184,7 @@ def read_bfcl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quar
             truth = answers.get(entry_id)
             if truth is None:
                 yield Quarantined(
-                    source.uri, number, f"no ground truth in possible_answer ({entry_id})", snippet
+                    source.uri, number, f"no ground truth in possible_answer ({entry_id})", snippet()
                 )
                 continue
             acceptable = [
@@ -203,6 +206,6 @@ def read_bfcl(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quar
         )
         problem = validate_trace(trace)
         if problem:
-            yield Quarantined(source.uri, number, f"{problem} ({entry_id})", snippet)
+            yield Quarantined(source.uri, number, f"{problem} ({entry_id})", snippet())
             continue
         yield trace.with_id()

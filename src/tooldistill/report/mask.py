@@ -4,8 +4,8 @@
   ``secret``, ``password``, ``credentials``, ``authorization``, ...) becomes ``***``, whatever it
   holds.  Keys that name an environment variable (``api_key_env``) are not secrets: their value is
   the variable's name, which the report shows (it never reads the environment).
-- Any other string has known secret formats replaced (``tooldistill.redact``: Anthropic, OpenAI,
-  AWS, GitHub, Hugging Face, Slack, Google keys, private keys, bearer tokens), and the user and
+- Any other string has known secret formats replaced (``tooldistill.redact``: provider keys, private
+  keys, bearer tokens, JWTs, ``password=``-style assignments, high-entropy strings), and the user and
   password of a URL (``https://user:pass@host``) become ``***``.
 """
 
