@@ -216,3 +216,24 @@ def test_sample_selection_spreads_over_the_split(tmp_path: Path) -> None:
     assert {t.category for t in first} == {"weather"}
     assert {t.category for t in sampled} == {"weather", "irrelevance"}
     assert [t.id for t in sampled] == sorted(t.id for t in traces)[:8]  # fixed, not random
+
+
+def test_a_training_workers_output_goes_to_its_log_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # in a process of its own: pytest replaces this one's stdout and stderr
+    log = tmp_path / "train_worker_0.log"
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from tooldistill.finetune.train import _output_to\n"
+        f"with _output_to(Path({str(log)!r})):\n"
+        "    print('from python')\n"
+        "    os.write(2, b'from a C library\\n')\n"
+        "    sys.stderr.write('from a logger\\n')\n"
+        "print('after')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert log.read_text().splitlines() == ["from python", "from a C library", "from a logger"]
+    assert done.stdout == "after\n" and done.stderr == ""

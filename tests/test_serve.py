@@ -440,6 +440,8 @@ def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
     assert result.resumed_from_step == killed_at >= 1
     assert result.steps == 18  # the step count continued to the end instead of starting over
     assert min(e["step"] for e in result.log) <= killed_at + 1 and result.log[-1]["step"] == 18
+    # the worker's library output went to the phase folder, not through Ray to the console
+    assert "Loading weights" in (folder / "train_worker_0.log").read_text(errors="replace")
     describe_adapter(result.adapter, model_folder)
     merged, built = merge(
         result.adapter, model_folder, tmp_path / "merged", dtype=student.cpu_engine["dtype"]
