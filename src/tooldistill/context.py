@@ -395,17 +395,12 @@ def fitter_for(policy: ContextPolicy | None) -> Fitter | None:
 _FITTERS: dict[str, Fitter] = {}
 
 
-def summarize_fits(
-    records: list[dict[str, Any] | None], skipped: int, policy: ContextPolicy | None
-) -> dict[str, Any]:
-    """How many requests were cut and by how much, and how many were skipped as too long."""
+def summarize_fits(records: list[dict[str, Any] | None], skipped: int) -> dict[str, Any]:
+    """How many requests were cut and by how much (``records``: ``Fit.record()`` of each request
+    sent), and how many were skipped as too long."""
     cut = [r for r in records if r]
     shares = sorted(r["share_cut"] for r in cut)
     return {
-        "window": policy.window if policy else None,
-        "tokenizer": "student"
-        if policy and policy.tokenizer
-        else ("bytes" if policy and policy.window else None),
         "requests": len(records) + skipped,
         "cut": len(cut),
         "skipped": skipped,

@@ -564,11 +564,18 @@ def summarize(
     if errors:
         summary["first_error"] = errors[0]
     if context is not None and context.window:
-        summary["context"] = summarize_fits(
-            [json.loads(r["context"]) if r.get("context") else None for r in rows if not r.get("skipped")],
-            sum(1 for r in rows if r.get("skipped")),
-            context,
-        )
+        summary["context"] = {
+            "window": context.window,
+            "tokenizer": "student" if context.tokenizer else "bytes",
+            **summarize_fits(
+                [
+                    json.loads(r["context"]) if r.get("context") else None
+                    for r in rows
+                    if not r.get("skipped")
+                ],
+                sum(1 for r in rows if r.get("skipped")),
+            ),
+        }
         first_skip = next((r["skipped"] for r in rows if r.get("skipped")), None)
         if first_skip:
             summary["context"]["first_skipped"] = first_skip

@@ -274,8 +274,7 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         summary["also"] = {m: rate(sum(o.modes.get(m, False) for o in outcomes), len(outcomes)) for m in also}
     cut = [o.context for o in outcomes if o.context]
     if cut or skipped:
-        summary["context"] = summarize_fits([o.context for o in outcomes], len(skipped), None)
-        summary["context"].pop("window"), summary["context"].pop("tokenizer")
+        summary["context"] = summarize_fits([o.context for o in outcomes], len(skipped))
         if skipped:
             summary["context"]["first_skipped"] = skipped[0].skipped
     return summary

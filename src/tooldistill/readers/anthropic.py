@@ -502,13 +502,16 @@ def _add_tool(tool: Any, tools: ToolSet) -> None:
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         return
-    tools.add(
-        ToolSpec(
-            name=name,
-            description=str(tool.get("description") or ""),
-            parameters=schema if isinstance(schema, dict) else dict(PERMISSIVE_PARAMETERS),
-            schema_missing=not isinstance(schema, dict),
-        )
+    tools.add(_spec(name, tool.get("description"), schema))
+
+
+def _spec(name: str, description: Any, schema: Any) -> ToolSpec:
+    """A tool's spec; without a schema object, the permissive one and ``schema_missing``."""
+    return ToolSpec(
+        name=name,
+        description=str(description or ""),
+        parameters=schema if isinstance(schema, dict) else dict(PERMISSIVE_PARAMETERS),
+        schema_missing=not isinstance(schema, dict),
     )
 
 
@@ -541,14 +544,7 @@ def request_tools(request: dict[str, Any], notes: BlockNotes) -> ToolSet:
         for tool in listed:
             name, schema = tool.get("name"), tool.get("input_schema")
             if isinstance(name, str) and name:
-                toolset.add(
-                    ToolSpec(
-                        name=name,
-                        description=str(tool.get("description") or ""),
-                        parameters=schema if isinstance(schema, dict) else dict(PERMISSIVE_PARAMETERS),
-                        schema_missing=not isinstance(schema, dict),
-                    )
-                )
+                toolset.add(_spec(name, tool.get("description"), schema))
                 toolset.mcp.add(f"{server}/{name}")
     servers = request.get("mcp_servers")
     for server in servers if isinstance(servers, list) else []:
