@@ -237,3 +237,53 @@ def test_a_training_workers_output_goes_to_its_log_file(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert log.read_text().splitlines() == ["from python", "from a C library", "from a logger"]
     assert done.stdout == "after\n" and done.stderr == ""
+
+
+def test_where_an_adapter_is_served_from_is_checked_before_training(tmp_path: Path) -> None:
+    """``serve_as: adapter`` needs a cloud folder Ray Serve LLM can load from: the phase's own, the
+    profile's ``lora_config``, or ``RUN/adapters`` for a run on S3; a local one is refused, naming
+    the way out (``serve_as: merged``)."""
+    from tooldistill.config import StudentSection
+    from tooldistill.pipeline import PipelineError, ServeHost, Student
+    from tooldistill.serve.app import ServeConfigError
+    from tooldistill.serve.runner import with_lora
+
+    section = StudentSection(serve="configs/serve/cpu-smollm2.yaml")
+    local = ServeHost(section, Student("http://127.0.0.1:1/v1", "m", None), print, str(tmp_path))
+    with pytest.raises(PipelineError, match="serve_as: merged"):
+        local.adapter_store(None)
+    with pytest.raises(PipelineError, match="loads adapters from s3://"):
+        local.adapter_store(str(tmp_path / "adapters"))
+    assert local.adapter_store("s3://b/lora/") == "s3://b/lora"
+    on_s3 = ServeHost(section, Student("http://127.0.0.1:1/v1", "m", None), print, "s3://b/runs/r1")
+    assert on_s3.adapter_store(None) == "s3://b/runs/r1/adapters"
+    profile_lora = Student("http://127.0.0.1:1/v1", "m", None, lora_store="s3://b/served")
+    assert ServeHost(section, profile_lora, print, str(tmp_path)).adapter_store(None) == "s3://b/served"
+
+    llm: dict[str, Any] = {"engine_kwargs": {"max_lora_rank": 8}}
+    with_lora(llm, "s3://b/lora/", max_rank=32)
+    assert llm["lora_config"]["dynamic_lora_loading_path"] == "s3://b/lora"
+    assert llm["engine_kwargs"]["enable_lora"] is True and llm["engine_kwargs"]["max_lora_rank"] == 32
+    with pytest.raises(ServeConfigError, match="cloud storage only"):
+        with_lora({}, str(tmp_path))
+
+
+def test_serve_adapter_options_are_checked(base: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tooldistill.cli import main
+
+    profile = "configs/serve/cpu-smollm2.yaml"
+    runner = CliRunner()
+    result = runner.invoke(main, ["serve", "--config", profile, "--adapter", f"a={tmp_path}"])
+    assert result.exit_code == 2 and "--adapter needs --lora-store" in result.output
+    result = runner.invoke(
+        main, ["serve", "--config", profile, "--lora-store", "s3://b/x", "--adapter", f"a/b={tmp_path}"]
+    )
+    assert result.exit_code == 2 and "NAME=PATH" in result.output
+    result = runner.invoke(
+        main,
+        ["serve", "--config", profile, "--model-source", str(base), "--lora-store", "s3://b/x",
+         "--adapter", f"a={tmp_path / 'nothing'}"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "no adapter at" in result.output

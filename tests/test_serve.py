@@ -362,13 +362,15 @@ def test_profiles_are_valid_serve_configs() -> None:
     assert theirs["engine_kwargs"]["tool_call_parser"] == "openai"
 
 
-def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
-    student: Any, model_folder: Path, tmp_path: Path
+def test_a_fine_tuned_student_is_trained_resumed_and_served_as_an_adapter(
+    student: Any, model_folder: Path, tmp_path: Path, bucket: str
 ) -> None:
     """LoRA through Ray Train and TRL on a handful of traces; the training is killed after its first
-    checkpoint (its Ray Train worker, by pid) and resumes from it; the merged student, served by vLLM
-    behind Ray Serve in place of the base, answers a trained trace with the trained call, which the
-    base does not.  Last in this module: it replaces the shared deployment."""
+    checkpoint (its Ray Train worker, by pid) and resumes from it; the adapter, published to S3 (the
+    local moto server) and served by vLLM behind Ray Serve LLM's LoRA support, answers a trained
+    trace with the trained call, which the base — served by the same replicas — does not.  The
+    merged folder answers as the adapter does.  Last in this module: it replaces the shared
+    deployment."""
     import signal
     import threading
 
@@ -379,7 +381,8 @@ def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
 
     from tooldistill.evaluate import build_request
     from tooldistill.finetune.examples import ExampleSettings, build_examples
-    from tooldistill.finetune.merge import describe_adapter, merge
+    from tooldistill.finetune.merge import describe_adapter, merge, publish_adapter
+    from tooldistill.finetune.phase import adapter_name
     from tooldistill.finetune.train import TrainError, TrainSettings, latest_checkpoint, train
     from tooldistill.optimize.student import Prompt, StudentSettings
     from tooldistill.optimize.testing import make_traces
@@ -442,21 +445,57 @@ def test_a_fine_tuned_student_is_trained_resumed_merged_and_served(
     assert min(e["step"] for e in result.log) <= killed_at + 1 and result.log[-1]["step"] == 18
     # the worker's library output went to the phase folder, not through Ray to the console
     assert "Loading weights" in (folder / "train_worker_0.log").read_text(errors="replace")
-    describe_adapter(result.adapter, model_folder)
-    merged, built = merge(
-        result.adapter, model_folder, tmp_path / "merged", dtype=student.cpu_engine["dtype"]
-    )
-    assert built and (merged / "config.json").is_file()
+    manifest = describe_adapter(result.adapter, model_folder)
+    name = adapter_name("ft", manifest["adapter_sha256"])
+    store = f"s3://{bucket}/adapters"
+    uri = publish_adapter(result.adapter, store, name)
+    assert uri == f"{store}/{name}"
 
     os.environ["TD_TEST_SERVE_KEY"] = KEY
     try:
         tuned = start(
-            PROFILE, port=18123, replicas=1, api_key_env="TD_TEST_SERVE_KEY", model_source=str(merged),
-            model_id=f"{MODEL}-ft", wait_timeout_s=900,
+            PROFILE, port=18123, replicas=1, api_key_env="TD_TEST_SERVE_KEY", lora_store=store,
+            max_lora_rank=16, wait_timeout_s=900,
         )  # fmt: skip
     finally:
         os.environ.pop("TD_TEST_SERVE_KEY", None)
-    after = ask(tuned.base_url, f"{MODEL}-ft")
+    assert tuned.lora_store == store
+    status, listed = _get_models(tuned.base_url)
+    assert status == 200 and f"{MODEL}:{name}" in {m["id"] for m in listed["data"]}, listed
+    after = ask(tuned.base_url, f"{MODEL}:{name}")
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in after] == [
         ("weather_current", expected)
     ], after
+    # the same replicas still answer as the base under the base's name: the adapter made the change
+    again = ask(tuned.base_url, MODEL)
+    assert not any(json.loads(c["function"]["arguments"]) == expected for c in again), again
+
+    # the merged folder (the other way to serve it) is the adapter folded in: same greedy answer
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged, built = merge(result.adapter, model_folder, tmp_path / "merged", dtype="float32")
+    assert built and (merged / "config.json").is_file()
+    prompt = tokenizer.apply_chat_template(
+        build_request(trace, MODEL, None, 0.0, 64)["messages"],
+        tools=build_request(trace, MODEL, None, 0.0, 64)["tools"],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        folded = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+        a = folded.generate(**prompt, max_new_tokens=40, do_sample=False)
+        adapted = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(model_folder), dtype=torch.float32), str(result.adapter)
+        )
+        b = adapted.generate(**prompt, max_new_tokens=40, do_sample=False)
+    assert a.tolist() == b.tolist()
+    assert "weather_current" in tokenizer.decode(a[0][prompt["input_ids"].shape[1] :])
+
+
+def _get_models(base_url: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"{base_url}/models", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, json.loads(response.read())

@@ -166,7 +166,8 @@ def finetune_command(
     """Run a finetune phase alone: examples, LoRA training on Ray Train (resumes), adapter, merged model.
 
     Starts from the prompt of the phase before it when that phase has run (else the seed prompt);
-    serve the result with `tooldistill serve --config PROFILE --model-source <merged>`."""
+    serve the result with `tooldistill serve --config PROFILE --model-source <merged>`, or (serve_as:
+    adapter) `tooldistill serve --config PROFILE --lora-store s3://... --adapter NAME=<adapter>`."""
     from pathlib import Path
 
     from tooldistill.finetune.examples import ExamplesError
@@ -217,6 +218,7 @@ def finetune_command(
     _console().print(
         f"{item.name}: {training['steps']} steps, final loss {training['final_loss']}, "
         f"{training['train_seconds']:.0f} s; adapter {record['adapter']['path']} "
-        f"(sha256 {record['adapter']['adapter_sha256'][:12]}…); merged model {record['merged']}",
+        f"(sha256 {record['adapter']['adapter_sha256'][:12]}…)"
+        + (f"; merged model {record['merged']}" if record.get("merged") else ""),
         highlight=False,
     )

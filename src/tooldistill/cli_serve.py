@@ -50,6 +50,19 @@ def _user_errors() -> Iterator[None]:
     "--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds to wait for /v1/models."
 )
 @click.option("--detach", is_flag=True, help="Return after deploying (needs a running cluster: RAY_ADDRESS).")
+@click.option(
+    "--lora-store",
+    default=None,
+    help="Serve every LoRA adapter folder under this s3:// (gs://, azure://) prefix as MODEL:FOLDER.",
+)
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Publish a trained adapter folder (e.g. runs/x/phase1/adapter) to --lora-store as NAME first.",
+)
+@click.option("--max-lora-rank", type=int, default=None, help="Largest adapter rank accepted (vLLM: 16).")
 def serve_command(
     profile: str,
     port: int | None,
@@ -60,8 +73,15 @@ def serve_command(
     wait: bool,
     timeout_s: float,
     detach: bool,
+    lora_store: str | None,
+    adapters: tuple[str, ...],
+    max_lora_rank: int | None,
 ) -> None:
-    """Serve the student (vLLM on Ray Serve, OpenAI-compatible with tools) until Ctrl-C."""
+    """Serve the student (vLLM on Ray Serve, OpenAI-compatible with tools) until Ctrl-C.
+
+    With --lora-store, fine-tuned adapters are served beside the base by the same replicas:
+    ``tooldistill serve --config P --lora-store s3://b/adapters --adapter phase1=runs/x/phase1/adapter``
+    answers model ``<base>:phase1``."""
     import os
 
     from tooldistill.serve.runner import start
@@ -71,6 +91,8 @@ def serve_command(
             raise ValueError(
                 "--detach needs a running Ray cluster: set RAY_ADDRESS (a local one would stop with us)"
             )
+        if adapters:
+            max_lora_rank = _publish_adapters(profile, model_source, lora_store, adapters, max_lora_rank)
         served = start(
             profile,
             port=port,
@@ -80,6 +102,8 @@ def serve_command(
             api_key_env=api_key_env,
             wait=wait,
             wait_timeout_s=timeout_s,
+            lora_store=lora_store,
+            max_lora_rank=max_lora_rank,
         )
         console = _console()
         if served.cpu_engine:
@@ -105,6 +129,38 @@ def serve_command(
 
         console.print("stopping ...")
         serve.shutdown()
+
+
+def _publish_adapters(
+    profile: str, model_source: str | None, lora_store: str | None, adapters: tuple[str, ...], rank: int | None
+) -> int | None:
+    """Check each NAME=PATH adapter against the served base (when it is a local folder) and copy it
+    to ``lora_store/NAME``; returns the largest rank seen (at least ``rank``)."""
+    import json
+    from pathlib import Path
+
+    from tooldistill.finetune.merge import check_adapter, publish_adapter
+    from tooldistill.serve.app import expand_path
+    from tooldistill.serve.runner import load_profile, with_lora
+
+    if lora_store is None:
+        raise ValueError("--adapter needs --lora-store: the cloud folder the replicas load adapters from")
+    with_lora({}, lora_store)  # the scheme check, before anything is copied
+    llms = (load_profile(profile)["applications"][0].get("args") or {}).get("llm_configs") or [{}]
+    base = model_source or (llms[0].get("model_loading_config") or {}).get("model_source")
+    for item in adapters:
+        name, sep, path = item.partition("=")
+        if not sep or not name or "/" in name or ":" in name:
+            raise ValueError(f"--adapter {item!r}: write NAME=PATH (NAME without '/' or ':')")
+        folder = Path(path)
+        if isinstance(base, str) and "://" not in base and Path(expand_path(base)).is_dir():
+            check_adapter(folder, Path(expand_path(base)))
+        elif not (folder / "adapter_config.json").is_file():
+            raise ValueError(f"no adapter at {folder} (adapter_config.json missing)")
+        config = json.loads((folder / "adapter_config.json").read_text())
+        rank = max(rank or 0, int(config.get("r") or 0)) or None
+        _console().print(f"published {folder} as {publish_adapter(folder, lora_store, name)}", highlight=False)
+    return rank
 
 
 @click.group("models")

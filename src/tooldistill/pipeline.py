@@ -214,6 +214,8 @@ class Student:
     base_folder: Path | None = None
     #: The served window in tokens (the profile's ``max_model_len``), when the profile says.
     window: int | None = None
+    #: The cloud folder the replicas load LoRA adapters from (the profile's ``lora_config``), if any.
+    lora_store: str | None = None
 
     def context(self, given: dict[str, Any] | None) -> dict[str, Any]:
         """The context policy for this student: the config's, with the window and the tokenizer
@@ -227,11 +229,11 @@ class Student:
 
 
 class ServeHost:
-    """Serves a fine-tuned student in place of the base (``finetune.phase.StudentHost``): the same
-    profile, application and port, another model folder and name."""
+    """Serves a fine-tuned student (``finetune.phase.StudentHost``) with the same profile,
+    application and port: a merged folder in place of the base, or an adapter beside it."""
 
-    def __init__(self, section: StudentSection, student: Student, say: Say) -> None:
-        self.section, self.student, self.say = section, student, say
+    def __init__(self, section: StudentSection, student: Student, say: Say, run_dir: str | None = None) -> None:
+        self.section, self.student, self.say, self.run_dir = section, student, say, run_dir
 
     def base_model(self) -> Path:
         if self.student.base_folder is None:
@@ -260,10 +262,67 @@ class ServeHost:
             wait_timeout_s=self.section.wait_timeout_s,
         )
         self.student.endpoint, self.student.model = served.base_url, name
+        self.student.lora_store = served.lora_store
         self.student.info.setdefault("served", []).append(
             {"model": name, "folder": str(folder), "ready_after_s": round(time.time() - started, 1)}
         )
         return served.base_url, name
+
+    def adapter_store(self, configured: str | None) -> str:
+        from tooldistill.serve.runner import LORA_SCHEMES
+
+        store_uri = configured or self.student.lora_store
+        if store_uri is None and self.run_dir is not None and is_remote(self.run_dir):
+            store_uri = store.join(self.run_dir, "adapters")
+        if store_uri is None:
+            raise PipelineError(
+                "serve_as: adapter needs a cloud folder the replicas load adapters from: set the "
+                "phase's finetune.adapter_store (s3://bucket/prefix), a run_dir on S3, or a "
+                "lora_config in the serving profile; or use serve_as: merged"
+            )
+        if not store_uri.startswith(LORA_SCHEMES):
+            raise PipelineError(
+                f"finetune.adapter_store {store_uri!r}: Ray Serve LLM loads adapters from "
+                f"{', '.join(LORA_SCHEMES)} only"
+            )
+        return store_uri.rstrip("/")
+
+    def serve_adapter(self, store_uri: str, name: str, max_rank: int) -> tuple[str, str]:
+        """Serve ``<store_uri>/<name>`` as ``<base>:<name>``: by the running replicas when they
+        already load adapters from that folder, else after a restart of the profile with LoRA on
+        (the base model, its name, and ``lora_config`` pointing at the folder)."""
+        from tooldistill.serve import runner
+
+        base = self.student.info.get("base_model") or self.student.model
+        model = f"{base}:{name}"
+        if self.student.lora_store != store_uri.rstrip("/"):
+            assert self.section.serve is not None
+            self.say(f"restarting the student with LoRA adapters from {store_uri}")
+            started = time.time()
+            served = runner.start(
+                self.section.serve,
+                port=self.section.port,
+                replicas=self.section.replicas,
+                model_id=base,
+                api_key_env=self.section.api_key_env,
+                wait_timeout_s=self.section.wait_timeout_s,
+                lora_store=store_uri,
+                max_lora_rank=max_rank,
+            )
+            self.student.endpoint, self.student.lora_store = served.base_url, served.lora_store
+            self.student.info.setdefault("served", []).append(
+                {"model": base, "lora_store": store_uri, "ready_after_s": round(time.time() - started, 1)}
+            )
+        self.say(f"serving the fine-tuned student as {model} (adapter {store_uri}/{name})")
+        runner.wait_for_models(
+            self.student.endpoint.removesuffix("/v1"),
+            [model],
+            os.environ.get(self.section.api_key_env) if self.section.api_key_env else None,
+            self.section.wait_timeout_s,
+        )
+        self.student.model = model
+        self.student.info.setdefault("served", []).append({"model": model, "adapter": f"{store_uri}/{name}"})
+        return self.student.endpoint, model
 
 
 def _gpus_per_replica(profile: dict[str, Any]) -> float:
@@ -323,8 +382,16 @@ def start_student(section: StudentSection, say: Say) -> Student:
         "ready_after_s": round(time.time() - started, 1),
         "started": started,
     }
+    info["base_model"] = model
     return Student(
-        served.base_url, model, section.api_key_env, served.stop, info, base_folder, _window(profile)
+        served.base_url,
+        model,
+        section.api_key_env,
+        served.stop,
+        info,
+        base_folder,
+        _window(profile),
+        served.lora_store,
     )
 
 
@@ -670,7 +737,11 @@ class _Run:
                         f"  {event['phase']}: start {json.dumps({k: v for k, v in event.items() if k not in ('phase', 'event')})}"
                     )
 
-            host = ServeHost(student_section, self.student, self.say) if student_section.serve else None
+            host = (
+                ServeHost(student_section, self.student, self.say, self.run_dir)
+                if student_section.serve
+                else None
+            )
             summary = optimize(config, progress=progress, tune_callbacks=tune_callbacks, host=host)
             self._write_student()
             record.detail = {

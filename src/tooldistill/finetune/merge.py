@@ -145,3 +145,18 @@ def merge(adapter: Path, base: Path, out: Path, dtype: str = "float32") -> tuple
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out, True
+
+
+def publish_adapter(adapter: Path, store: str, name: str) -> str:
+    """Copy the adapter folder to ``<store>/<name>/`` (local or cloud, through the dataset store's
+    filesystems), where Ray Serve LLM's LoRA loading finds it; returns that folder's URI.
+
+    ``adapter_config.json`` is written last, so a replica that lists the folder mid-copy does not
+    load a half adapter (the loader looks for that file first)."""
+    from tooldistill import store as datastore
+
+    folder = datastore.join(store.rstrip("/"), name)
+    files = sorted((p for p in adapter.iterdir() if p.is_file()), key=lambda p: p.name == "adapter_config.json")
+    for path in files:
+        datastore.write_file(folder, path.name, path.read_bytes())
+    return folder

@@ -2,9 +2,18 @@
 
 A schedule such as ``dspy → gepa → finetune → gepa`` runs this phase like the others: it starts
 from the previous phase's prompt, trains the student on the teacher's train traces rendered with
-that prompt (``examples``), merges the adapter into a new model folder (``merge``), has the
-student's host serve that folder under a new model name, and is measured on the test split with the
-same prompt.  Every phase after it evaluates and optimizes the fine-tuned student.
+that prompt (``examples``), and has the student's host serve the result under a new model name, in
+one of two ways (``serve_as``):
+
+- ``merged`` (the default): the adapter is folded into a new model folder (``merge``) and the
+  host serves that folder in place of the base;
+- ``adapter``: the adapter is published to a cloud folder (``adapter_store``; by default
+  ``RUN/adapters`` when the run folder is on S3) and served by Ray Serve LLM's LoRA multiplexing
+  beside the base, as ``<base model>:<phase>-<checksum>``, by the same replicas (started with
+  ``lora_config`` when they were not).
+
+It is then measured on the test split with the same prompt.  Every phase after it evaluates and
+optimizes the fine-tuned student.
 
 Phase folder::
 
@@ -13,7 +22,7 @@ Phase folder::
     RUN/phaseN/checkpoints/      Hugging Face checkpoints (a killed training resumes from the newest)
     RUN/phaseN/train_log.jsonl   step, loss, tokens/s, ETA per logged step
     RUN/phaseN/adapter/          the PEFT adapter and tooldistill-adapter.json (base, checksums)
-    RUN/phaseN/merged/           base + adapter as one model folder, in the serving dtype
+    RUN/phaseN/merged/           base + adapter as one model folder, in the serving dtype (merged)
     RUN/phaseN/finetune.json     the phase's record: examples, training, adapter, served model
 """
 
@@ -23,12 +32,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tooldistill.finetune.examples import ExampleSettings, build_examples
-from tooldistill.finetune.merge import check_adapter, describe_adapter, merge
+from tooldistill.finetune.merge import check_adapter, describe_adapter, merge, publish_adapter
 from tooldistill.finetune.train import TrainSettings, train
 from tooldistill.optimize.student import Prompt, StudentSettings
 from tooldistill.schema import Trace
@@ -43,6 +52,15 @@ class StudentHost(Protocol):
 
     def serve(self, folder: Path, name: str) -> tuple[str, str]:
         """Serve ``folder`` as model ``name``; returns (endpoint, model name)."""
+        ...
+
+    def adapter_store(self, configured: str | None) -> str:
+        """Where adapters are published for LoRA serving (``configured``, else the host's default)."""
+        ...
+
+    def serve_adapter(self, store: str, name: str, max_rank: int) -> tuple[str, str]:
+        """Serve the adapter published at ``<store>/<name>`` beside the base; returns (endpoint,
+        model name)."""
         ...
 
 
@@ -65,6 +83,12 @@ class FinetuneOptions(BaseModel):
 
     examples: ExampleOptions = Field(default_factory=ExampleOptions)
     training: TrainSettings = Field(default_factory=TrainSettings)
+    #: How the result is served: the adapter merged into a new model folder, or the adapter itself
+    #: through Ray Serve LLM's LoRA support (``adapter_store`` then says where it is published).
+    serve_as: Literal["merged", "adapter"] = "merged"
+    #: A cloud folder (``s3://bucket/prefix``) the replicas load adapters from (``serve_as: adapter``);
+    #: None: ``RUN/adapters`` when the run folder is on S3.
+    adapter_store: str | None = None
 
 
 def served_name(base_name: str, phase: str) -> str:
@@ -83,7 +107,9 @@ def run_finetune_phase(
     progress: Callable[[dict[str, Any]], None],
     threads: int | None = None,
 ) -> tuple[StudentSettings, dict[str, Any]]:
-    """Train, merge and serve; returns the fine-tuned student's settings and the phase's record."""
+    """Train, then serve merged or as an adapter; returns the fine-tuned student's settings and the
+    phase's record."""
+    store = host.adapter_store(options.adapter_store) if options.serve_as == "adapter" else None
     record = finetune(
         traces,
         options,
@@ -96,8 +122,21 @@ def run_finetune_phase(
         progress,
         threads,
     )
-    endpoint, model = host.serve(Path(record["merged"]), record["served_model"])
+    if store is None:
+        endpoint, model = host.serve(Path(record["merged"]), record["served_model"])
+    else:
+        lora_name = adapter_name(phase_name, record["adapter"]["adapter_sha256"])
+        uri = publish_adapter(Path(record["adapter"]["path"]), store, lora_name)
+        endpoint, model = host.serve_adapter(store, lora_name, options.training.lora.r)
+        record = {**record, "served_model": model, "adapter_uri": uri}
+        _write(folder / "finetune.json", record)
     return student.model_copy(update={"endpoint": endpoint, "model": model}), record
+
+
+def adapter_name(phase: str, checksum: str) -> str:
+    """The adapter's folder under the store and its part of the served name (``phase3-1a2b3c4d``):
+    the checksum keeps a replica's cache of an older adapter of the same phase from answering."""
+    return f"{phase}-{checksum[:8]}"
 
 
 def finetune(
@@ -121,7 +160,8 @@ def finetune(
     done = _read(record_path)
     if done is not None and (folder / "adapter").is_dir():
         check_adapter(folder / "adapter", base)
-        merge(folder / "adapter", base, folder / "merged", dtype=dtype)
+        if options.serve_as == "merged":
+            merge(folder / "adapter", base, folder / "merged", dtype=dtype)
         return dict(done)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     settings = ExampleSettings(
@@ -160,7 +200,9 @@ def finetune(
     started = time.time()
     result = train(str(base), folder, options.training, say=step, threads=threads)
     adapter = describe_adapter(result.adapter, base, name)
-    merged, _ = merge(result.adapter, base, folder / "merged", dtype=dtype)
+    merged = None
+    if options.serve_as == "merged":
+        merged, _ = merge(result.adapter, base, folder / "merged", dtype=dtype)
     record = {
         "examples": summary,
         "training": {
@@ -176,7 +218,8 @@ def finetune(
             "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in result.log],
         },
         "adapter": {**adapter, "path": str(result.adapter)},
-        "merged": str(merged),
+        "served_as": options.serve_as,
+        "merged": str(merged) if merged is not None else None,
         "served_model": name,
         "elapsed_s": round(time.time() - started, 1),
     }

@@ -655,7 +655,9 @@ def _student_note(folder: Path, student: StudentSettings, phase: PhaseConfig) ->
             base_model=record["adapter"]["base_model"],
             adapter=record["adapter"]["path"],
             adapter_sha256=record["adapter"]["adapter_sha256"],
-            merged_model=record["merged"],
+            served_as=record.get("served_as", "merged"),
+            merged_model=record.get("merged"),
+            **({"adapter_uri": record["adapter_uri"]} if record.get("adapter_uri") else {}),
         )
     return {"student": note}
 

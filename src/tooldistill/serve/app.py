@@ -76,6 +76,9 @@ def resolve_model_sources(llm_configs: list[dict[str, Any]]) -> list[dict[str, A
                 raise ServeConfigError(f"model path {path} has no config.json: not a model folder")
             loading["model_source"] = path
             config["model_loading_config"] = loading
+        if (config.get("lora_config") or {}).get("dynamic_lora_loading_path"):
+            # Ray Serve LLM routes "<model>:<adapter>" requests to the engine, which must accept them
+            config["engine_kwargs"] = {"enable_lora": True, **(config.get("engine_kwargs") or {})}
         resolved.append(config)
     return resolved
 
@@ -190,4 +193,8 @@ def build_app(args: dict[str, Any]) -> Any:
     _require_key(fastapi_app, str(expected))
     ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
     deployment: Any = serve.deployment(ingress, **options)
-    return deployment.bind(llm_deployments=deployments, model_cards=cards, lora_paths={})
+    # as Ray's builder does: the ingress lists and routes "<model>:<adapter>" for LoRA configs
+    lora_paths = {
+        c.model_id: c.lora_config.dynamic_lora_loading_path for c in configs if c.lora_config is not None
+    }
+    return deployment.bind(llm_deployments=deployments, model_cards=cards, lora_paths=lora_paths)

@@ -39,6 +39,8 @@ class Served:
     api_key: str | None = field(default=None, repr=False)
     #: The CPU engine's dtype (with its reason), cores and threads, for CPU profiles.
     cpu_engine: dict[str, Any] | None = None
+    #: The cloud folder whose LoRA adapters these replicas serve (``with_lora``), if any.
+    lora_store: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -72,9 +74,12 @@ def apply_overrides(
     model_source: str | None = None,
     api_key: str | None = None,
     model_id: str | None = None,
+    lora_store: str | None = None,
+    max_lora_rank: int | None = None,
 ) -> dict[str, Any]:
     """A copy of the profile with the command line's choices applied (``model_id``: the name the
-    model is served under, e.g. a fine-tuned student's)."""
+    model is served under, e.g. a fine-tuned student's; ``lora_store``: serve every LoRA adapter
+    found under this cloud folder as ``<model_id>:<adapter folder>``, see ``with_lora``)."""
     profile = copy.deepcopy(profile)
     http = profile.setdefault("http_options", {})
     http.setdefault("host", "127.0.0.1")
@@ -93,9 +98,45 @@ def apply_overrides(
             llm.setdefault("model_loading_config", {})["model_source"] = model_source
         if model_id is not None:
             llm.setdefault("model_loading_config", {})["model_id"] = model_id
+        if lora_store is not None:
+            with_lora(llm, lora_store, max_lora_rank)
     if api_key:
         args["api_key_sha256"] = key_sha256(api_key)
     return profile
+
+
+#: Where Ray Serve LLM can load LoRA adapters from (it downloads them into each replica's cache).
+LORA_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
+
+
+def with_lora(llm: dict[str, Any], store: str, max_rank: int | None = None) -> dict[str, Any]:
+    """Turn on Ray Serve LLM's LoRA multiplexing for one ``llm_configs`` entry, in place.
+
+    Every adapter folder ``<store>/<name>/`` (a PEFT ``save_pretrained`` folder) is then served as
+    the model ``<model_id>:<name>`` by the same replicas as the base, loaded on its first request;
+    the base stays reachable under its own name.  The engine is told to accept LoRA requests of up
+    to ``max_rank`` (vLLM's default is 16)."""
+    if not store.startswith(LORA_SCHEMES):
+        raise ServeConfigError(
+            f"LoRA adapters are loaded by Ray Serve LLM from cloud storage only ({', '.join(LORA_SCHEMES)}), "
+            f"not {store!r}: publish the adapter to a bucket, or serve the merged model folder instead"
+        )
+    lora = dict(llm.get("lora_config") or {})
+    lora["dynamic_lora_loading_path"] = store.rstrip("/")
+    lora.setdefault("max_num_adapters_per_replica", 4)
+    llm["lora_config"] = lora
+    engine = llm.setdefault("engine_kwargs", {})
+    engine["enable_lora"] = True
+    if max_rank is not None:
+        engine["max_lora_rank"] = max(int(engine.get("max_lora_rank") or 0), max_rank)
+    engine.setdefault("max_loras", min(int(lora["max_num_adapters_per_replica"]), 4))
+    return llm
+
+
+def lora_store_of(profile: dict[str, Any]) -> str | None:
+    """The profile's LoRA folder (the first ``llm_configs`` entry's), or None without LoRA."""
+    llms = (profile["applications"][0].get("args") or {}).get("llm_configs") or [{}]
+    return (llms[0].get("lora_config") or {}).get("dynamic_lora_loading_path")
 
 
 def cpu_engine(profile: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,6 +186,8 @@ def start(
     wait: bool = True,
     wait_timeout_s: float = 900.0,
     model_id: str | None = None,
+    lora_store: str | None = None,
+    max_lora_rank: int | None = None,
 ) -> Served:
     """Deploy the profile on the Ray cluster this process is connected to (starting a local one
     when none is); returns once the application is running (and, with ``wait``, answering)."""
@@ -160,6 +203,8 @@ def start(
         model_source=model_source,
         api_key=api_key,
         model_id=model_id,
+        lora_store=lora_store,
+        max_lora_rank=max_lora_rank,
     )
     application = profile["applications"][0]
     # the CPU engine's dtype and threads are chosen once, here, and travel resolved
@@ -182,7 +227,12 @@ def start(
         raise ServeError(f"the student did not start: {error}") from None
     url = f"http://{'127.0.0.1' if http['host'] in ('0.0.0.0', '::') else http['host']}:{http['port']}"
     served = Served(
-        url=url, app_name=name, models=models, api_key=api_key, cpu_engine=args.get("cpu_engine_resolved")
+        url=url,
+        app_name=name,
+        models=models,
+        api_key=api_key,
+        cpu_engine=args.get("cpu_engine_resolved"),
+        lora_store=lora_store_of(profile),
     )
     if wait:
         wait_for_models(url, models, api_key, wait_timeout_s)
