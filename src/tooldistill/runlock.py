@@ -137,11 +137,9 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 
 def _s3_client() -> Any:
-    import boto3
+    from tooldistill.store import s3_client  # the shared one: same endpoint, region and retries
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region)
+    return s3_client()
 
 
 def _error_code(error: Exception) -> str:

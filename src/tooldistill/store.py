@@ -11,6 +11,10 @@ Contract:
 - **S3 goes through pyarrow's S3 filesystem** with the standard AWS credential chain.  The
   endpoint comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (for MinIO, moto, ...), the
   region from ``AWS_REGION``/``AWS_DEFAULT_REGION``.  Credentials are never read or written here.
+- **S3 requests are retried** on throttling (``503 SlowDown``), other 5xx answers and dropped
+  connections, with exponential backoff and jitter: pyarrow's ``AwsStandardS3RetryStrategy`` for
+  datasets, botocore's ``standard`` retry mode for the boto3 clients (``s3_client``).  Both make
+  ``TOOLDISTILL_S3_MAX_ATTEMPTS`` attempts per request at most (first try included; default 8).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import secrets
 import time
@@ -54,16 +59,81 @@ class StoreError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem from the environment (endpoint and region only; credentials by the AWS chain)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    kwargs: dict[str, Any] = {"region": region}
+MAX_ATTEMPTS_ENV = "TOOLDISTILL_S3_MAX_ATTEMPTS"
+#: Attempts per S3 request, the first included.  With the SDKs' backoff (a random wait below 1 s,
+#: 2 s, 4 s, ... capped at 20 s) a request that keeps failing is given up after about a minute.
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+def s3_max_attempts() -> int:
+    """How many times one S3 request is tried at most: ``$TOOLDISTILL_S3_MAX_ATTEMPTS`` or 8."""
+    raw = os.environ.get(MAX_ATTEMPTS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ATTEMPTS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StoreError(f"{MAX_ATTEMPTS_ENV} must be a whole number >= 1 (1: no retries), got {raw!r}")
+    return value
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _s3_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with an explicit retry budget that survives pickling.
+
+    pyarrow pickles an ``S3FileSystem`` without its ``retry_strategy``, so a filesystem sent to Ray
+    workers (``Dataset.to_ray``) would fall back to pyarrow's default of 3 attempts there; this one
+    rebuilds itself with the same options and the same number of attempts.
+    """
+
+    def __init__(self, *, max_attempts: int, **options: Any) -> None:
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts), **options)
+        self.max_attempts = max_attempts
+        self.options = options
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_s3, (self.max_attempts, self.options)
+
+
+def _rebuild_s3(max_attempts: int, options: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(max_attempts=max_attempts, **options)
+
+
+def s3_filesystem() -> RetryingS3FileSystem:
+    """An S3 filesystem from the environment (endpoint, region and retry budget; credentials by the
+    AWS chain).  Throttling, 5xx answers and dropped connections are retried with backoff.
+
+    Opening an output stream is delayed until it is written (``allow_delayed_open``), so that a
+    file smaller than one multipart part (manifests, quarantine files, most parts) is one
+    ``PutObject`` instead of create/upload/complete: a third of the requests, and a write that
+    fails leaves no incomplete multipart upload behind.
+    """
+    endpoint = _s3_endpoint()
+    options: dict[str, Any] = {"region": _s3_region(), "allow_delayed_open": True}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
-        kwargs["endpoint_override"] = host or endpoint
-        kwargs["scheme"] = scheme if host else "https"
-    return pafs.S3FileSystem(**kwargs)
+        options["endpoint_override"] = host or endpoint
+        options["scheme"] = scheme if host else "https"
+    return RetryingS3FileSystem(max_attempts=s3_max_attempts(), **options)
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client from the same environment as ``s3_filesystem``, for the calls pyarrow has
+    no API for (conditional writes); botocore's ``standard`` retries, ``s3_max_attempts`` attempts."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "total_max_attempts": s3_max_attempts()})
+    return boto3.client("s3", endpoint_url=_s3_endpoint(), region_name=_s3_region(), config=config)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -89,9 +159,24 @@ def _write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
         stream.write(data)
 
 
+#: How the AWS SDK reports a GET whose error answer does not fit the buffer of the range it asked
+#: for, e.g. a ``503 SlowDown`` (a few hundred bytes of XML) on an object smaller than that.  It
+#: classes this as a non-retryable client error, so ``_read_bytes`` retries it itself.
+_OVERFLOWED_ERROR = "Failed to flush response stream"
+
+
 def _read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
-    with filesystem.open_input_stream(path) as stream:
-        return bytes(stream.read())
+    attempts = getattr(filesystem, "max_attempts", 1)  # RetryingS3FileSystem's; others: 1
+    attempt = 1
+    while True:
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return bytes(stream.read())
+        except OSError as error:
+            if attempt >= attempts or _OVERFLOWED_ERROR not in str(error):
+                raise
+        time.sleep(random.uniform(0.0, min(20.0, 2.0 ** (attempt - 1))))  # as the SDK backs off
+        attempt += 1
 
 
 def read_file(uri: str) -> bytes:
@@ -255,7 +340,13 @@ def publish(
     if records:
         name = f"quarantine-{token}.jsonl"
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-        _write_bytes(filesystem, f"{path}/{name}", body)
+        try:
+            _write_bytes(filesystem, f"{path}/{name}", body)
+        except OSError as error:
+            raise StoreError(
+                f"cannot publish {uri}: writing {name} failed ({error}); readers still see the previous "
+                "dataset, if any"
+            ) from error
         by_reason: dict[str, int] = {}
         for record in records:
             kind = reason_kind(str(record.get("reason", "")))
@@ -272,7 +363,9 @@ def publish(
         else:
             _write_bytes(filesystem, f"{path}/{MANIFEST}", body)
     except OSError as error:
-        raise StoreError(f"cannot publish {join(uri, MANIFEST)}: {error}") from error
+        raise StoreError(
+            f"cannot publish {join(uri, MANIFEST)}: {error}; readers still see the previous dataset, if any"
+        ) from error
     _drop_stale(filesystem, path, manifest)
     return manifest
 
