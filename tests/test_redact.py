@@ -487,3 +487,53 @@ def test_no_planted_secret_in_any_file_ingest_writes(tmp_path, fmt, write):
     expected = {kind for kind, _, _ in PLANTED}
     assert expected <= set(counts), expected - set(counts)
     assert all(count > 0 for count in counts.values())
+
+
+def test_redact_report_lists_kinds_and_counts_never_values(tmp_path):
+    from click.testing import CliRunner
+
+    from tooldistill.cli import main
+    from tooldistill.optimize.testing import make_traces, write_traces
+    from tooldistill.store import Dataset
+
+    _api_log(tmp_path / "logs")
+    run = tmp_path / "run"
+    ingest_args = ["ingest", str(tmp_path / "logs"), "--format", "anthropic", "--executor", "local"]
+    result = CliRunner().invoke(main, [*ingest_args, "--out", str(run / "traces"), "--redact-report"])
+    assert result.exit_code == 0, result.output
+    counts = Dataset.open(str(run / "traces")).manifest.stats["secrets_redacted"]
+    assert len(counts) >= 20
+    text = " ".join(result.output.split())
+    assert all(kind in text for kind in counts)
+    assert not [value for value in VALUES if value in result.output]
+    # the same logs without redaction, and a dataset made by a stage that redacts nothing itself
+    raw = CliRunner().invoke(main, [*ingest_args, "--out", str(run / "raw"), "--no-redact"])
+    assert raw.exit_code == 0, raw.output
+    write_traces(str(run / "curate" / "split"), make_traces(3))
+
+    report = CliRunner().invoke(main, ["redact-report", str(run), "--json"])
+    assert report.exit_code == 0, report.output
+    rows = {row["dataset"]: row for row in json.loads(report.stdout)["datasets"]}
+    assert rows["traces"] == {
+        "dataset": "traces",
+        "stage": "ingest",
+        "redaction": "on",
+        "secrets_redacted": counts,
+        "total": sum(counts.values()),
+    }
+    assert rows["raw"]["redaction"] == "off" and rows["raw"]["secrets_redacted"] == {}
+    assert json.loads(report.stdout)["without_counts"] == ["curate/split"]
+    table = CliRunner().invoke(main, ["redact-report", str(run)])
+    assert table.exit_code == 0, table.output
+    text = " ".join(table.output.split())
+    assert "off" in text and "none found" in text and str(sum(counts.values())) in text
+    assert "1 more datasets record no redaction of their own" in text and "curate/split" in text
+    assert not [value for value in VALUES if value in table.output]
+    # one dataset on its own
+    single = CliRunner().invoke(main, ["redact-report", str(run / "traces"), "--json"])
+    assert [r["dataset"] for r in json.loads(single.stdout)["datasets"]] == ["."]
+    # nothing there
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "empty", tmp_path / "missing"):
+        missing = CliRunner().invoke(main, ["redact-report", str(target)])
+        assert missing.exit_code == 2 and "Traceback" not in missing.output

@@ -575,3 +575,139 @@ def test_live_three_traces_from_claude(
     assert result.summary["requests"]["answered"] == 3
     assert result.summary["tokens"]["output_tokens"] > 0
     assert all(len(t.teacher_samples) == 1 for t in result.dataset.to_traces())
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets in Claude's answers
+# ---------------------------------------------------------------------------------------------
+
+
+def _claude_secrets() -> dict[str, tuple[str, str]]:
+    """{kind: (line, value)}: four of test_redact's invented secrets, as Claude might repeat them."""
+    from test_redact import PLANTED
+
+    prefixes = {
+        "aws_access_key_id": "AWS_ACCESS_KEY_ID=",
+        "jwt": "SESSION_JWT=",
+        "secret_keyword": "password: ",
+        "basic_auth": "DATABASE_URL=postgres://",
+    }
+    found = {}
+    for kind, prefix in prefixes.items():
+        found[kind] = next(
+            (line, value) for k, line, value in PLANTED if k == kind and line.startswith(prefix)
+        )
+    return found
+
+
+SECRETS = _claude_secrets()
+SECRET_LINES = "\n".join(line for line, _ in SECRETS.values())
+#: a tool-call argument under a key that names a secret, with no pattern in the value itself
+KEYED_PASSWORD = "Zq8!vLm2#Rt9" + "Kw"
+SECRET_VALUES = [value for _, value in SECRETS.values()] + [KEYED_PASSWORD]
+#: what each answer of ``SecretPolicy`` holds: every line once in the text, once in a tool input,
+#: and the keyed password
+PER_ANSWER = {"aws_access_key_id": 2, "jwt": 2, "basic_auth": 2, "secret_keyword": 3}
+
+
+class SecretPolicy:
+    """Claude answering with secrets: in its text, in a tool call's arguments (in a value, and under
+    a key that names a secret), and, for the judge, in the verdict's reason."""
+
+    def answer(self, body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        text = {"type": "text", "text": f"I read the config first. It says:\n{SECRET_LINES}"}
+        tool = (body.get("tools") or [{}])[0].get("name", "tool")
+        if tool == "record_verdict":
+            arguments: dict[str, Any] = {
+                "equivalent": True,
+                "score": 5,
+                "reason": f"Same call; both pass {SECRET_LINES}",
+                "password": KEYED_PASSWORD,
+            }
+        else:
+            arguments = {"config": SECRET_LINES, "password": KEYED_PASSWORD}
+        return [text, {"type": "tool_use", "id": f"toolu_{key[:12]}", "name": tool, "input": arguments}]
+
+
+def leaked(root: Path) -> list[tuple[str, str]]:
+    """(file, value) for every secret value found in any file under ``root``: each file's bytes as
+    written, and Parquet parts decoded to their rows too (their pages are compressed)."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        texts = [path.read_bytes()]
+        if path.suffix == ".parquet":
+            texts.append(json.dumps(pq.read_table(path).to_pylist(), default=str).encode())
+        for value in SECRET_VALUES:
+            forms = {value.encode(), json.dumps(value)[1:-1].encode()}
+            if any(form in text for form in forms for text in texts):
+                found.append((str(path.relative_to(root)), value[:6] + "..."))
+    return found
+
+
+def test_secrets_in_claudes_answers_reach_no_file_and_are_counted(
+    bfcl_traces: list[Trace], tmp_path: Path, anthropic_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    traces = [t for t in bfcl_traces if t.reference_calls and t.tools][:5]
+    dataset = small_dataset(tmp_path, traces)
+    run = tmp_path / "run"  # everything the commands write goes under here
+    server = serve(AnthropicServer(SecretPolicy()), monkeypatch)
+    try:
+        out = run / "teacher"
+        args = ["teacher", "capture", "--dataset", dataset, "--out", str(out), "--model", MODEL]
+        result = CliRunner().invoke(main, [*args, "--samples", "2"])
+        assert result.exit_code == 0, result.output
+        answered = sum(server.stats()["answered"].values())
+        evaluation = _evaluation(run, dataset, traces)
+        judged = CliRunner().invoke(main, ["judge", "--evaluation", evaluation, "--model", MODEL])
+        assert judged.exit_code == 0, judged.output
+        judge_answers = sum(server.stats()["answered"].values()) - answered
+    finally:
+        server.stop()
+    assert answered == 10 and judge_answers == 5
+    assert not leaked(run)
+    assert not [v for v in SECRET_VALUES if v in result.output + judged.output]
+    # the counts: per kind, what each answer held times the answers
+    manifest = store.Dataset.open(str(out)).manifest
+    assert manifest.stats["secrets_redacted"] == {kind: n * 10 for kind, n in PER_ANSWER.items()}
+    assert (
+        json.loads((out / "summary.json").read_text())["secrets_redacted"]
+        == manifest.stats["secrets_redacted"]
+    )
+    judgements = store.Dataset.open(evaluation + "-judge")
+    assert judgements.manifest.stats["secrets_redacted"] == {kind: n * 5 for kind, n in PER_ANSWER.items()}
+    assert "secrets redacted from Claude's answers: 90" in " ".join(result.output.split())
+    # what is kept: the label in front of each value, the arguments' keys, the verdict itself
+    captured = store.Dataset.open(str(out)).to_traces()
+    call = captured[0].teacher_samples[0][0]
+    assert call.arguments["password"] == "[REDACTED:secret_keyword]"
+    assert "AWS_ACCESS_KEY_ID=[REDACTED:aws_access_key_id]" in call.arguments["config"]
+    assert "postgres://app_user:[REDACTED:basic_auth]@db.internal" in call.arguments["config"]
+    rows = judgements.to_arrow().to_pylist()
+    verdicts = [r for r in rows if r["judge_equivalent"] is not None]
+    assert len(verdicts) == 5 and all("SESSION_JWT=[REDACTED:jwt]" in r["judge_reason"] for r in verdicts)
+
+
+def test_answers_stored_unredacted_are_redacted_when_read_again(
+    bfcl_traces: list[Trace], tmp_path: Path, anthropic_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache written with redaction off (or by a version before it) holds Claude's secrets; a run
+    with redaction on rebuilds from it without asking again, and takes them out of the cache too."""
+    traces = [t for t in bfcl_traces if t.reference_calls and t.tools][:3]
+    dataset = small_dataset(tmp_path, traces)
+    out = tmp_path / "run" / "teacher"
+    server = serve(AnthropicServer(SecretPolicy()), monkeypatch)
+    try:
+        config = CaptureConfig(dataset=dataset, out=str(out), model=MODEL, redact=False)
+        raw = capture(config, show_progress=False)
+        assert raw.summary["secrets_redacted"] == {}
+        assert leaked(out)  # as asked: kept as it came
+        redacted = capture(config.model_copy(update={"redact": True}), show_progress=False)
+        answered = sum(server.stats()["answered"].values())
+    finally:
+        server.stop()
+    assert not redacted.skipped and answered == 3  # the config changed; nothing was asked again
+    assert redacted.summary["requests"]["from_cache"] == 3
+    assert redacted.summary["secrets_redacted"] == {kind: n * 3 for kind, n in PER_ANSWER.items()}
+    assert not leaked(out)

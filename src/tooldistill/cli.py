@@ -7,16 +7,18 @@ print one clear line and exit with status 2; they never print a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from tooldistill import __version__
+from tooldistill import __version__, runlock, store
 from tooldistill.config import ConfigError, load_config
 from tooldistill.evaluate import EndpointError, StudentTooSlow
 from tooldistill.executor import make_executor
@@ -46,6 +48,130 @@ def user_errors(*extra: type[Exception]) -> Iterator[None]:
     except (*USER_ERRORS, *extra) as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(2)
+
+
+def _folders_above(uri: str) -> list[str]:
+    """The folders that hold ``uri``, nearest first (``s3://b/runs/x/traces`` → ``s3://b/runs/x``, ...)."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        parts = [p for p in prefix.split("/") if p]
+        return [f"s3://{bucket}/{'/'.join(parts[:n])}".rstrip("/") for n in range(len(parts) - 1, -1, -1)]
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return [str(parent) for parent in Path(os.path.abspath(os.path.expanduser(path))).parents]
+
+
+@contextmanager
+def hold_output(out: str) -> Iterator[None]:
+    """The run lock (``runlock``) of a standalone command's output folder while it writes there.
+
+    A second command writing to the same folder stops with ``RunLockError`` naming the holder, and
+    so does one writing inside a run folder that a ``tooldistill run`` holds (``runs/x/traces``
+    while a run uses ``runs/x``).  A stale lock (its process is gone) is taken over with a warning."""
+    for folder in _folders_above(out):
+        try:
+            holder = runlock.read_holder(folder)
+        except Exception:  # an unreadable folder above is no run's lock
+            continue
+        if holder is not None and not runlock.is_stale(holder):
+            raise runlock.RunLockError(
+                f"the output folder {out} is inside the run folder {folder}, in use by another run: "
+                f"{holder.describe()}. Wait for it to finish, or write somewhere else.",
+                holder,
+            )
+    # the lock creates the folder; a command that fails before writing anything leaves none behind
+    created: list[Path] = []
+    if not out.startswith("s3://"):
+        missing = Path(os.path.abspath(os.path.expanduser(out.removeprefix("file://"))))
+        while not missing.exists() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
+    try:
+        with runlock.hold(out, warn=lambda text: console.print(text, highlight=False)):
+            yield
+    finally:
+        for path in created:
+            try:
+                path.rmdir()  # only while empty
+            except OSError:
+                break
+
+
+# ---------------------------------------------------------------------------------------------
+# the redaction report
+
+
+def redaction_rows(target: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(one row per dataset under ``target`` whose stage redacts: its path, stage, whether redaction
+    was on and the counts per kind; the datasets that record no redaction of their own).
+
+    Read from the manifests only: they hold counts, never the values."""
+    import pyarrow.fs as pafs
+
+    filesystem, root = store.resolve(target)
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise StoreError(f"nothing at {target}")
+    folders: list[str] = []
+    if info.type == pafs.FileType.Directory:
+        listed = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        folders = sorted(
+            i.path[: -len(store.MANIFEST) - 1]
+            for i in listed
+            if i.type == pafs.FileType.File and i.base_name == store.MANIFEST
+        )
+    rows: list[dict[str, Any]] = []
+    others: list[str] = []
+    for folder in folders:
+        relative = folder[len(root) :].strip("/") or "."
+        manifest = store.read_manifest(store.join(target, relative) if relative != "." else target)
+        if manifest is None:
+            continue
+        counts = manifest.stats.get("secrets_redacted")
+        if counts is None:
+            others.append(relative)
+            continue
+        rows.append(
+            {
+                "dataset": relative,
+                "stage": manifest.stage,
+                "redaction": "off" if manifest.stats.get("redact") is False else "on",
+                "secrets_redacted": {str(k): int(v) for k, v in sorted(counts.items())},
+                "total": int(sum(counts.values())),
+            }
+        )
+    if not rows and not others:
+        raise StoreError(f"no dataset under {target} (no {store.MANIFEST} found)")
+    return rows, others
+
+
+def _print_redaction(target: str, rows: list[dict[str, Any]], others: list[str]) -> None:
+    table = Table(title=f"secrets redacted in {target}", title_justify="left")
+    for column in ("dataset", "stage", "redaction", "kind", "count"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    totals: dict[str, int] = {}
+    for row in rows:
+        kinds = row["secrets_redacted"]
+        if not kinds:
+            table.add_row(row["dataset"], row["stage"], row["redaction"], "none found", "0")
+        for i, (kind, count) in enumerate(kinds.items()):
+            first = i == 0
+            table.add_row(
+                row["dataset"] if first else "",
+                row["stage"] if first else "",
+                row["redaction"] if first else "",
+                kind,
+                str(count),
+            )
+            totals[kind] = totals.get(kind, 0) + count
+    if len(rows) > 1:
+        table.add_row("[bold]total", "", "", ", ".join(sorted(totals)) or "-", str(sum(totals.values())))
+    console.print(table)
+    if others:
+        console.print(
+            f"{len(others)} more datasets record no redaction of their own (stages that only pass on "
+            f"what they read): {', '.join(others[:8])}{', ...' if len(others) > 8 else ''}",
+            highlight=False,
+        )
 
 
 def _print_ingest(result: IngestResult) -> None:
@@ -130,6 +256,11 @@ def main() -> None:
 @click.option("--no-redact", is_flag=True, help="Keep secrets found in the logs (not recommended).")
 @click.option("--files-per-shard", type=int, default=None, help="Files per task and Parquet part.")
 @click.option(
+    "--redact-report",
+    is_flag=True,
+    help="Then print the secrets redacted per kind (counts from the manifest, never the values).",
+)
+@click.option(
     "--prompt",
     default=None,
     metavar="TEXT",
@@ -147,12 +278,16 @@ def ingest_command(
     include_no_call: bool,
     no_redact: bool,
     files_per_shard: int | None,
+    redact_report: bool,
     prompt: str | None,
     executor: str,
     ray_address: str | None,
 ) -> None:
-    """Read teacher traces from SOURCES (files, folders, s3:// prefixes; 'bfcl' for the bfcl-eval data)."""
-    with user_errors():
+    """Read teacher traces from SOURCES (files, folders, s3:// prefixes; 'bfcl' for the bfcl-eval data).
+
+    The output folder is locked while ingest writes it: a second command on it stops with an error
+    that names the holder."""
+    with user_errors(runlock.RunLockError), hold_output(out):
         config = IngestConfig(
             sources=sources,
             format=format_name,
@@ -170,6 +305,23 @@ def ingest_command(
         )
         result = ingest(config, make_executor(executor, address=ray_address))
         _print_ingest(result)
+        if redact_report:
+            rows, others = redaction_rows(result.dataset.uri)
+            _print_redaction(result.dataset.uri, rows, others)
+
+
+@main.command("redact-report")
+@click.argument("target", metavar="DATASET|RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def redact_report_command(target: str, as_json: bool) -> None:
+    """Secrets redacted per kind in a dataset, or in every dataset of a run folder (ingest, teacher,
+    judge), from their manifests: kinds and counts, never the values."""
+    with user_errors():
+        rows, others = redaction_rows(target)
+        if as_json:
+            click.echo(json.dumps({"datasets": rows, "without_counts": others}, indent=2))
+        else:
+            _print_redaction(target, rows, others)
 
 
 @main.command("show")

@@ -4,11 +4,16 @@ Registered on the main command in ``cli.py``.  Each command builds a stage confi
 runs it, and prints what happened (skipped when up to date) and the funnel: traces in, duplicates,
 kept, selected, and the split sizes.  Errors the user can act on exit with status 2 (``CurateError``
 is a ``ValueError``, one of the CLI's user errors).
+
+Each command holds the run lock of its ``--out`` folder while it writes (``cli.hold_output``): a
+second command on the same folder, or one inside a folder a ``tooldistill run`` is using, stops
+with an error that names the holder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -23,10 +28,14 @@ def _console() -> Any:
     return console
 
 
-def _user_errors() -> Any:
-    from tooldistill.cli import user_errors
+@contextmanager
+def _writing(out: str) -> Iterator[None]:
+    """User errors as one line (exit 2), and the output folder's lock for the command's duration."""
+    from tooldistill.cli import hold_output, user_errors
+    from tooldistill.runlock import RunLockError
 
-    return user_errors()
+    with user_errors(RunLockError), hold_output(out):
+        yield
 
 
 def _runner(executor: str, ray_address: str | None) -> Any:
@@ -165,7 +174,7 @@ def embed_command(
     """Embed a text view of every trace (sentence-transformers; Ray Data actor pool)."""
     from tooldistill.curate.embed import EmbedConfig, embed
 
-    with _user_errors():
+    with _writing(out):
         config = EmbedConfig(dataset=dataset, out=out, force=force, **_embed_options(kwargs))
         result, skipped = embed(config, _runner(executor, ray_address))
         stats = result.manifest.stats
@@ -223,7 +232,7 @@ def semdedup_command(
     from tooldistill.curate.pipeline import ensure_embedded
     from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup
 
-    with _user_errors():
+    with _writing(out):
         runner = _runner(executor, ray_address)
         embedded = ensure_embedded(
             dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
@@ -275,7 +284,7 @@ def car_command(
     from tooldistill.curate.car import CarConfig, run_car
     from tooldistill.curate.pipeline import ensure_embedded
 
-    with _user_errors():
+    with _writing(out):
         runner = _runner(executor, ray_address)
         embedded = ensure_embedded(
             dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
@@ -326,7 +335,7 @@ def split_command(dataset: str, out: str, force: bool, fractions: str, seed: int
     """Deterministic train/val/test split, stratified by cluster and tool (OUT/train, OUT/val, OUT/test)."""
     from tooldistill.curate.split import SplitConfig, run_split
 
-    with _user_errors():
+    with _writing(out):
         config = SplitConfig(
             dataset=dataset, out=out, fractions=_fractions(fractions), seed=seed, force=force
         )
@@ -383,7 +392,7 @@ def all_command(
     """Embed, SemDeDup, CaR and split into OUT/{embedded,deduped,curated,split}."""
     from tooldistill.curate.pipeline import curate_all
 
-    with _user_errors():
+    with _writing(out):
         quality = _quality_config(quality_weights)
         result = curate_all(
             dataset,

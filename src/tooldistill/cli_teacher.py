@@ -26,10 +26,21 @@ def _console() -> Any:
 @contextmanager
 def _user_errors() -> Iterator[None]:
     from tooldistill.cli import user_errors
+    from tooldistill.runlock import RunLockError
     from tooldistill.teacher.capture import TeacherError
     from tooldistill.teacher.judge import JudgeError
 
-    with user_errors(TeacherError, JudgeError):
+    with user_errors(TeacherError, JudgeError, RunLockError):
+        yield
+
+
+@contextmanager
+def _writing(out: str) -> Iterator[None]:
+    """The output folder's lock while the command writes there: two captures on one folder would
+    both pay for every request the cache does not hold yet."""
+    from tooldistill.cli import hold_output
+
+    with hold_output(out):
         yield
 
 
@@ -75,6 +86,11 @@ def _claude_options(fn: Any) -> Any:
             "--api-key-env", default="ANTHROPIC_API_KEY", show_default=True, help="Env var with the key."
         ),
         click.option("--force", is_flag=True, help="Rebuild even when the output is up to date."),
+        click.option(
+            "--no-redact",
+            is_flag=True,
+            help="Store what Claude wrote as it came, secrets included (not recommended).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -97,6 +113,7 @@ def _settings(values: dict[str, Any]) -> dict[str, Any]:
         "limit": values["limit"],
         "api_key_env": values["api_key_env"],
         "force": values["force"],
+        "redact": not values["no_redact"],
     }
 
 
@@ -132,6 +149,15 @@ def _print_usage(summary: dict[str, Any]) -> None:
         )
 
 
+def _print_secrets(summary: dict[str, Any]) -> None:
+    redacted = summary.get("secrets_redacted") or {}
+    if redacted:
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(redacted.items()))
+        _console().print(
+            f"secrets redacted from Claude's answers: {sum(redacted.values())} ({kinds})", highlight=False
+        )
+
+
 @click.group("teacher")
 def teacher() -> None:
     """Ask Claude, the teacher: capture samples, or serve a local stand-in for tests."""
@@ -162,7 +188,8 @@ def capture_command(**values: Any) -> None:
             prompt_caching=not values["no_prompt_cache"],
             **_settings(values),
         )
-        result = capture(config)
+        with _writing(config.out):
+            result = capture(config)
         summary = result.summary
         requests = summary.get("requests", {})
         table = Table(
@@ -183,6 +210,7 @@ def capture_command(**values: Any) -> None:
         )
         _console().print(table)
         _print_usage(summary)
+        _print_secrets(summary)
         _print_consistency(summary.get("consistency") or {})
         for failure in result.failures[:5]:
             _console().print(
@@ -244,7 +272,8 @@ def judge_command(
             mode=mode,
             **_settings(values),
         )
-        result = judge(config)
+        with _writing(config.out):
+            result = judge(config)
         summary = result.summary
         console = _console()
         agreement = summary.get("agreement") or {}
@@ -264,3 +293,4 @@ def judge_command(
             )
         console.print(f"confusion: {summary['confusion']}", highlight=False)
         _print_usage(summary)
+        _print_secrets(summary)

@@ -299,7 +299,9 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
             "summary": summary,
             "duplicates_dropped": sum(r["duplicates"] for r in results),
             "duplicate_ids_across_parts": cross_shard_duplicates,
-            "secrets_redacted": dict(redacted),
+            "secrets_redacted": dict(sorted(redacted.items())),
+            # off with --no-redact: then no count above means nothing was looked for
+            "redact": config.reader.redact,
             "executor": executor.name,
         },
     )

@@ -12,6 +12,11 @@ reason, and the trace's self-agreement (a quality signal for curation).  The run
 cost, prompt-cache hits, retries, failures, the consistency ceiling) goes into the manifest and
 ``summary.json``.  Requests that still failed after their retries are reported, and the dataset is
 published as incomplete so the next run asks for them again.
+
+What Claude wrote (text, tool-call arguments, thinking) passes through ``redact.Redactor`` before the
+answer is written anywhere, the request cache included: a secret Claude repeats from the conversation
+or makes up is stored as ``[REDACTED:<kind>]``, and the counts per kind go to the manifest's
+``stats.secrets_redacted`` as ingest's do.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tooldistill import __version__, store
 from tooldistill.match.compare import chain_key
 from tooldistill.match.consistency import consensus, consistency_report
+from tooldistill.redact import Redactor
 from tooldistill.schema import ToolCall, Trace, content_hash, traces_to_table
 from tooldistill.scoring import write_json
 from tooldistill.teacher.cache import RequestCache
@@ -56,6 +62,8 @@ from tooldistill.teacher.request import (
 
 STAGE = "teacher"
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+#: What ``metadata["teacher"]["requests"]`` keeps of each answer's record.
+DATASET_FIELDS = ("key", "sample", "mode", "stop_reason", "usage", "cost_usd")
 
 
 class TeacherError(RuntimeError):
@@ -83,6 +91,8 @@ class ClaudeSettings(BaseModel):
     batch_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     prices: dict[str, Price] | None = None
     api_key_env: str = "ANTHROPIC_API_KEY"
+    #: replace secrets in what Claude wrote before it is stored (``--no-redact`` turns it off)
+    redact: bool = True
     #: the output dataset
     out: str
     #: the request cache (default: ``<out>/requests``); share one between runs to never pay twice
@@ -117,6 +127,7 @@ class CaptureConfig(ClaudeSettings):
                 "system": self.system_prompt,
                 "prompt_caching": self.prompt_caching,
                 "limit": self.limit,
+                "redact": self.redact,
             },
             16,
         )
@@ -167,10 +178,53 @@ def plan(traces: list[Trace], config: CaptureConfig) -> Plan:
     return Plan(jobs, wanted, names)
 
 
-def make_record(answer: Answer, names: dict[str, str], prices: dict[str, Price] | None) -> dict[str, Any]:
-    """What is kept of one answer (never the request headers, so never the key)."""
+#: Keys of an answer's content blocks that hold no text of Claude's: the block's kind, ids, the tool's
+#: name (ours, from the request) and the opaque signature of a thinking block.
+_STRUCTURAL = frozenset({"type", "id", "name", "tool_use_id", "signature"})
+
+
+def redact_content(content: list[Any], redactor: Redactor) -> list[Any]:
+    """An answer's content blocks with secrets replaced in everything Claude wrote: the text of text
+    and thinking blocks, the input of tool calls (keyed like ingest's call arguments: a value under
+    ``password`` or ``api_key`` is a secret), citations.  An encrypted ``redacted_thinking`` block is
+    kept as it came."""
+    out: list[Any] = []
+    for block in content:
+        if not isinstance(block, dict):
+            out.append(redactor.value(block))
+        elif block.get("type") == "redacted_thinking":
+            out.append(block)
+        else:
+            out.append({k: v if k in _STRUCTURAL else redactor.value(v) for k, v in block.items()})
+    return out
+
+
+def redact_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored answer made before redaction (an older cache, or ``redact`` off then), redacted now:
+    its content counted, its calls and text (views of the same content) replaced alike."""
+    counted, again = Redactor(), Redactor()
+    calls = [
+        {**call, "arguments": again.value(call.get("arguments") or {})} for call in record.get("calls") or []
+    ]
+    return {
+        **record,
+        "content": redact_content(list(record.get("content") or []), counted),
+        "calls": calls,
+        "text": again.text(str(record.get("text") or "")),
+        "redacted": dict(sorted(counted.counts.items())),
+    }
+
+
+def make_record(
+    answer: Answer, names: dict[str, str], prices: dict[str, Price] | None, redact: bool = True
+) -> dict[str, Any]:
+    """What is kept of one answer (never the request headers, so never the key), with secrets in
+    what Claude wrote replaced (``redacted``: counts per kind; None when redaction is off)."""
     message = answer.message
     content = message.get("content") or []
+    redactor = Redactor(enabled=redact)
+    if redact:
+        content = redact_content(list(content), redactor)
     usage = {name: int((message.get("usage") or {}).get(name) or 0) for name in USAGE_FIELDS}
     model = str(message.get("model") or answer.job.params.get("model") or "")
     return {
@@ -189,7 +243,26 @@ def make_record(answer: Answer, names: dict[str, str], prices: dict[str, Price] 
         "latency_s": round(answer.latency_s, 4),
         "attempts": answer.attempts,
         "at": time.time(),
+        "redacted": dict(sorted(redactor.counts.items())) if redact else None,
     }
+
+
+def cached_record(cache: RequestCache, key: str, redact: bool) -> dict[str, Any] | None:
+    """A stored answer; one stored unredacted is redacted now and stored again, so the secret
+    leaves the cache too."""
+    record = cache.get(key)
+    if record is not None and redact and record.get("redacted") is None:
+        record = redact_record(record)
+        cache.put(key, record)
+    return record
+
+
+def secret_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Secrets replaced per kind over ``records`` (one per distinct request)."""
+    total: Counter[str] = Counter()
+    for record in records:
+        total.update(record.get("redacted") or {})
+    return dict(sorted(total.items()))
 
 
 def capture(
@@ -223,7 +296,7 @@ def capture(
         )
     for job in jobs:
         if job.key not in records and job.key in done_before:
-            record = cache.get(job.key)
+            record = cached_record(cache, job.key, config.redact)
             if record is not None:
                 records[job.key] = record
     out_traces = [
@@ -242,7 +315,7 @@ def capture(
         fingerprint=fingerprint if not failures else f"{fingerprint}-incomplete",
         code_version=__version__,
         parents=[config.dataset],
-        stats={"summary": summary},
+        stats={"summary": summary, "secrets_redacted": summary["secrets_redacted"]},
     )
     published = store.publish(config.out, token=token, manifest=manifest)
     write_json(config.out, "summary.json", summary)
@@ -256,22 +329,10 @@ def _with_samples(trace: Trace, config: CaptureConfig, found: list[dict[str, Any
         "model": config.model,
         "requested": config.samples,
         "samples": len(samples),
-        "requests": [
-            {
-                k: r[k]
-                for k in (
-                    "key",
-                    "sample",
-                    "mode",
-                    "stop_reason",
-                    "usage",
-                    "cost_usd",
-                    "latency_s",
-                    "attempts",
-                )
-            }
-            for r in got
-        ],
+        # what was answered and paid, not how long it took or how often it was retried (those stay
+        # in the request cache and the summary): the same answers make the same dataset, byte for
+        # byte, whether the run went through at once or was killed and resumed
+        "requests": [{k: r[k] for k in DATASET_FIELDS} for r in got],
     }
     updated = trace.model_copy(update={"teacher_samples": samples})
     if samples:
@@ -328,7 +389,9 @@ async def ask_claude(
         async def on_answer(answer: Answer) -> None:
             if answer.job.key in records:
                 return
-            record = make_record(answer, names.get(answer.job.trace_id, {}), config.prices)
+            record = make_record(
+                answer, names.get(answer.job.trace_id, {}), config.prices, redact=config.redact
+            )
             # durable before it counts: a kill after this line loses nothing paid for
             await asyncio.to_thread(cache.put, answer.job.key, record)
             records[answer.job.key] = record
@@ -340,7 +403,8 @@ async def ask_claude(
                     "key": failure.job.key,
                     "trace_id": failure.job.trace_id,
                     "sample": failure.job.sample,
-                    "reason": failure.reason,
+                    # an error message can quote the request back
+                    "reason": Redactor(enabled=config.redact).text(failure.reason),
                     "attempts": failure.attempts,
                     "permanent": failure.permanent,
                 }
@@ -444,6 +508,7 @@ def summarize(
             "p95": _percentile([r["latency_s"] for r in new], 0.95),
         },
         "stop_reasons": dict(Counter(str(r["stop_reason"]) for r in kept)),
+        "secrets_redacted": secret_counts(kept),
         "consistency": consistency_report(traces),
         **stats,
     }

@@ -8,6 +8,10 @@ one forced tool (``record_verdict``: equivalent, a 1-5 score, a one-line reason)
 through the same cached, retried, resumable path as capture.  The summary says how often the judge
 and exact matching agree (with a confusion table and Cohen's kappa), so a user can see which of the
 two a match rate should be read with.
+
+The judge's answers are stored as capture's are: what Claude wrote (the reason above all) is redacted
+before it reaches the cache or the judgements, and the counts per kind go to
+``stats.secrets_redacted``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from tooldistill.match.stats import rate
 from tooldistill.schema import Trace, content_hash
 from tooldistill.scoring import write_json
 from tooldistill.teacher.cache import RequestCache
-from tooldistill.teacher.capture import USAGE_FIELDS, ClaudeSettings, ask_claude
+from tooldistill.teacher.capture import (
+    USAGE_FIELDS,
+    ClaudeSettings,
+    ask_claude,
+    cached_record,
+    secret_counts,
+)
 from tooldistill.teacher.client import Job
 from tooldistill.teacher.request import request_key
 
@@ -94,6 +104,7 @@ class JudgeConfig(ClaudeSettings):
                 "max_tokens": self.max_tokens,
                 "limit": self.limit,
                 "rubric": RUBRIC,
+                "redact": self.redact,
             },
             16,
         )
@@ -210,7 +221,7 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
             )
         )
     for job in unique:
-        if job.key not in records and (record := cache.get(job.key)) is not None:
+        if job.key not in records and (record := cached_record(cache, job.key, config.redact)) is not None:
             records[job.key] = record
     mode = config.mode
     out_rows: list[dict[str, Any]] = []
@@ -233,8 +244,15 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
                 "request_key": asked.key if asked else None,
             }
         )
-    summary = summarize(out_rows, mode, [records[j.key] for j in unique if j.key in records])
-    summary.update(model=config.model, evaluation=config.evaluation, failed_requests=len(failures), **stats)
+    answered = [records[j.key] for j in unique if j.key in records]
+    summary = summarize(out_rows, mode, answered)
+    summary.update(
+        model=config.model,
+        evaluation=config.evaluation,
+        failed_requests=len(failures),
+        secrets_redacted=secret_counts(answered),
+        **stats,
+    )
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     token = store.new_token()
     parts = [store.write_part(config.out, token, 0, pa.Table.from_pylist(out_rows, schema=JUDGE_SCHEMA))]
@@ -247,7 +265,7 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
         fingerprint=fingerprint if not failures else f"{fingerprint}-incomplete",
         code_version=__version__,
         parents=[config.evaluation, traces_uri],
-        stats={"summary": summary},
+        stats={"summary": summary, "secrets_redacted": summary["secrets_redacted"]},
     )
     published = store.publish(config.out, token=token, manifest=manifest)
     write_json(config.out, "summary.json", summary)
