@@ -191,6 +191,19 @@ def test_run_lock_retries_through_faults(bucket: str, proxy: FaultProxy) -> None
     assert proxy.injected["slowdown"] == proxy.injected["internal"] == proxy.injected["drop"] == 1
 
 
+def test_a_lost_answer_to_the_locks_create_is_still_our_lock(bucket: str, proxy: FaultProxy) -> None:
+    """The conditional create lands but its answer is lost; the retry gets 412. The lock names our
+    own token, so it is ours (not "in use by another run" naming ourselves), and is released."""
+    proxy.configure(
+        rules=[FaultRule("lost_response", method="PUT", key_suffix=f"/{runlock.LOCK_NAME}", times=1)]
+    )
+    run = f"s3://{bucket}/runs/lost"
+    with runlock.hold(run, command="lost") as lock:
+        assert runlock.read_holder(run) == lock.holder
+    assert runlock.read_holder(run) is None
+    assert proxy.injected["lost_response"] == 1
+
+
 def test_attempts_are_configurable_and_survive_pickling(
     bucket: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

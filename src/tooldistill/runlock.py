@@ -274,6 +274,10 @@ class RunLock:
                 self.holder = holder
                 return self
             current, etag, exists = self._read()
+            if current is not None and current.token == holder.token:
+                # our own create landed but its answer was lost (the retry then got 412): ours
+                self.holder, self._etag = holder, etag
+                return self
             if current is None:
                 if not exists:
                     continue  # released in the meantime: try again
