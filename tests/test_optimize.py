@@ -346,3 +346,25 @@ def test_tune_trials_get_the_student_key_the_driver_read_and_store_it_nowhere(
     for path in (tmp_path / "tune").rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_reflection_text_is_redacted_before_it_becomes_an_instruction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GEPA's new instructions come from the reflection model: a secret it repeats from a trace (over
+    real HTTP, the local Anthropic server) is replaced, and counted, before anything keeps it."""
+    from tooldistill.optimize.reflection import ReflectionLM, ReflectionSettings
+    from tooldistill.testing.anthropic_server import AnthropicServer
+
+    secret = "AKIA" + "Q3EGRTZ7ZBXYMNOP"
+
+    class Leaky:
+        def answer(self, body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+            return [{"type": "text", "text": f"Call the tool; the user's key is {secret}."}]
+
+    monkeypatch.setenv("TD_TEST_REFLECTION_KEY", "test-key")
+    with AnthropicServer(Leaky()) as server:
+        lm = ReflectionLM(
+            ReflectionSettings(endpoint=server.url, api_key_env="TD_TEST_REFLECTION_KEY", retries=0)
+        )
+        text = lm("Improve the instruction.")
+    assert secret not in text and "[REDACTED:" in text and text.startswith("Call the tool")
+    assert sum(lm.usage()["secrets_redacted"].values()) == 1

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tooldistill.evaluate import EndpointError, _Client
+from tooldistill.redact import Redactor
 from tooldistill.teacher.pricing import cost, price_for
 
 
@@ -65,6 +66,9 @@ class ReflectionLM:
         self.tokens_out = 0
         self._anthropic: Any = None
         self._openai: _Client | None = None
+        # what the reflection model writes becomes the student's instructions (prompt.json, GEPA's
+        # state, the report): a secret it repeats from the traces is replaced before any of that
+        self._redactor = Redactor()
         if settings.kind == "anthropic":
             import anthropic
 
@@ -94,9 +98,13 @@ class ReflectionLM:
             self._cost += usd or 0.0
 
     def complete(self, messages: Messages) -> str:
-        if self._anthropic is not None:
-            return self._complete_anthropic(messages)
-        return self._complete_openai(messages)
+        text = (
+            self._complete_anthropic(messages)
+            if self._anthropic is not None
+            else self._complete_openai(messages)
+        )
+        with self._lock:
+            return self._redactor.text(text)
 
     def _complete_anthropic(self, messages: Messages) -> str:
         import anthropic
@@ -105,14 +113,19 @@ class ReflectionLM:
         turns = [
             {"role": m["role"], "content": str(m["content"])} for m in messages if m.get("role") != "system"
         ]
+        from tooldistill.teacher.client import split_params
+
+        params: dict[str, Any] = {
+            "model": self.settings.model,
+            "max_tokens": self.settings.max_tokens,
+            "temperature": self.settings.temperature,
+            "messages": turns,
+            **({"system": system} if system else {}),
+        }
+        # anthropic 2.x's create() no longer names temperature; the API still takes it in the body
+        known, extra = split_params(self._anthropic, params)
         try:
-            response = self._anthropic.messages.create(
-                model=self.settings.model,
-                max_tokens=self.settings.max_tokens,
-                temperature=self.settings.temperature,
-                messages=turns,
-                **({"system": system} if system else {}),
-            )
+            response = self._anthropic.messages.create(**known, **({"extra_body": extra} if extra else {}))
         except anthropic.APIError as error:
             raise ReflectionError(f"reflection model {self.settings.model}: {error}") from None
         usage = response.usage.model_dump() if getattr(response, "usage", None) else {}
@@ -162,4 +175,5 @@ class ReflectionLM:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "usd": round(self._cost, 6),
+            "secrets_redacted": dict(sorted(self._redactor.counts.items())),
         }

@@ -281,10 +281,53 @@ def seed_prompt(config: OptimizeConfig) -> Prompt:
 
 
 def evaluate_prompt(
-    prompt: Prompt, traces: Sequence[Trace], settings: StudentSettings
+    prompt: Prompt, traces: Sequence[Trace], settings: StudentSettings, journal: Path | None = None
 ) -> tuple[dict[str, Any], list[Outcome]]:
-    outcomes = run_batch(traces, prompt, settings)
+    """The student's answers to ``traces`` with ``prompt``, judged; with ``journal``, each finished
+    answer is appended there as it comes in, and the answers already there (same prompt and
+    student) are taken instead of asked again, so an evaluation killed part way resumes."""
+    outcomes = (
+        run_batch(traces, prompt, settings)
+        if journal is None
+        else _journaled(prompt, traces, settings, journal)
+    )
     return summarize(outcomes), outcomes
+
+
+def _journaled(
+    prompt: Prompt, traces: Sequence[Trace], settings: StudentSettings, journal: Path
+) -> list[Outcome]:
+    import threading
+
+    key = content_hash({"prompt": prompt.to_json(), "student": settings.model_dump(mode="json")}, 16)
+    done: dict[str, Outcome] = {}
+    if journal.exists():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                if entry.get("key") == key:
+                    outcome = Outcome.from_json(entry["outcome"])
+                    done[outcome.trace_id] = outcome
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # the line a kill cut short
+    todo = [t for t in traces if t.id not in done]
+    if not todo:
+        return [done[t.id] for t in traces]
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    with journal.open("a", encoding="utf-8") as handle:
+
+        def keep(outcome: Outcome) -> None:
+            if outcome.error is not None:  # an endpoint error is asked again, never kept
+                return
+            line = json.dumps({"key": key, "outcome": outcome.to_json()}, ensure_ascii=False)
+            with lock:
+                handle.write(line + "\n")
+                handle.flush()
+
+        fresh = run_batch(todo, prompt, settings, on_outcome=keep)
+    answers = {**done, **{o.trace_id: o for o in fresh}}
+    return [answers[t.id] for t in traces]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,7 +600,7 @@ def run_phase(
     marker = _read(folder / "key.json")
     if done or (marker and marker.get("key") != key):  # a phase with other inputs: start it over
         for name in ("result.json", "progress.json", "candidates.json", "finetune.json", "examples.json",
-                     "examples.jsonl", "train_log.jsonl", "train_result.json"):  # fmt: skip
+                     "examples.jsonl", "train_log.jsonl", "train_result.json", "test.answers.jsonl"):  # fmt: skip
             (folder / name).unlink(missing_ok=True)
         import shutil
 
@@ -579,7 +622,7 @@ def run_phase(
     _write(folder, "prompt.json", {**prompt.to_json(), **_student_note(folder, student, phase)})
     _export_program(config, prompt, folder)
     test = _traces(config.data.test)[: config.data.test_limit]
-    summary, outcomes = evaluate_prompt(prompt, test, student)
+    summary, outcomes = evaluate_prompt(prompt, test, student, folder / "test.answers.jsonl")
     _write(folder, "test.json", {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
     result = {
         **extra,
@@ -698,7 +741,7 @@ def ensure_baseline(config: OptimizeConfig, start: Prompt) -> tuple[dict[str, An
     if baseline is not None and baseline.get("key") == key:
         return baseline, True
     test = _traces(config.data.test)[: config.data.test_limit]
-    summary, outcomes = evaluate_prompt(start, test, config.student)
+    summary, outcomes = evaluate_prompt(start, test, config.student, run_dir / "baseline.answers.jsonl")
     if outcomes and summary["errors"] == len(outcomes):
         raise OptimizeError(
             f"the student at {config.student.endpoint} answered none of {len(outcomes)} test requests "

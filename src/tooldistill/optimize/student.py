@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,17 +242,26 @@ def run_batch(
     settings: StudentSettings,
     concurrency: int | None = None,
     api_key: str | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
     """Every trace with one prompt, ``concurrency`` requests at a time, in input order.
 
     ``api_key`` overrides ``settings.api_key_env`` (a Tune trial on another node gets the key the
-    driver read, since that node's environment may not hold it)."""
+    driver read, since that node's environment may not hold it); ``on_outcome`` is called with each
+    outcome as soon as it is in (from the worker threads)."""
     if not traces:
         return []
     client = settings.client(api_key)
     workers = max(1, min(concurrency or settings.concurrency, len(traces)))
+
+    def one(trace: Trace) -> Outcome:
+        outcome = run_example(trace, prompt, settings, client)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return outcome
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda t: run_example(t, prompt, settings, client), traces))
+        return list(pool.map(one, traces))
 
 
 def check_endpoint(settings: StudentSettings) -> None:
