@@ -348,7 +348,9 @@ def test_tune_trials_get_the_student_key_the_driver_read_and_store_it_nowhere(
             assert key.encode() not in path.read_bytes(), path
 
 
-def test_reflection_text_is_redacted_before_it_becomes_an_instruction(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reflection_text_is_redacted_before_it_becomes_an_instruction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """GEPA's new instructions come from the reflection model: a secret it repeats from a trace (over
     real HTTP, the local Anthropic server) is replaced, and counted, before anything keeps it."""
     from tooldistill.optimize.reflection import ReflectionLM, ReflectionSettings

@@ -132,7 +132,11 @@ def serve_command(
 
 
 def _publish_adapters(
-    profile: str, model_source: str | None, lora_store: str | None, adapters: tuple[str, ...], rank: int | None
+    profile: str,
+    model_source: str | None,
+    lora_store: str | None,
+    adapters: tuple[str, ...],
+    rank: int | None,
 ) -> int | None:
     """Check each NAME=PATH adapter against the served base (when it is a local folder) and copy it
     to ``lora_store/NAME``; returns the largest rank seen (at least ``rank``)."""
@@ -159,7 +163,9 @@ def _publish_adapters(
             raise ValueError(f"no adapter at {folder} (adapter_config.json missing)")
         config = json.loads((folder / "adapter_config.json").read_text())
         rank = max(rank or 0, int(config.get("r") or 0)) or None
-        _console().print(f"published {folder} as {publish_adapter(folder, lora_store, name)}", highlight=False)
+        _console().print(
+            f"published {folder} as {publish_adapter(folder, lora_store, name)}", highlight=False
+        )
     return rank
 
 

@@ -232,7 +232,9 @@ class ServeHost:
     """Serves a fine-tuned student (``finetune.phase.StudentHost``) with the same profile,
     application and port: a merged folder in place of the base, or an adapter beside it."""
 
-    def __init__(self, section: StudentSection, student: Student, say: Say, run_dir: str | None = None) -> None:
+    def __init__(
+        self, section: StudentSection, student: Student, say: Say, run_dir: str | None = None
+    ) -> None:
         self.section, self.student, self.say, self.run_dir = section, student, say, run_dir
 
     def base_model(self) -> Path:

@@ -156,7 +156,9 @@ def publish_adapter(adapter: Path, store: str, name: str) -> str:
     from tooldistill import store as datastore
 
     folder = datastore.join(store.rstrip("/"), name)
-    files = sorted((p for p in adapter.iterdir() if p.is_file()), key=lambda p: p.name == "adapter_config.json")
+    files = sorted(
+        (p for p in adapter.iterdir() if p.is_file()), key=lambda p: p.name == "adapter_config.json"
+    )
     for path in files:
         datastore.write_file(folder, path.name, path.read_bytes())
     return folder
