@@ -127,6 +127,27 @@ def test_examples_are_balanced_filtered_and_counted(tokenizer: Any) -> None:
     assert capped.summary["examples"] == 3 and capped.summary["left_out"] == {"over max_per_tool": 7}
 
 
+def test_no_calls_are_topped_up_from_the_rest_of_the_split(tokenizer: Any) -> None:
+    """A sample with too few no-call traces gets them from the rest of the train split, up to
+    min_no_call_share (never past max_no_call_share), counted, and spread over the epoch."""
+    calls = make_traces(12)
+    reserve = [*make_traces(3, 40), *(no_call(i) for i in range(6))]
+    settings = ExampleSettings(max_no_call_share=0.25, min_no_call_share=0.2)
+    examples = build_examples([*calls, no_call(99)], Prompt(""), StudentSettings(model="m"), tokenizer,
+                              settings, reserve)  # fmt: skip
+    summary = examples.summary
+    # 12 calls: 20% no-calls is 3 (3 / 15); one was in the sample, two come from the reserve
+    assert (summary["calls"], summary["no_calls"], summary["no_calls_added_from_split"]) == (12, 3, 2)
+    assert {r["trace_id"] for r in examples.rows} >= {no_call(0).id, no_call(1).id, no_call(99).id}
+    assert not {t.id for t in make_traces(3, 40)} & {r["trace_id"] for r in examples.rows}
+    positions = [i for i, r in enumerate(examples.rows) if r["tool"] == "<no call>"]
+    assert positions != list(range(len(examples.rows) - 3, len(examples.rows)))  # not all at the end
+    assert [r["trace_id"] for r in examples.rows] == sorted(r["trace_id"] for r in examples.rows)
+    without = build_examples([*calls, no_call(99)], Prompt(""), StudentSettings(model="m"), tokenizer,
+                             settings)  # fmt: skip
+    assert (without.summary["no_calls"], without.summary["no_calls_added_from_split"]) == (1, 0)
+
+
 def test_no_example_left_is_a_clear_error(tokenizer: Any) -> None:
     with pytest.raises(ExamplesError, match="no training example left from 2 train traces"):
         build_examples(

@@ -174,7 +174,13 @@ def finetune_command(
     from tooldistill.finetune.merge import AdapterError
     from tooldistill.finetune.phase import finetune
     from tooldistill.finetune.train import TrainError
-    from tooldistill.optimize.run import OptimizeError, load_config, phase_train, start_prompt
+    from tooldistill.optimize.run import (
+        OptimizeError,
+        finetune_reserve,
+        load_config,
+        phase_train,
+        start_prompt,
+    )
     from tooldistill.serve.cpu import choose_dtype
 
     def show(event: dict[str, Any]) -> None:
@@ -206,10 +212,11 @@ def finetune_command(
                 )
             item = phases[0]
             base = Path(base_model).expanduser()
+            train = phase_train(config, item)
             record = finetune(
-                phase_train(config, item), item.finetune_options(), item.name, start_prompt(config, item.name),
+                train, item.finetune_options(), item.name, start_prompt(config, item.name),
                 config.student, Path(config.run_dir) / item.name, base, choose_dtype(
-                    None if dtype == "auto" else dtype).dtype, show,
+                    None if dtype == "auto" else dtype).dtype, show, reserve=finetune_reserve(config, train),
             )  # fmt: skip
         except (OptimizeError, ExamplesError, AdapterError, TrainError) as error:
             _console().print(f"[bold red]error:[/] {error}", highlight=False)

@@ -24,6 +24,7 @@ summary.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class ExampleSettings:
     max_length: int = 512
     min_consensus: float = 0.5
     max_no_call_share: float = 0.1
+    #: At least this share of no-call answers, taken from ``reserve`` when the traces lack them.
+    min_no_call_share: float = 0.0
     max_per_tool: int | None = None
     no_call_answer: str = "No tool is needed."
 
@@ -64,6 +67,11 @@ def _target(trace: Trace, min_consensus: float) -> tuple[list[dict[str, Any]] | 
             return None, "consensus below min_consensus"
         return [c.model_dump() for c in agreed.calls], None
     return [c.model_dump() for c in trace.reference_calls], None
+
+
+def _is_no_call(trace: Trace, min_consensus: float) -> bool:
+    calls, _ = _target(trace, min_consensus)
+    return calls is not None and not calls
 
 
 def _assistant(calls: Sequence[dict[str, Any]], settings: StudentSettings, no_call: str) -> dict[str, Any]:
@@ -114,25 +122,31 @@ def build_examples(
     student: StudentSettings,
     tokenizer: Any,
     settings: ExampleSettings,
+    reserve: Sequence[Trace] = (),
 ) -> Examples:
-    """The prompt-completion rows for ``traces`` and a summary of what was kept and why."""
+    """The prompt-completion rows for ``traces`` and a summary of what was kept and why.
+
+    ``reserve`` (the rest of the train split) tops the no-call answers up to
+    ``settings.min_no_call_share`` when ``traces`` hold fewer: a sample of a split whose no-call
+    share is small teaches the student to call a tool on every request."""
     left: Counter[str] = Counter()
     fitted = 0
-    candidates: list[tuple[Trace, str, dict[str, Any]]] = []
     policy = student.context.model_copy(update={"window": max(256, settings.max_length), "margin": 0})
     trainer_fit = Fitter(policy, tokenizer)
-    for trace in traces:
+
+    def candidate(trace: Trace) -> tuple[Trace, str, dict[str, Any]] | None:
+        nonlocal fitted
         calls, why = _target(trace, settings.min_consensus)
         if calls is None:
             left[why or "left out"] += 1
-            continue
+            return None
         first = calls[0]["name"] if calls else NO_CALL
         assistant = _assistant(calls, student, settings.no_call_answer)
         try:
             served = fitted_request(trace, prompt, student)
         except DoesNotFit:
             left["longer than the student's window"] += 1
-            continue
+            return None
         request, was_cut = served.request, served.cut
         text_prompt, completion = render(tokenizer, request, assistant)
         length = len(tokenizer(text_prompt + completion, add_special_tokens=False)["input_ids"])
@@ -142,28 +156,25 @@ def build_examples(
                 request = trainer_fit.fit(request, reserve=answer).request
             except DoesNotFit:
                 left["longer than max_length after cuts"] += 1
-                continue
+                return None
             was_cut = True
             text_prompt, completion = render(tokenizer, request, assistant)
             length = len(tokenizer(text_prompt + completion, add_special_tokens=False)["input_ids"])
             if length > settings.max_length:
                 left["longer than max_length after cuts"] += 1
-                continue
+                return None
         fitted += was_cut
-        candidates.append(
-            (
-                trace,
-                first,
-                {
-                    "trace_id": trace.id,
-                    "category": trace.category or "",
-                    "tool": first,
-                    "prompt": text_prompt,
-                    "completion": completion,
-                    "tokens": length,
-                },
-            )
-        )
+        row = {
+            "trace_id": trace.id,
+            "category": trace.category or "",
+            "tool": first,
+            "prompt": text_prompt,
+            "completion": completion,
+            "tokens": length,
+        }
+        return trace, first, row
+
+    candidates = [c for c in map(candidate, traces) if c is not None]
     calls_first = [c for c in candidates if c[1] != NO_CALL]
     no_calls = [c for c in candidates if c[1] == NO_CALL]
     # no tool more than max_per_tool (in input order, so the choice is deterministic)
@@ -179,10 +190,29 @@ def build_examples(
     allowed = len(no_calls) if share >= 1 else int(share * len(kept) / (1 - share)) if kept else 0
     if len(no_calls) > allowed:
         left["no-call over max_no_call_share"] += len(no_calls) - allowed
+    calls_kept, have = len(kept), min(len(no_calls), allowed)
     kept.extend(no_calls[:allowed])
-    # back in input order, so a trace's place in training does not depend on its kind
+    wanted = min(settings.min_no_call_share, share)
+    need = math.ceil(wanted * calls_kept / (1 - wanted) - 1e-9) - have if calls_kept and wanted < 1 else 0
+    topped = 0
+    if need > 0:
+        chosen = {t.id for t, _, _ in kept}
+        for trace in reserve:
+            if topped >= need:
+                break
+            if trace.id in chosen or not _is_no_call(trace, settings.min_consensus):
+                continue
+            item = candidate(trace)
+            if item is not None:
+                kept.append(item)
+                topped += 1
+    # back in input order, so a trace's place in training does not depend on its kind (added
+    # no-calls go by their id, a content hash: spread over the epoch, not all at its end)
     order = {t.id: i for i, t in enumerate(traces)}
-    kept.sort(key=lambda item: order[item[0].id])
+    if topped:
+        kept.sort(key=lambda item: item[0].id)
+    else:
+        kept.sort(key=lambda item: order[item[0].id])
     rows = [row for _, _, row in kept]
     if not rows:
         raise ExamplesError(
@@ -200,6 +230,7 @@ def build_examples(
         "distinct_tools": len({r["tool"] for r in rows if r["tool"] != NO_CALL}),
         "left_out": dict(sorted(left.items())),
         "cut_to_fit": fitted,
+        "no_calls_added_from_split": topped,
         "max_length": settings.max_length,
     }
     return Examples(rows, summary)

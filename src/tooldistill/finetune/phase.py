@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -71,6 +71,9 @@ class ExampleOptions(BaseModel):
     min_consensus: float = Field(default=0.5, ge=0, le=1)
     #: At most this share of the examples are no-call answers.
     max_no_call_share: float = Field(default=0.1, ge=0, le=1)
+    #: At least this share (up to ``max_no_call_share``): no-call traces from the rest of the train
+    #: split are added when the phase's own traces hold fewer.
+    min_no_call_share: float = Field(default=0.0, ge=0, lt=1)
     #: At most this many examples whose first call is the same tool (None: no cap).
     max_per_tool: int | None = Field(default=None, ge=1)
     no_call_answer: str = "No tool is needed."
@@ -106,6 +109,7 @@ def run_finetune_phase(
     host: StudentHost,
     progress: Callable[[dict[str, Any]], None],
     threads: int | None = None,
+    reserve: Sequence[Trace] = (),
 ) -> tuple[StudentSettings, dict[str, Any]]:
     """Train, then serve merged or as an adapter; returns the fine-tuned student's settings and the
     phase's record."""
@@ -121,6 +125,7 @@ def run_finetune_phase(
         host.dtype(),
         progress,
         threads,
+        reserve,
     )
     if store is None:
         endpoint, model = host.serve(Path(record["merged"]), record["served_model"])
@@ -150,6 +155,7 @@ def finetune(
     dtype: str,
     progress: Callable[[dict[str, Any]], None] = lambda _: None,
     threads: int | None = None,
+    reserve: Sequence[Trace] = (),
 ) -> dict[str, Any]:
     """Examples, training (resumed from the newest checkpoint), the adapter's manifest and the merged
     folder; returns the phase's record (``finetune.json``).  Done before: checked and returned."""
@@ -168,10 +174,11 @@ def finetune(
         max_length=options.training.max_length,
         min_consensus=options.examples.min_consensus,
         max_no_call_share=options.examples.max_no_call_share,
+        min_no_call_share=options.examples.min_no_call_share,
         max_per_tool=options.examples.max_per_tool,
         no_call_answer=options.examples.no_call_answer,
     )
-    examples = build_examples(traces, start, student, tokenizer, settings)
+    examples = build_examples(traces, start, student, tokenizer, settings, reserve)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "examples.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in examples.rows)

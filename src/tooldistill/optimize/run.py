@@ -651,10 +651,18 @@ def _finetune(
         )
     from tooldistill.finetune.phase import run_finetune_phase
 
+    train = phase_train(config, phase)
     return run_finetune_phase(
-        phase_train(config, phase), phase.finetune_options(), phase.name, start, config.student, folder,
-        host, progress,
+        train, phase.finetune_options(), phase.name, start, config.student, folder, host, progress,
+        reserve=finetune_reserve(config, train),
     )  # fmt: skip
+
+
+def finetune_reserve(config: OptimizeConfig, train: Sequence[Trace]) -> list[Trace]:
+    """The train split's traces a finetune phase did not select (where ``min_no_call_share`` finds
+    no-call answers to add), in id order."""
+    chosen = {t.id for t in train}
+    return sorted((t for t in _traces(config.data.train) if t.id not in chosen), key=lambda t: t.id)
 
 
 def _finetune_row(record: dict[str, Any]) -> dict[str, Any]:
