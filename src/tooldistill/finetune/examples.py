@@ -202,9 +202,9 @@ def build_examples(
                 break
             if trace.id in chosen or not _is_no_call(trace, settings.min_consensus):
                 continue
-            item = candidate(trace)
-            if item is not None:
-                kept.append(item)
+            added = candidate(trace)
+            if added is not None:
+                kept.append(added)
                 topped += 1
     # back in input order, so a trace's place in training does not depend on its kind (added
     # no-calls go by their id, a content hash: spread over the epoch, not all at its end)
