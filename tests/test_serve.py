@@ -130,9 +130,13 @@ def test_the_cpu_student_runs_faster_than_the_slow_path_can(student: Any) -> Non
     """The engine runs the dtype chosen for this CPU, fast enough that it cannot be the bf16 slow path.
 
     One SmolLM2-135M token costs ~0.27 GFLOP; the slow path (bf16 emulated, 1.2-2.5 GFLOP/s per
-    thread where measured) cannot pass ~9 tokens/s, prompt or generated.  float32 on a 2-core AVX2
-    AMD EPYC, one thread per replica, ran ~150 prompt tokens/s; native bf16 runs faster.  The floors
-    sit between the two with room on both sides."""
+    thread where measured) cannot pass ~9 prompt tokens/s.  float32 on a 2-core AVX2 AMD EPYC, one
+    thread per replica, ran ~150 prompt tokens/s (143 in a fresh-clone CI run); native bf16 runs
+    faster.  The prompt floor sits between the two with room on both sides.  Generation is no
+    such test: one token at a time is bound by per-step overhead, not by the matrix products, and
+    float32 on that AVX2 CPU generated 5.3 tokens/s with one thread — no faster than the slow path's
+    ceiling — so the generated answer is only checked for its length (its speed is measured by
+    ``benchmarks/serve.py``)."""
     from tooldistill.serve.cpu import choose_dtype
 
     assert student.cpu_engine is not None
@@ -149,12 +153,10 @@ def test_the_cpu_student_runs_faster_than_the_slow_path_can(student: Any) -> Non
     status, prefill = post(url, {"model": MODEL, "messages": ask, "tools": tools, "max_tokens": 1})
     prompt_rate = prefill["usage"]["prompt_tokens"] / (time.perf_counter() - started)
     assert status == 200 and prefill["usage"]["prompt_tokens"] > 400, prefill
-    started = time.perf_counter()
     body = {"model": MODEL, "messages": ask, "tools": tools[:1], "max_tokens": 48, "ignore_eos": True}
     status, generated = post(url, body)
-    generation_rate = generated["usage"]["completion_tokens"] / (time.perf_counter() - started)
     assert status == 200 and generated["usage"]["completion_tokens"] == 48
-    assert prompt_rate > 40 and generation_rate > 12, (prompt_rate, generation_rate)
+    assert prompt_rate > 40, prompt_rate
 
 
 def test_two_replicas_both_serve(student: Any) -> None:
