@@ -247,28 +247,32 @@ class ServeHost:
         return str(engine.get("dtype") or "bfloat16")
 
     def serve(self, folder: Path, name: str) -> tuple[str, str]:
-        from tooldistill.serve import runner
 
         if self.student.model == name:
             return self.student.endpoint, name
-        assert self.section.serve is not None
         self.say(f"serving the fine-tuned student {name} from {folder} (replaces {self.student.model})")
+        self._restart({"model": name, "folder": str(folder)}, model_source=str(folder), model_id=name)
+        self.student.model = name
+        return self.student.endpoint, name
+
+    def _restart(self, record: dict[str, Any], **overrides: Any) -> None:
+        """Redeploy the section's profile with ``overrides`` (``runner.start``'s), on the same port."""
+        from tooldistill.serve import runner
+
+        assert self.section.serve is not None
         started = time.time()
         served = runner.start(
             self.section.serve,
             port=self.section.port,
             replicas=self.section.replicas,
-            model_source=str(folder),
-            model_id=name,
             api_key_env=self.section.api_key_env,
             wait_timeout_s=self.section.wait_timeout_s,
+            **overrides,
         )
-        self.student.endpoint, self.student.model = served.base_url, name
-        self.student.lora_store = served.lora_store
+        self.student.endpoint, self.student.lora_store = served.base_url, served.lora_store
         self.student.info.setdefault("served", []).append(
-            {"model": name, "folder": str(folder), "ready_after_s": round(time.time() - started, 1)}
+            {**record, "ready_after_s": round(time.time() - started, 1)}
         )
-        return served.base_url, name
 
     def adapter_store(self, configured: str | None) -> str:
         from tooldistill.serve.runner import LORA_SCHEMES
@@ -298,22 +302,12 @@ class ServeHost:
         base = self.student.info.get("base_model") or self.student.model
         model = f"{base}:{name}"
         if self.student.lora_store != store_uri.rstrip("/"):
-            assert self.section.serve is not None
             self.say(f"restarting the student with LoRA adapters from {store_uri}")
-            started = time.time()
-            served = runner.start(
-                self.section.serve,
-                port=self.section.port,
-                replicas=self.section.replicas,
+            self._restart(
+                {"model": base, "lora_store": store_uri},
                 model_id=base,
-                api_key_env=self.section.api_key_env,
-                wait_timeout_s=self.section.wait_timeout_s,
                 lora_store=store_uri,
                 max_lora_rank=max_rank,
-            )
-            self.student.endpoint, self.student.lora_store = served.base_url, served.lora_store
-            self.student.info.setdefault("served", []).append(
-                {"model": base, "lora_store": store_uri, "ready_after_s": round(time.time() - started, 1)}
             )
         self.say(f"serving the fine-tuned student as {model} (adapter {store_uri}/{name})")
         runner.wait_for_models(
