@@ -135,9 +135,9 @@ def bench_embedding(texts_n: int, work: Path, runner: RayRunner) -> dict[str, An
     print(f"embedding, one process: {len(texts)} texts in {single_s:.1f}s = {len(texts) / single_s:,.0f}/s")
 
     start = time.perf_counter()
-    dataset, _ = embed(
+    dataset = embed(
         EmbedConfig(dataset=str(work / "traces"), out=str(work / "embedded"), force=True), runner
-    )
+    ).dataset
     ray_s = time.perf_counter() - start
     stats = dataset.manifest.stats
     table = dataset.to_arrow()

@@ -387,15 +387,15 @@ def embedded_pair(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("embed")
     traces = sample_traces()
     write_dataset(str(root / "traces"), traces, parts=3)
-    local, skipped_local = embed(
+    local = embed(
         EmbedConfig(dataset=str(root / "traces"), out=str(root / "local")), LocalRunner(show_progress=False)
     )
-    remote, skipped_remote = embed(
+    remote = embed(
         EmbedConfig(dataset=str(root / "traces"), out=str(root / "ray"), rows_per_shard=10, concurrency=2),
         RayRunner(show_progress=False),
     )
-    assert not skipped_local and not skipped_remote
-    return {"root": root, "traces": traces, "local": local, "ray": remote}
+    assert not local.skipped and not remote.skipped
+    return {"root": root, "traces": traces, "local": local.dataset, "ray": remote.dataset}
 
 
 def _by_id(dataset: store.Dataset) -> dict[str, np.ndarray]:
@@ -427,13 +427,14 @@ def test_embed_is_skipped_when_unchanged_and_redone_when_the_view_changes(
     embedded_pair: dict[str, Any],
 ) -> None:
     root = embedded_pair["root"]
-    _, skipped = embed(
+    again = embed(
         EmbedConfig(dataset=str(root / "traces"), out=str(root / "local")), LocalRunner(show_progress=False)
     )
-    assert skipped
+    assert again.skipped
     config = EmbedConfig(dataset=str(root / "traces"), out=str(root / "local"), view=TextView(calls="names"))
-    dataset, skipped = embed(config, LocalRunner(show_progress=False))
-    assert not skipped and all(
+    result = embed(config, LocalRunner(show_progress=False))
+    dataset = result.dataset
+    assert not result.skipped and all(
         t.endswith("→ search") or t.endswith("→ get_weather")
         for t in dataset.to_arrow().column("text").to_pylist()
     )
@@ -457,9 +458,9 @@ def test_embed_bad_input(tmp_path: Path) -> None:
     with pytest.raises(CurateError, match="2 traces have an empty text view"):
         embed(EmbedConfig(dataset=str(tmp_path / "t"), out=str(tmp_path / "o")), runner)
     assert store.read_manifest(str(tmp_path / "o")) is None and not list((tmp_path / "o").glob("part-*"))
-    dataset, _ = embed(
+    dataset = embed(
         EmbedConfig(dataset=str(tmp_path / "t"), out=str(tmp_path / "o"), on_empty="drop"), runner
-    )
+    ).dataset
     assert dataset.manifest.rows == 1 and dataset.manifest.stats["empty_dropped"] == 2
     with pytest.raises(CurateError, match="2 empty texts"):
         Embedder(resolve_model(None)).encode(["fine", " ", ""])

@@ -188,9 +188,9 @@ def test_embed_actor_killed_mid_stage_gives_the_same_output(ray_cluster: None, t
 
     def run(out: Path) -> store.Dataset:
         config = EmbedConfig(dataset=source, out=str(out), rows_per_shard=10, concurrency=2, batch_size=4)
-        dataset, skipped = embed(config, RayRunner(show_progress=False))
-        assert not skipped
-        return dataset
+        result = embed(config, RayRunner(show_progress=False))
+        assert not result.skipped
+        return result.dataset
 
     started = time.perf_counter()
     baseline = run(tmp_path / "baseline")
@@ -319,6 +319,10 @@ def test_semdedup_without_retries_fails_when_its_worker_dies(
         try:
             _semdedup(embedded, out, retries=0)
         except ray.exceptions.RayError as error:
+            # the killer records its kill only after the worker is reaped, which may be after Ray
+            # has already raised here: wait for the thread before reading what it did
+            killer.stop.set()
+            killer.join(timeout=60)
             assert killer.killed is not None, f"the stage failed without a kill: {error}"
             assert store.read_manifest(str(out)) is None
             return

@@ -18,11 +18,12 @@ import pytest
 from click.testing import CliRunner
 
 from tooldistill.cli import main
-from tooldistill.evaluate import EndpointError, EvaluateConfig, evaluate
+from tooldistill.evaluate import EvaluateConfig, evaluate
 from tooldistill.executor import LocalExecutor
 from tooldistill.ingest import IngestConfig, ingest
 from tooldistill.schema import Message, ToolCall, ToolSpec, Trace, trace_to_json
 from tooldistill.store import Dataset
+from tooldistill.student import EndpointError
 
 CITIES = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Pune", "Cork", "Nice", "Bern", "Graz", "Riga", "Baku"]
 TOOLS = [

@@ -265,7 +265,8 @@ def test_where_an_adapter_is_served_from_is_checked_before_training(tmp_path: Pa
     profile's ``lora_config``, or ``RUN/adapters`` for a run on S3; a local one is refused, naming
     the way out (``serve_as: merged``)."""
     from tooldistill.config import StudentSection
-    from tooldistill.pipeline import PipelineError, ServeHost, Student
+    from tooldistill.serve.host import ServeHost, Student
+    from tooldistill.stage import PipelineError
     from tooldistill.serve.app import ServeConfigError
     from tooldistill.serve.runner import with_lora
 

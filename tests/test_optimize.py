@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from tooldistill.cli import main
 from tooldistill.optimize.adapter import ToolCallAdapter
 from tooldistill.optimize.run import OptimizeError, config_from_dict, optimize
-from tooldistill.optimize.student import Prompt, StudentSettings, run_batch
+from tooldistill.optimize.student import Prompt, StudentSettings, run_batch, summarize
 from tooldistill.optimize.testing import (
     KEY_PHRASE,
     ReflectionServer,
@@ -270,6 +270,9 @@ def test_bad_input_is_scored_zero_or_a_clear_error(
     dead = StudentSettings(endpoint="http://127.0.0.1:9/v1", retries=0, timeout_s=2)
     outcomes = run_batch(traces, Prompt("x"), dead)
     assert all(o.score == 0.0 and o.reason.startswith("endpoint error") for o in outcomes)
+    # the search scores them 0, but the reported match rate leaves them out of n (not misses)
+    dead_summary = summarize(outcomes)
+    assert (dead_summary["n"], dead_summary["rate"], dead_summary["errors"]) == (0, None, 3)
     # the reflection model reads the reason as feedback
     adapter = ToolCallAdapter(settings)
     batch = adapter.evaluate(traces, {"instructions": "GARBAGE"}, capture_traces=True)
@@ -282,7 +285,7 @@ def test_bad_input_is_scored_zero_or_a_clear_error(
 
     config = make_config(tmp_path / "run", data, servers, [GEPA])
     config = config.model_copy(update={"student": dead})
-    from tooldistill.evaluate import EndpointError
+    from tooldistill.student import EndpointError
 
     with pytest.raises(EndpointError, match="cannot reach"):
         optimize(config)

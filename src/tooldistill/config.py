@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tooldistill.readers import ReaderOptions
+from tooldistill.student import EndpointSettings, EndpointURL
 
 
 class _Section(BaseModel):
@@ -109,12 +110,17 @@ class CurateSection(_Section):
 
 
 class StudentSection(_Section):
-    """The student: start a Ray Serve profile for the run, or use an endpoint that is already up."""
+    """The student: start a Ray Serve profile for the run, or use an endpoint that is already up.
+
+    ``endpoint``, ``model`` and ``api_key_env`` are ``student.EndpointSettings``' fields (the same
+    URL check); how the student is asked (``timeout_s``, ``retries``, ``max_timeouts``, with that
+    model's defaults) is set in ``optimize.student``, whose settings extend it.
+    """
 
     #: A serve profile (``configs/serve/*.yaml``) deployed on the run's Ray cluster and shut down after.
     serve: str | None = None
     #: An OpenAI-compatible endpoint (``.../v1``) that is already answering.
-    endpoint: str | None = None
+    endpoint: EndpointURL | None = None
     #: The served model name (default: the profile's model id).
     model: str | None = None
     #: ``tooldistill models prepare NAME`` before serving (e.g. ``smollm2`` for the CPU profile).
@@ -132,6 +138,16 @@ class StudentSection(_Section):
         if self.endpoint is not None and self.model is None:
             raise ValueError("student: `model` is required with `endpoint`")
         return self
+
+    def settings(self, **how: Any) -> EndpointSettings:
+        """The endpoint settings of a student that is already up (``endpoint``), with ``how`` it is
+        asked (``timeout_s``, ``retries``, ...; the model's defaults otherwise)."""
+        if self.endpoint is None or self.model is None:
+            raise ValueError("student: settings need `endpoint` and `model` (a profile has neither yet)")
+        fields: dict[str, Any] = {"endpoint": self.endpoint, "model": self.model, **how}
+        if self.api_key_env:
+            fields["api_key_env"] = self.api_key_env
+        return EndpointSettings(**fields)
 
 
 class OptimizeSection(_Section):

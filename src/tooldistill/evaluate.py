@@ -3,12 +3,14 @@
 For each trace of a dataset: send its messages with its tools (native tool calling), parse the
 reply, and judge the calls against the trace's reference in every match mode, and against the
 teacher's consensus when the trace has teacher samples.  Requests run in a thread pool with a
-concurrency limit; connection errors, 429 and 5xx are retried with backoff, and a request that
-times out is never sent again (the student still has it): after a few such timeouts the
-evaluation stops with the throughput it measured (``StudentTooSlow``).  Each
-example becomes one row of an ``evaluation`` dataset (request, response, parsed calls, verdicts,
-latency, tokens); the aggregate (match rate per mode with Wilson intervals, per-category and
-per-tool tables, the consistency ceiling) goes into the manifest and ``summary.json``.
+concurrency limit, through the student's client (``student.StudentClient``): connection errors,
+429 and 5xx are retried with backoff, and a request that times out is never sent again (the
+student still has it): after a few such timeouts the evaluation stops with the throughput it
+measured (``StudentTooSlow``).  Each example becomes one row of an ``evaluation`` dataset
+(request, response, parsed calls, verdicts, latency, tokens, attempts); the aggregate (match rate
+per mode with Wilson intervals, per-category and per-tool tables, the consistency ceiling) goes
+into the manifest and ``summary.json``.  A trace whose request still failed after its retries is
+an endpoint error: left out of the match rate and counted beside it (``match.stats.match_rate``).
 
 An endpoint that cannot be reached fails before any example is sent, with one clear error.  The
 API key is read from an environment variable and never written anywhere.
@@ -17,15 +19,11 @@ API key is read from an environment variable and never written anywhere.
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -38,6 +36,8 @@ from tooldistill.match.parse import Parsed, parse_message
 from tooldistill.match.stats import aggregate
 from tooldistill.schema import Trace, content_hash
 from tooldistill.scoring import check_modes, judge, write_json
+from tooldistill.student import DEFAULTS, EndpointError, EndpointSettings, StudentClient
+from tooldistill.student import StudentTooSlow as StudentTooSlow  # raised from here; the CLI catches it
 
 STAGE = "evaluate"
 
@@ -70,10 +70,6 @@ store.SCHEMAS.setdefault("evaluation", EVAL_SCHEMA)
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
-class EndpointError(RuntimeError):
-    """The endpoint cannot be used (unreachable, refuses the model, ...)."""
-
-
 @dataclass(frozen=True)
 class EvaluateConfig:
     dataset: str
@@ -83,17 +79,29 @@ class EvaluateConfig:
     prompt: str | None = None
     modes: tuple[str, ...] = ("chain", "set", "names", "bfcl")
     concurrency: int = 8
-    timeout_s: float = 60.0
-    retries: int = 3
+    #: How the student is asked: the fields and defaults of ``student.EndpointSettings``.
+    timeout_s: float = DEFAULTS.timeout_s
+    retries: int = DEFAULTS.retries
     #: Timed-out requests (never sent again) after which the evaluation stops as too slow.
-    max_timeouts: int = 3
+    max_timeouts: int = DEFAULTS.max_timeouts
     limit: int | None = None
     temperature: float = 0.0
     max_tokens: int = 512
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = DEFAULTS.api_key_env
     force: bool = False
     #: How a request longer than the student's window is cut (``context.ContextPolicy``).
     context: ContextPolicy | None = None
+
+    def student(self) -> EndpointSettings:
+        """Where the student answers and how it is asked (validated: a bad URL or timeout fails here)."""
+        return EndpointSettings(
+            endpoint=self.endpoint,
+            model=self.model,
+            timeout_s=self.timeout_s,
+            retries=self.retries,
+            max_timeouts=self.max_timeouts,
+            api_key_env=self.api_key_env,
+        )
 
     def config_hash(self, system: Any) -> str:
         """Hash of what decides the answers; ``system`` is the loaded prompt (text, or text and demos)."""
@@ -212,145 +220,6 @@ def build_request(
     return request
 
 
-class StudentTooSlow(RuntimeError):
-    """Requests to the student time out: the evaluation stops instead of scoring them as misses."""
-
-
-class _Meter:
-    """What the endpoint has answered so far, shared by every thread of one client."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: float | None = None
-        self.answered = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.timeouts = 0
-
-    def start(self) -> None:
-        with self.lock:
-            if self.started is None:
-                self.started = time.perf_counter()
-
-    def answer(self, response: Any) -> None:
-        usage = response.get("usage") if isinstance(response, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
-        with self.lock:
-            self.answered += 1
-            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens += int(usage.get("completion_tokens") or 0)
-
-    def timeout(self) -> int:
-        with self.lock:
-            self.timeouts += 1
-            return self.timeouts
-
-    def throughput(self) -> dict[str, Any]:
-        with self.lock:
-            elapsed = time.perf_counter() - self.started if self.started is not None else 0.0
-            return {
-                "answered": self.answered,
-                "timeouts": self.timeouts,
-                "seconds": round(elapsed, 1),
-                "prompt_tokens_per_s": round(self.prompt_tokens / elapsed, 1) if elapsed > 0 else None,
-                "completion_tokens_per_s": round(self.completion_tokens / elapsed, 1)
-                if elapsed > 0
-                else None,
-            }
-
-
-@dataclass
-class _Client:
-    """The student's HTTP client.
-
-    Connection errors, 429 and 5xx are retried with backoff.  A request that times out while the
-    server holds it is **not** sent again: the engine is still working on it (or on the queue in
-    front of it), and a resend would start its prefill over and lengthen that queue for everyone
-    (the retry storm of docs/serving.md).  After ``max_timeouts`` timed-out requests the client
-    trips: every later call raises :class:`StudentTooSlow` at once, with the throughput measured so
-    far, and nothing more is sent.
-    """
-
-    endpoint: str
-    timeout_s: float
-    retries: int
-    api_key: str | None = field(default=None, repr=False)
-    max_timeouts: int = 3
-    meter: _Meter = field(default_factory=_Meter, repr=False)
-    tripped: str | None = None
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
-
-    def url(self, path: str) -> str:
-        return f"{self.endpoint.rstrip('/')}/{path.lstrip('/')}"
-
-    def check(self) -> None:
-        """Fail fast when nothing answers at the endpoint (any HTTP answer counts as reachable)."""
-        request = urllib.request.Request(self.url("models"), headers=self._headers())
-        try:
-            with urllib.request.urlopen(request, timeout=min(self.timeout_s, 10)):
-                pass
-        except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise EndpointError(f"cannot reach the endpoint {self.endpoint}: {reason}") from None
-
-    def too_slow_message(self) -> str:
-        seen = self.meter.throughput()
-        rate = (
-            f"it answered {seen['answered']} requests in {seen['seconds']:.0f} s at "
-            f"{seen['prompt_tokens_per_s'] or 0:.0f} prompt tokens/s and "
-            f"{seen['completion_tokens_per_s'] or 0:.1f} generated tokens/s"
-            if seen["answered"]
-            else f"it answered no request in {seen['seconds']:.0f} s"
-        )
-        return (
-            f"the student at {self.endpoint} is too slow: {seen['timeouts']} requests got no answer "
-            f"within {self.timeout_s:g} s (not sent again); {rate}. Give requests more time "
-            "(timeout_s), send fewer at once (concurrency), shorten the prompts, or check the "
-            "student's dtype and threads (docs/serving.md)"
-        )
-
-    def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """POST /chat/completions with retries; returns (response JSON, attempts)."""
-        if self.tripped:
-            raise StudentTooSlow(self.tripped)
-        data = json.dumps(body).encode("utf-8")
-        last = ""
-        self.meter.start()
-        for attempt in range(1, self.retries + 2):
-            request = urllib.request.Request(self.url("chat/completions"), data=data, headers=self._headers())
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    answer = json.loads(response.read().decode("utf-8"))
-                    self.meter.answer(answer)
-                    return answer, attempt
-            except urllib.error.HTTPError as error:
-                detail = error.read().decode("utf-8", errors="replace")[:200]
-                last = f"HTTP {error.code}: {detail}"
-                if error.code != 429 and error.code < 500:
-                    raise EndpointError(last) from None
-            except TimeoutError:
-                # the server has the request and is still busy with it: never send it again
-                if self.meter.timeout() >= self.max_timeouts:
-                    self.tripped = self.too_slow_message()
-                raise EndpointError(
-                    f"no answer within {self.timeout_s:g} s (not sent again: the student still had it)"
-                ) from None
-            except (urllib.error.URLError, OSError) as error:
-                last = f"connection error: {getattr(error, 'reason', error)}"
-            except ValueError as error:
-                raise EndpointError(f"the endpoint answered with invalid JSON: {error}") from None
-            if attempt <= self.retries:
-                time.sleep(min(8.0, 0.25 * 2**attempt))
-        raise EndpointError(f"gave up after {self.retries + 1} attempts: {last}")
-
-
 def first_message(response: Any) -> dict[str, Any] | None:
     """The first choice's message of a chat-completions response, or None."""
     choices = response.get("choices") if isinstance(response, dict) else None
@@ -369,7 +238,7 @@ def parse_response(response: Any) -> Parsed:
 
 
 def evaluate_one(
-    client: _Client,
+    client: StudentClient,
     trace: Trace,
     config: EvaluateConfig,
     system: str | None,
@@ -460,13 +329,7 @@ def evaluate(
     traces = source.to_traces()
     if config.limit is not None:
         traces = traces[: config.limit]
-    client = _Client(
-        config.endpoint,
-        config.timeout_s,
-        config.retries,
-        os.environ.get(config.api_key_env),
-        max_timeouts=config.max_timeouts,
-    )
+    client = config.student().client()
     client.check()
     fitter_for(config.context)  # a tokenizer that cannot be loaded fails here, before any request
     rows: list[dict[str, Any] | None] = [None] * len(traces)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tooldistill.console import progress_bar
 
 ShardFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -107,18 +107,10 @@ class LocalExecutor:
 
     def map_shards(self, fn: ShardFn, shards: list[dict[str, Any]], description: str) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            disable=not self.show_progress,
-            transient=True,
-        ) as progress:
-            task = progress.add_task(description, total=len(shards))
+        with progress_bar(description, len(shards), self.show_progress) as advance:
             for shard in shards:
                 results.append(fn(shard))
-                progress.advance(task)
+                advance(1)
         return results
 
 
@@ -191,16 +183,10 @@ class RayExecutor:
 
     def start(self) -> None:
         """Connect to (or start) Ray now; ``map_shards`` calls it, so callers only need it to time start-up."""
-        import ray
 
-        if ray.is_initialized():
-            return
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-        if self.address:
-            kwargs["address"] = self.address
-        elif self.num_cpus:
-            kwargs["num_cpus"] = self.num_cpus
-        ray.init(**kwargs)
+        from tooldistill.raycluster import ensure_ray
+
+        ensure_ray(self.address, self.num_cpus)
 
     def map_shards(self, fn: ShardFn, shards: list[dict[str, Any]], description: str) -> list[dict[str, Any]]:
         if not shards:

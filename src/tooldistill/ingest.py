@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -24,6 +24,7 @@ from tooldistill.executor import Executor, LocalExecutor
 from tooldistill.readers import Ignored, Quarantined, ReadContext, ReaderOptions, SourceFile, get_format
 from tooldistill.readers.bfcl import SINGLE_TURN_CATEGORIES, package_data_dir
 from tooldistill.schema import content_hash, traces_to_table
+from tooldistill.stage import StageResult, StageRun
 
 STAGE = "ingest"
 
@@ -69,12 +70,13 @@ class InputFile:
 SIDECAR_SUFFIX = ".prompt.txt"
 
 
-@dataclass
-class IngestResult:
-    dataset: store.Dataset
-    skipped: bool
-    #: one row per source: source, files, traces, tools, quarantined
-    summary: list[dict[str, Any]] = field(default_factory=list)
+class IngestResult(StageResult):
+    """The stage result of ingest; ``summary`` is its per-source table."""
+
+    @property
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per source: source, files, traces, tools, quarantined."""
+        return list(self.stats.get("summary") or [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,20 +256,18 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
     inputs = [f.stamp() for f in files]
     if config.reader.catalog:
         inputs.append(["catalog", *_stamp(config.reader.catalog)])
-    expected = store.fingerprint(STAGE, config.config_hash(), inputs)
-    if not config.force:
-        existing = store.up_to_date(config.out, expected)
-        if existing is not None and config.strict and existing.quarantine.total:
+    run = StageRun.start(STAGE, config.out, config.config_hash(), inputs, list(config.sources))
+    earlier = run.existing(force=config.force)
+    if earlier is not None:
+        quarantined_before = earlier.dataset.manifest.quarantine.total
+        if config.strict and quarantined_before:
             raise IngestError(
-                f"--strict: the existing dataset {config.out} was built with {existing.quarantine.total} "
+                f"--strict: the existing dataset {config.out} was built with {quarantined_before} "
                 "quarantined records; fix the input or rebuild without --strict"
             )
-        if existing is not None:
-            return IngestResult(
-                store.Dataset(config.out, existing), skipped=True, summary=existing.stats.get("summary", [])
-            )
+        return IngestResult(earlier.dataset, skipped=True, stats=earlier.stats)
 
-    token = store.new_token()
+    token = run.token
     shards = _shards(files, config.files_per_shard)
     reader = ShardReader(config.format, config.reader, config.out, token)
     results = executor.map_shards(reader, shards, f"ingest {config.format}")
@@ -285,15 +285,9 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
     redacted: Counter[str] = Counter()
     for r in results:
         redacted.update(r["redacted"])
-    manifest = store.Manifest(
-        kind="traces",
-        stage=STAGE,
-        rows=sum(p.rows for p in parts),
-        parts=parts,
-        config_hash=config.config_hash(),
-        fingerprint=expected,
-        parents=list(config.sources),
-        stats={
+    result = run.publish(
+        parts,
+        {
             "format": config.format,
             "files": len(files),
             "summary": summary,
@@ -304,9 +298,9 @@ def ingest(config: IngestConfig, executor: Executor | None = None) -> IngestResu
             "redact": config.reader.redact,
             "executor": executor.name,
         },
+        quarantined=quarantined,
     )
-    published = store.publish(config.out, token=token, manifest=manifest, quarantined=quarantined)
-    return IngestResult(store.Dataset(config.out, published), skipped=False, summary=summary)
+    return IngestResult(result.dataset, skipped=False, stats=result.stats)
 
 
 def _summary(files: list[InputFile], results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,23 +18,21 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from tooldistill import store
 from tooldistill.curate.common import (
+    DECISIONS,
     CurateError,
     embeddings_of,
     first_occurrences,
     id_ranks,
     input_stamp,
     open_traces,
-    publish,
     read_columns,
     rewrite_parts,
-    up_to_date,
 )
 from tooldistill.curate.kmeans import check_k, cluster, normalize
 from tooldistill.curate.quality import QualityConfig, score_dataset
-from tooldistill.curate.semdedup import StageResult
 from tooldistill.schema import content_hash
+from tooldistill.stage import StageResult, StageRun
 
 STAGE = "curate-car"
 CAR_COLUMNS = ("car_cluster", "quality", "quality_parts", "car_reason")
@@ -152,11 +150,10 @@ def run_car(config: CarConfig, show_progress: bool = True) -> StageResult:
     if config.per_cluster == 0 and config.top_overall == 0:
         raise CurateError("per_cluster and top_overall are both 0: CaR would select nothing")
     dataset = open_traces(config.dataset)
-    expected = store.fingerprint(STAGE, config.config_hash(), [input_stamp(dataset)])
-    if not config.force:
-        existing = up_to_date(config.out, expected, with_decisions=True)
-        if existing is not None:
-            return StageResult(store.Dataset(config.out, existing), True, existing.stats)
+    run = StageRun.start(STAGE, config.out, config.config_hash(), [input_stamp(dataset)], [config.dataset])
+    earlier = run.existing(also=[DECISIONS], force=config.force)
+    if earlier is not None:
+        return earlier
 
     start = time.perf_counter()
     table, repeated = first_occurrences(read_columns(dataset, ["id", "embedding"]))
@@ -186,7 +183,7 @@ def run_car(config: CarConfig, show_progress: bool = True) -> StageResult:
             "car_reason": pa.array(result.reasons, pa.string()),
         }
     )
-    token = store.new_token()
+    token = run.token
     parts = rewrite_parts(
         dataset,
         config.out,
@@ -227,15 +224,5 @@ def run_car(config: CarConfig, show_progress: bool = True) -> StageResult:
             **{k: round(v, 3) for k, v in result.timings.items()},
         },
     }
-    manifest = publish(
-        config.out,
-        token=token,
-        stage=STAGE,
-        config_hash=config.config_hash(),
-        fingerprint=expected,
-        parents=[config.dataset],
-        parts=parts,
-        stats=stats,
-        decisions=decisions,
-    )
-    return StageResult(store.Dataset(config.out, manifest), False, stats)
+    run.publish_side(DECISIONS, table=decisions, kind="curation")
+    return run.publish(parts, stats)

@@ -14,23 +14,15 @@ decision needs (ids, embeddings, quality inputs) are read for the whole dataset.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from tooldistill import store
+from tooldistill.console import progress_bar
 from tooldistill.schema import TRACE_SCHEMA
 
 DECISIONS = "decisions"
@@ -40,28 +32,6 @@ EMBED_COLUMNS = ("text", "embedding")
 
 class CurateError(ValueError):
     """Curation cannot give a meaningful answer for this input; the message says why and what to do."""
-
-
-@contextmanager
-def progress_bar(description: str, total: int, show: bool = True) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (removed when done; none when stderr is not a terminal, where a
-    transient bar would leave blank lines in logs); yields ``advance(n)``."""
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not show or not console.is_terminal,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(n: int = 1) -> None:
-            progress.advance(task, n)
-
-        yield advance
 
 
 def open_traces(uri: str) -> store.Dataset:
@@ -214,61 +184,6 @@ def rewrite_parts(
     return parts
 
 
-def publish(
-    out: str,
-    *,
-    token: str,
-    stage: str,
-    config_hash: str,
-    fingerprint: str,
-    parents: list[str],
-    parts: list[store.PartInfo],
-    stats: dict[str, Any],
-    decisions: pa.Table | None = None,
-) -> store.Manifest:
-    """Publish the decisions side dataset (when given), then the stage's output."""
-    if decisions is not None:
-        where = store.join(out, DECISIONS)
-        decision_parts = [
-            store.write_part(where, token, i, decisions.slice(start, 1_000_000))
-            for i, start in enumerate(range(0, max(decisions.num_rows, 1), 1_000_000))
-        ]
-        store.publish(
-            where,
-            token=token,
-            manifest=store.Manifest(
-                kind="curation",
-                stage=stage,
-                rows=decisions.num_rows,
-                parts=decision_parts,
-                config_hash=config_hash,
-                fingerprint=fingerprint,
-                parents=parents,
-            ),
-        )
-    manifest = store.Manifest(
-        kind="traces",
-        stage=stage,
-        rows=sum(p.rows for p in parts),
-        parts=parts,
-        config_hash=config_hash,
-        fingerprint=fingerprint,
-        parents=parents,
-        stats=stats,
-    )
-    return store.publish(out, token=token, manifest=manifest)
-
-
-def up_to_date(out: str, fingerprint: str, with_decisions: bool) -> store.Manifest | None:
-    """The output's manifest when it and (if expected) its decisions were made from the same inputs."""
-    manifest = store.up_to_date(out, fingerprint)
-    if manifest is None:
-        return None
-    if with_decisions and store.up_to_date(store.join(out, DECISIONS), fingerprint) is None:
-        return None
-    return manifest
-
-
 def decisions_of(out: str) -> pa.Table:
     """The decisions side dataset of a stage's output."""
     return store.Dataset.open(store.join(out, DECISIONS)).to_arrow()
@@ -316,10 +231,8 @@ __all__ = [
     "input_stamp",
     "open_traces",
     "progress_bar",
-    "publish",
     "read_columns",
     "read_part",
     "rewrite_parts",
     "trace_columns",
-    "up_to_date",
 ]

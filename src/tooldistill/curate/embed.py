@@ -34,14 +34,13 @@ from tooldistill.curate.common import (
     CurateError,
     input_stamp,
     open_traces,
-    publish,
     read_part,
-    up_to_date,
 )
 from tooldistill.curate.runner import LocalRunner, Runner
 from tooldistill.curate.text import TextView, texts_of
 from tooldistill.executor import DEFAULT_RETRIES
 from tooldistill.schema import content_hash
+from tooldistill.stage import StageResult, StageRun
 
 STAGE = "curate-embed"
 
@@ -230,18 +229,16 @@ def _shards(dataset: store.Dataset, rows_per_shard: int | None, workers: int) ->
     return shards
 
 
-def embed(config: EmbedConfig, runner: Runner | None = None) -> tuple[store.Dataset, bool]:
-    """Run the embed stage; returns the output dataset and whether it was up to date (skipped)."""
+def embed(config: EmbedConfig, runner: Runner | None = None) -> StageResult:
+    """Run the embed stage: the output dataset, and whether it was up to date (skipped)."""
     runner = runner or LocalRunner()
     dataset = open_traces(config.dataset)
     model = resolve_model(config.model)
-    expected = store.fingerprint(
-        STAGE, config.config_hash(), [input_stamp(dataset), model, _model_stamp(model)]
-    )
-    if not config.force:
-        existing = up_to_date(config.out, expected, with_decisions=False)
-        if existing is not None:
-            return store.Dataset(config.out, existing), True
+    inputs = [input_stamp(dataset), model, _model_stamp(model)]
+    run = StageRun.start(STAGE, config.out, config.config_hash(), inputs, [config.dataset])
+    earlier = run.existing(force=config.force)
+    if earlier is not None:
+        return earlier
 
     available = runner.resources()
     num_gpus = config.num_gpus if config.num_gpus is not None else (1.0 if available["GPU"] else 0.0)
@@ -251,7 +248,7 @@ def embed(config: EmbedConfig, runner: Runner | None = None) -> tuple[store.Data
         workers = max(1, int(available["GPU"] // num_gpus))
     else:
         workers = max(1, int(available["CPU"] // config.cpus_per_actor))
-    token = store.new_token()
+    token = run.token
     shards = _shards(dataset, config.rows_per_shard, workers if runner.name != "local" else 1)
     stage = EmbedShard(config, model, token)
     start = time.perf_counter()
@@ -278,15 +275,9 @@ def embed(config: EmbedConfig, runner: Runner | None = None) -> tuple[store.Data
     if rows == 0:
         raise CurateError(f"no trace of {config.dataset} has a non-empty text view; nothing to embed")
     dims = {r["dim"] for r in results if r["dim"]}
-    manifest = publish(
-        config.out,
-        token=token,
-        stage=STAGE,
-        config_hash=config.config_hash(),
-        fingerprint=expected,
-        parents=[config.dataset],
-        parts=parts,
-        stats={
+    return run.publish(
+        parts,
+        {
             "in": dataset.manifest.rows,
             "embedded": rows,
             "empty_dropped": len(empty),
@@ -302,4 +293,3 @@ def embed(config: EmbedConfig, runner: Runner | None = None) -> tuple[store.Data
             "traces_per_s": round(rows / seconds, 1) if seconds else None,
         },
     )
-    return store.Dataset(config.out, manifest), False

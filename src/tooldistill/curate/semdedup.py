@@ -66,8 +66,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from tooldistill import store
 from tooldistill.curate.common import (
+    DECISIONS,
     CurateError,
     embeddings_of,
     first_occurrences,
@@ -75,16 +75,15 @@ from tooldistill.curate.common import (
     id_ranks,
     input_stamp,
     open_traces,
-    publish,
     read_columns,
     rewrite_parts,
-    up_to_date,
 )
 from tooldistill.curate.kmeans import check_k, cluster, gpu_available, normalize
 from tooldistill.curate.quality import QualityConfig, score_dataset
 from tooldistill.curate.runner import LocalRunner, Runner
 from tooldistill.executor import DEFAULT_RETRIES
 from tooldistill.schema import content_hash
+from tooldistill.stage import StageResult, StageRun
 
 STAGE = "curate-semdedup"
 REPORT_EPS = (0.01, 0.02, 0.05, 0.1)
@@ -414,13 +413,6 @@ class SemDedupConfig(BaseModel):
         return content_hash(fields, 16)
 
 
-@dataclass
-class StageResult:
-    dataset: store.Dataset
-    skipped: bool
-    stats: dict[str, Any]
-
-
 def run_semdedup(
     config: SemDedupConfig, runner: Runner | None = None, show_progress: bool = True
 ) -> StageResult:
@@ -428,11 +420,10 @@ def run_semdedup(
     every trace's decision to ``out/decisions``."""
     runner = runner or LocalRunner(show_progress=show_progress)
     dataset = open_traces(config.dataset)
-    expected = store.fingerprint(STAGE, config.config_hash(), [input_stamp(dataset)])
-    if not config.force:
-        existing = up_to_date(config.out, expected, with_decisions=True)
-        if existing is not None:
-            return StageResult(store.Dataset(config.out, existing), True, existing.stats)
+    run = StageRun.start(STAGE, config.out, config.config_hash(), [input_stamp(dataset)], [config.dataset])
+    earlier = run.existing(also=[DECISIONS], force=config.force)
+    if earlier is not None:
+        return earlier
 
     start = time.perf_counter()
     table, repeated = first_occurrences(read_columns(dataset, ["id", "embedding"]))
@@ -478,7 +469,7 @@ def run_semdedup(
         columns["quality"] = scores.column("quality")
         columns["quality_parts"] = scores.column("quality_parts")
     annotations = pa.table(columns)
-    token = store.new_token()
+    token = run.token
     parts = rewrite_parts(
         dataset,
         config.out,
@@ -517,15 +508,5 @@ def run_semdedup(
             **{k: round(v, 3) for k, v in result.timings.items()},
         },
     }
-    manifest = publish(
-        config.out,
-        token=token,
-        stage=STAGE,
-        config_hash=config.config_hash(),
-        fingerprint=expected,
-        parents=[config.dataset],
-        parts=parts,
-        stats=stats,
-        decisions=decisions,
-    )
-    return StageResult(store.Dataset(config.out, manifest), False, stats)
+    run.publish_side(DECISIONS, table=decisions, kind="curation")
+    return run.publish(parts, stats)

@@ -28,8 +28,8 @@ from tooldistill.curate.common import (
     read_columns,
     rewrite_parts,
 )
-from tooldistill.curate.semdedup import StageResult
 from tooldistill.schema import content_hash
+from tooldistill.stage import StageResult, StageRun
 
 STAGE = "curate-split"
 SPLITS = ("train", "val", "test")
@@ -107,13 +107,10 @@ def _strata(dataset: store.Dataset, config: SplitConfig) -> tuple[list[str], lis
 def run_split(config: SplitConfig, show_progress: bool = True) -> StageResult:
     """Write ``out`` (every trace with a ``split`` column) and ``out/train``, ``out/val``, ``out/test``."""
     dataset = open_traces(config.dataset)
-    expected = store.fingerprint(STAGE, config.config_hash(), [input_stamp(dataset)])
-    if not config.force:
-        existing = store.up_to_date(config.out, expected)
-        if existing is not None and all(
-            store.up_to_date(store.join(config.out, name), expected) is not None for name in SPLITS
-        ):
-            return StageResult(store.Dataset(config.out, existing), True, existing.stats)
+    run = StageRun.start(STAGE, config.out, config.config_hash(), [input_stamp(dataset)], [config.dataset])
+    earlier = run.existing(also=SPLITS, force=config.force)
+    if earlier is not None:
+        return earlier
 
     ids, strata, cluster_column = _strata(dataset, config)
     which = assign_splits(ids, strata, config.fractions, config.seed)
@@ -124,7 +121,7 @@ def run_split(config: SplitConfig, show_progress: bool = True) -> StageResult:
             "split": pa.array(names.tolist(), pa.string()),
         }
     )
-    token = store.new_token()
+    token = run.token
     counts: dict[str, int] = {}
     for index, name in enumerate(SPLITS):
         where = store.join(config.out, name)
@@ -139,20 +136,7 @@ def run_split(config: SplitConfig, show_progress: bool = True) -> StageResult:
             show_progress=show_progress,
         )
         counts[name] = int(keep.sum())
-        store.publish(
-            where,
-            token=token,
-            manifest=store.Manifest(
-                kind="traces",
-                stage=STAGE,
-                rows=counts[name],
-                parts=parts,
-                config_hash=config.config_hash(),
-                fingerprint=expected,
-                parents=[config.dataset],
-                stats={"split": name},
-            ),
-        )
+        run.publish_side(name, parts, stats={"split": name})
     parts = rewrite_parts(
         dataset,
         config.out,
@@ -170,15 +154,4 @@ def run_split(config: SplitConfig, show_progress: bool = True) -> StageResult:
         "cluster_column": cluster_column,
         "seed": config.seed,
     }
-    manifest = store.Manifest(
-        kind="traces",
-        stage=STAGE,
-        rows=sum(p.rows for p in parts),
-        parts=parts,
-        config_hash=config.config_hash(),
-        fingerprint=expected,
-        parents=[config.dataset],
-        stats=stats,
-    )
-    published = store.publish(config.out, token=token, manifest=manifest)
-    return StageResult(store.Dataset(config.out, published), False, stats)
+    return run.publish(parts, stats)

@@ -332,14 +332,15 @@ def train(
     """Train on ``folder/examples.jsonl`` (written by the caller) through Ray Train; returns where the
     adapter is and what the training did."""
     import ray
+
+    from tooldistill.raycluster import ensure_ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     check_targets(base_model, settings.lora.target_modules)
     resumed = latest_checkpoint(folder / "checkpoints")
     resumed_step = int(resumed.name.split("-")[-1]) if resumed else 0
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
+    ensure_ray()
     cores = threads or max(1, int(settings.cpus_per_worker))
     bf16 = precision_bf16(settings)
     started = time.perf_counter()

@@ -72,38 +72,56 @@ def confusion(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def aggregate(records: Sequence[Mapping[str, Any]], modes: Sequence[str]) -> dict[str, Any]:
-    """Match rate per mode (with Wilson 95% intervals), mean partial score, per-category table and
-    per-tool confusion.  Each record holds ``verdicts`` {mode: {match, score, reason}},
-    ``category``, ``expected_tools``, ``predicted_tools`` and optionally ``error`` or ``skipped``
-    (neither is scored: an endpoint error or a trace too long to send says nothing of the student;
-    both are counted beside the rate)."""
-    scored = [r for r in records if not r.get("error") and not r.get("skipped")]
-    out: dict[str, Any] = {
+def scored(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The records that count in a match rate: neither an endpoint ``error`` nor ``skipped``."""
+    return [r for r in records if not r.get("error") and not r.get("skipped")]
+
+
+def counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """What is counted beside a match rate: every record, the scored ones, the endpoint errors and
+    the traces not sent (``skipped``, an error first when a record has both)."""
+    return {
         "examples": len(records),
-        "scored": len(scored),
+        "scored": len(scored(records)),
         "errors": sum(1 for r in records if r.get("error")),
         # not sent: longer than the student's window even after the context policy's cuts
         "skipped": sum(1 for r in records if r.get("skipped") and not r.get("error")),
     }
-    out["modes"] = {}
-    for mode in modes:
-        hits = sum(1 for r in scored if r["verdicts"][mode]["match"])
-        entry = rate(hits, len(scored))
+
+
+def match_rate(records: Sequence[Mapping[str, Any]], mode: str, mean_score: bool = True) -> dict[str, Any]:
+    """The match rate in ``mode``, the one definition every reported summary uses: matched / n with
+    the Wilson 95% interval, where n counts only the scored records.  A record with an endpoint
+    ``error`` or ``skipped`` is left out of n (an error says nothing about what the student would
+    have chosen; a skipped trace was never asked); ``counts`` gives both beside the rate.  Each
+    record holds ``verdicts`` {mode: {match, score, reason}}; ``mean_score`` adds the mean partial
+    score."""
+    kept = scored(records)
+    entry = rate(sum(1 for r in kept if r["verdicts"][mode]["match"]), len(kept))
+    if mean_score:
         entry["mean_score"] = (
-            round(sum(r["verdicts"][mode]["score"] for r in scored) / len(scored), 4) if scored else None
+            round(sum(r["verdicts"][mode]["score"] for r in kept) / len(kept), 4) if kept else None
         )
-        out["modes"][mode] = entry
-    unparseable = sum(1 for r in scored if str(r["verdicts"][modes[0]]["reason"]).startswith("unparseable"))
-    out["unparseable"] = unparseable
+    return entry
+
+
+def aggregate(records: Sequence[Mapping[str, Any]], modes: Sequence[str]) -> dict[str, Any]:
+    """Match rate per mode (``match_rate``: Wilson 95% intervals, endpoint errors and skipped traces
+    left out of n and counted beside it), mean partial score, per-category table and per-tool
+    confusion.  Each record holds ``verdicts`` {mode: {match, score, reason}}, ``category``,
+    ``expected_tools``, ``predicted_tools`` and optionally ``error`` or ``skipped``."""
+    scored_records = scored(records)
+    out: dict[str, Any] = dict(counts(records))
+    out["modes"] = {mode: match_rate(records, mode) for mode in modes}
+    out["unparseable"] = sum(
+        1 for r in scored_records if str(r["verdicts"][modes[0]]["reason"]).startswith("unparseable")
+    )
     categories: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for record in scored:
+    for record in scored_records:
         categories[str(record.get("category") or NONE)].append(record)
     out["categories"] = {
-        name: {
-            mode: rate(sum(1 for r in group if r["verdicts"][mode]["match"]), len(group)) for mode in modes
-        }
+        name: {mode: match_rate(group, mode, mean_score=False) for mode in modes}
         for name, group in sorted(categories.items())
     }
-    out["tools"] = confusion(scored)
+    out["tools"] = confusion(scored_records)
     return out

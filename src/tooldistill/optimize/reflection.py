@@ -4,7 +4,8 @@ Two kinds, chosen in config:
 
 - ``anthropic``: Claude through the ``anthropic`` SDK (``base_url`` may point at a local
   Anthropic-compatible server); cost from the teacher's price table (``teacher/pricing.py``).
-- ``openai``: any OpenAI-compatible chat endpoint; cost from ``input_usd_per_mtok`` and
+- ``openai``: any OpenAI-compatible chat endpoint, asked through the student's client
+  (``student.StudentClient``: the same retries and backoff); cost from ``input_usd_per_mtok`` and
   ``output_usd_per_mtok`` in config (0 for a self-hosted model).
 
 Both are callables ``prompt -> text`` as ``gepa`` expects, expose ``total_cost`` (so GEPA's
@@ -23,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tooldistill.evaluate import EndpointError, _Client
 from tooldistill.redact import Redactor
+from tooldistill.student import DEFAULTS, EndpointError, EndpointURL, StudentClient, StudentTooSlow
 from tooldistill.teacher.pricing import cost, price_for
 
 
@@ -38,12 +39,14 @@ class ReflectionSettings(BaseModel):
     kind: Literal["anthropic", "openai"] = "anthropic"
     model: str = "claude-sonnet-4-5"
     #: OpenAI-compatible endpoint (``.../v1``) or an Anthropic base URL (None: the public API).
-    endpoint: str | None = None
+    endpoint: EndpointURL | None = None
     api_key_env: str | None = None
     max_tokens: int = 4096
     temperature: float = 1.0
-    timeout_s: float = 120.0
-    retries: int = 3
+    #: Longer than the student's ``timeout_s``: one reflection writes up to ``max_tokens`` tokens.
+    timeout_s: float = Field(default=120.0, gt=0)
+    #: As the student's (``student.EndpointSettings``); the openai kind asks through its client.
+    retries: int = Field(default=DEFAULTS.retries, ge=0)
     #: Prices for ``openai`` kind, USD per million tokens.
     input_usd_per_mtok: float = 0.0
     output_usd_per_mtok: float = 0.0
@@ -65,7 +68,7 @@ class ReflectionLM:
         self.tokens_in = 0
         self.tokens_out = 0
         self._anthropic: Any = None
-        self._openai: _Client | None = None
+        self._openai: StudentClient | None = None
         # what the reflection model writes becomes the student's instructions (prompt.json, GEPA's
         # state, the report): a secret it repeats from the traces is replaced before any of that
         self._redactor = Redactor()
@@ -84,7 +87,7 @@ class ReflectionLM:
             if not settings.endpoint:
                 raise ReflectionError("an openai reflection model needs an endpoint")
             key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-            self._openai = _Client(settings.endpoint, settings.timeout_s, settings.retries, key)
+            self._openai = StudentClient(settings.endpoint, settings.timeout_s, settings.retries, key)
 
     @property
     def total_cost(self) -> float:
@@ -142,7 +145,7 @@ class ReflectionLM:
         }
         try:
             response, _ = self._openai.chat(body)
-        except EndpointError as error:
+        except (EndpointError, StudentTooSlow) as error:
             raise ReflectionError(f"reflection model {self.settings.model}: {error}") from None
         usage = response.get("usage") or {}
         tokens_in, tokens_out = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0

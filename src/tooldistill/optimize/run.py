@@ -463,15 +463,11 @@ def make_evaluator(config: OptimizeConfig, folder: Path, tune_callbacks: Sequenc
         return None
     import ray
 
+    from tooldistill.raycluster import ensure_ray
+
     from tooldistill.optimize.tune_eval import TuneEvaluator
 
-    if not ray.is_initialized():
-        ray.init(
-            address=config.tune.ray_address,
-            ignore_reinit_error=True,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+    ensure_ray(config.tune.ray_address)
     return TuneEvaluator(
         config.student,
         str(folder / "tune"),

@@ -8,7 +8,9 @@ the trace's tools as native tools (``evaluate.build_request``); the reply is par
 score, the verdict's reason (GEPA's feedback), the calls and the raw reply.
 
 A failed request or a reply that cannot be parsed is an outcome with score 0 and the reason in
-words, never an exception: one bad example must not stop an optimization run.
+words, never an exception: one bad example must not stop an optimization run.  The 0 is only the
+search's per-example metric; the reported summary (``summarize``) leaves a failed request out of
+the match rate and counts it beside it, as ``evaluate.summarize`` does (``match.stats.match_rate``).
 
 This module imports neither DSPy nor Ray Tune, so Tune trial workers start quickly.
 """
@@ -16,45 +18,30 @@ This module imports neither DSPy nor Ray Tune, so Tune trial workers start quick
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tooldistill.context import ContextPolicy, DoesNotFit, Fit, fitter_for, summarize_fits
-from tooldistill.evaluate import (
-    EndpointError,
-    _Client,
-    _safe_name,
-    build_request,
-    first_message,
-    parse_response,
-)
-from tooldistill.match.stats import rate
+from tooldistill.evaluate import _safe_name, build_request, first_message, parse_response
+from tooldistill.match.stats import counts, match_rate
 from tooldistill.schema import Trace, trace_from_row, trace_to_row
 from tooldistill.scoring import judge
+from tooldistill.student import EndpointError, EndpointSettings, StudentClient
 
 
-class StudentSettings(BaseModel):
-    """Where the student answers and how it is asked."""
+class StudentSettings(EndpointSettings):
+    """Where the student answers and how it is asked: ``EndpointSettings`` (endpoint, model,
+    timeout, retries, timed-out requests, key variable, with their defaults) and the request."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    endpoint: str = "http://127.0.0.1:8000/v1"
-    model: str = "student"
     temperature: float = 0.0
     max_tokens: int = 512
     #: Sent as ``reasoning_effort`` when set (GPT-OSS reads it; others ignore it).
     reasoning_effort: str | None = None
-    timeout_s: float = 60.0
-    retries: int = 2
-    #: Timed-out requests (never sent again) after which the run stops as too slow.
-    max_timeouts: int = Field(default=3, ge=1)
-    api_key_env: str = "OPENAI_API_KEY"
     #: Match mode that gives the score and the feedback.
     mode: str = "chain"
     #: Modes measured beside ``mode`` (reported, never optimized): ``names`` is the tool-name chain,
@@ -65,11 +52,6 @@ class StudentSettings(BaseModel):
     #: How a request longer than the student's window is cut; the pipeline fills ``window`` and
     #: ``tokenizer`` from the served profile when they are not given.
     context: ContextPolicy = Field(default_factory=ContextPolicy)
-
-    def client(self, api_key: str | None = None) -> _Client:
-        """A client with ``api_key``, or the key in ``api_key_env`` of this process's environment."""
-        key = api_key if api_key is not None else os.environ.get(self.api_key_env)
-        return _Client(self.endpoint, self.timeout_s, self.retries, key, max_timeouts=self.max_timeouts)
 
 
 @dataclass(frozen=True)
@@ -201,7 +183,7 @@ def reply_text(message: Mapping[str, Any] | None) -> str:
 
 
 def run_example(
-    trace: Trace, prompt: Prompt, settings: StudentSettings, client: _Client | None = None
+    trace: Trace, prompt: Prompt, settings: StudentSettings, client: StudentClient | None = None
 ) -> Outcome:
     """Ask the student once and judge the reply; never raises for a bad answer or endpoint."""
     client = client or settings.client()
@@ -213,6 +195,8 @@ def run_example(
     try:
         response, _ = client.chat(fit.request)
     except EndpointError as error:
+        # score 0 is what the search sees for this example (GEPA and DSPy need a number for every
+        # one); every reported summary leaves the error out of the match rate (``summarize``)
         return Outcome(
             trace.id, 0.0, False, f"endpoint error: {error}", error=str(error),
             latency_s=time.perf_counter() - started,
@@ -269,21 +253,40 @@ def check_endpoint(settings: StudentSettings) -> None:
     settings.client().check()
 
 
+#: The verdict key of the optimized mode in ``summarize``'s records (an outcome does not name it).
+_OPTIMIZED = "(optimized)"
+
+
+def _record(outcome: Outcome) -> dict[str, Any]:
+    """An outcome as a ``match.stats`` record, in the optimized mode and every ``also`` mode."""
+    verdicts = {_OPTIMIZED: {"match": outcome.match, "score": outcome.score, "reason": outcome.reason}}
+    for mode, matched in outcome.modes.items():
+        verdicts[mode] = {"match": matched, "score": float(matched), "reason": ""}
+    return {"error": outcome.error, "skipped": outcome.skipped, "verdicts": verdicts}
+
+
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Match rate with its Wilson interval, mean score, and errors; traces skipped by the context
-    policy are counted beside it, never as misses."""
-    skipped = [o for o in outcomes if o.skipped]
-    outcomes = [o for o in outcomes if not o.skipped]
-    matched = sum(o.match for o in outcomes)
-    summary = rate(matched, len(outcomes))
-    summary["mean_score"] = round(sum(o.score for o in outcomes) / len(outcomes), 4) if outcomes else None
-    summary["errors"] = sum(o.error is not None for o in outcomes)
-    also = sorted({m for o in outcomes for m in o.modes})
+    """Match rate with its Wilson interval and mean score, by the same definition as
+    ``evaluate.summarize`` (``match.stats.match_rate``): endpoint errors and traces skipped by the
+    context policy are left out of n and counted beside it (``errors``; ``context.skipped``), never
+    as misses."""
+    records = [_record(o) for o in outcomes]
+    summary = match_rate(records, _OPTIMIZED)
+    summary["errors"] = counts(records)["errors"]
+    first_error = next((o.error for o in outcomes if o.error), None)
+    if first_error:
+        summary["first_error"] = first_error
+    answered = [o for o in outcomes if not o.error and not o.skipped]
+    also = sorted({m for o in answered for m in o.modes})
     if also:  # the same answers in the modes measured beside the optimized one
-        summary["also"] = {m: rate(sum(o.modes.get(m, False) for o in outcomes), len(outcomes)) for m in also}
-    cut = [o.context for o in outcomes if o.context]
-    if cut or skipped:
-        summary["context"] = summarize_fits([o.context for o in outcomes], len(skipped))
+        for record in records:  # an answer without a verdict in one of them did not match there
+            for mode in also:
+                record["verdicts"].setdefault(mode, {"match": False, "score": 0.0, "reason": ""})
+        summary["also"] = {m: match_rate(records, m, mean_score=False) for m in also}
+    sent = [o for o in outcomes if not o.skipped]
+    skipped = [o for o in outcomes if o.skipped]
+    if any(o.context for o in sent) or skipped:
+        summary["context"] = summarize_fits([o.context for o in sent], len(skipped))
         if skipped:
             summary["context"]["first_skipped"] = skipped[0].skipped
     return summary

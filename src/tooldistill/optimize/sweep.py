@@ -120,6 +120,8 @@ def sweep_trial(config: dict[str, Any]) -> None:
 def run_sweep(sweep: SweepConfig) -> list[dict[str, Any]]:
     """Run the sweep; returns one row per trial, best first."""
     import ray
+
+    from tooldistill.raycluster import ensure_ray
     from ray import tune
 
     if not sweep.space:
@@ -127,10 +129,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict[str, Any]]:
     base = base_config(sweep)
     run_dir = os.path.abspath(sweep.run_dir)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(
-            address=sweep.ray_address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False
-        )
+    ensure_ray(sweep.ray_address)
     space = search_space(sweep.space)
     space.update({"__base": json.dumps(base), "__run_dir": run_dir, "__phase": sweep.phase})
     tuner = tune.Tuner(

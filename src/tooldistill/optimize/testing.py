@@ -16,14 +16,21 @@ A fixed ``latency_s`` per request models a real model's time.  ``ReflectionServe
 chat request with an instruction that contains ``KEY_PHRASE`` in a fenced block (the form GEPA's
 default proposer extracts), with token usage so that costs add up; with ``incremental=True`` it
 answers with the current instruction plus one more rule, a slow climb for benchmarks.  Both count their requests.
+
+``python -m tooldistill.optimize.testing --port PORT`` runs the student stand-in in a process of its
+own (a replica a test can SIGKILL and start again on the same port): it prints ``listening URL``,
+then ``request N`` as each chat request comes in, and with ``--hold-at N`` never answers the N-th,
+so a kill always lands with a request in flight.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -80,11 +87,13 @@ def make_traces(n: int, start: int = 0) -> list[Trace]:
 class _Server:
     """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
         self.requests = 0
         self.lock = threading.Lock()
+        #: Called with each chat request's number (from 1) before it is answered.
+        self.on_request: Callable[[int], None] | None = None
         handler.owner = self  # type: ignore[attr-defined]
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.httpd.request_queue_size = 256
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -96,6 +105,9 @@ class _Server:
     def count(self) -> None:
         with self.lock:
             self.requests += 1
+            number = self.requests
+        if self.on_request is not None:
+            self.on_request(number)
 
     def __enter__(self) -> _Server:
         self.thread.start()
@@ -187,10 +199,10 @@ class _StudentHandler(_Handler):
 class StudentServer(_Server):
     """With ``api_key``, a chat request without ``Authorization: Bearer <api_key>`` gets a 401."""
 
-    def __init__(self, latency_s: float = 0.0, api_key: str | None = None) -> None:
+    def __init__(self, latency_s: float = 0.0, api_key: str | None = None, port: int = 0) -> None:
         self.latency_s = latency_s
         self.api_key = api_key
-        super().__init__(type("StudentHandler", (_StudentHandler,), {}))
+        super().__init__(type("StudentHandler", (_StudentHandler,), {}), port)
 
 
 class _ReflectionHandler(_Handler):
@@ -248,3 +260,28 @@ def write_traces(uri: str, traces: list[Trace], quality: list[float] | None = No
         ),
     )
     return uri
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The student stand-in in this process, until it is killed."""
+    parser = argparse.ArgumentParser(description="The student stand-in of optimize/testing.py.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per chat request")
+    parser.add_argument("--hold-at", type=int, default=None, help="never answer the N-th chat request")
+    args = parser.parse_args(argv)
+    server = StudentServer(latency_s=args.latency, port=args.port)
+    out = threading.Lock()
+
+    def seen(number: int) -> None:
+        with out:
+            print(f"request {number}", flush=True)
+        if number == args.hold_at:
+            threading.Event().wait()  # held until the process is killed
+
+    server.on_request = seen
+    print(f"listening {server.url}", flush=True)
+    server.httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

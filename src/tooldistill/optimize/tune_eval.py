@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+
+from tooldistill.raycluster import ensure_ray
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -278,8 +280,7 @@ class TuneEvaluator:
     def start(self) -> None:
         if self._thread is not None:
             return
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        ensure_ray()
         # a searcher other than the default may otherwise have only one trial pending at a time
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.max_concurrent_trials))
         self._board = _JobBoard()

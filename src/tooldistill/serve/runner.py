@@ -192,6 +192,8 @@ def start(
     """Deploy the profile on the Ray cluster this process is connected to (starting a local one
     when none is); returns once the application is running (and, with ``wait``, answering)."""
     import ray
+
+    from tooldistill.raycluster import ensure_ray
     from ray import serve
 
     api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -211,8 +213,7 @@ def start(
     args = application["args"] = resolve_cpu_engine(dict(application.get("args") or {}))
     models = [c["model_loading_config"]["model_id"] for c in args.get("llm_configs") or []]
     app = build_app(args)  # checks model paths before anything starts
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    ensure_ray()
     http = profile["http_options"]
     serve.start(http_options={"host": http["host"], "port": http["port"]})
     name = application.get("name", "student")

@@ -29,14 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from tooldistill import __version__, store
+from tooldistill import store
+from tooldistill.console import progress as terminal_progress
 from tooldistill.match.compare import chain_key
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.redact import Redactor
 from tooldistill.schema import ToolCall, Trace, content_hash, traces_to_table
 from tooldistill.scoring import write_json
+from tooldistill.stage import StageResult, StageRun
 from tooldistill.teacher.cache import RequestCache
 from tooldistill.teacher.client import (
     Answer,
@@ -134,11 +136,14 @@ class CaptureConfig(ClaudeSettings):
 
 
 @dataclass
-class CaptureResult:
-    dataset: store.Dataset
-    summary: dict[str, Any]
-    skipped: bool = False
+class CaptureResult(StageResult):
+    """The stage result of a capture, with the requests that failed (asked again next run)."""
+
     failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.stats.get("summary") or {})
 
 
 @dataclass
@@ -271,13 +276,11 @@ def capture(
     progress: Callable[[int, int], None] | None = None,
 ) -> CaptureResult:
     source = store.Dataset.open(config.dataset)
-    fingerprint = store.fingerprint(
-        STAGE, config.config_hash(), [config.dataset, source.manifest.fingerprint]
-    )
-    if not config.force:
-        existing = store.up_to_date(config.out, fingerprint)
-        if existing is not None:
-            return CaptureResult(store.Dataset(config.out, existing), existing.stats.get("summary", {}), True)
+    inputs = [config.dataset, source.manifest.fingerprint]
+    run = StageRun.start(STAGE, config.out, config.config_hash(), inputs, [config.dataset])
+    earlier = run.existing(force=config.force)
+    if earlier is not None:
+        return CaptureResult(earlier.dataset, True, earlier.stats)
     traces = source.to_traces()
     if config.limit is not None:
         traces = traces[: config.limit]
@@ -304,22 +307,11 @@ def capture(
     ]
     summary = summarize(jobs, records, failures, done_before, out_traces, config, stats)
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
-    token = store.new_token()
-    parts = [store.write_part(config.out, token, 0, traces_to_table(out_traces))] if out_traces else []
-    manifest = store.Manifest(
-        kind="traces",
-        stage=STAGE,
-        rows=len(out_traces),
-        parts=parts,
-        config_hash=config.config_hash(),
-        fingerprint=fingerprint if not failures else f"{fingerprint}-incomplete",
-        code_version=__version__,
-        parents=[config.dataset],
-        stats={"summary": summary, "secrets_redacted": summary["secrets_redacted"]},
-    )
-    published = store.publish(config.out, token=token, manifest=manifest)
+    parts = [store.write_part(config.out, run.token, 0, traces_to_table(out_traces))] if out_traces else []
+    stats = {"summary": summary, "secrets_redacted": summary["secrets_redacted"]}
+    result = run.publish(parts, stats, complete=not failures)
     write_json(config.out, "summary.json", summary)
-    return CaptureResult(store.Dataset(config.out, published), summary, False, failures)
+    return CaptureResult(result.dataset, False, result.stats, result.complete, failures=failures)
 
 
 def _with_samples(trace: Trace, config: CaptureConfig, found: list[dict[str, Any] | None]) -> Trace:
@@ -370,14 +362,13 @@ async def ask_claude(
     caller = Caller(limiter, RetryPolicy(config.retries, config.retry_base_s, config.retry_cap_s))
     await _preflight(client, caller, config.model)
     already = total - len(pending)
-    with Progress(
+    with terminal_progress(
         TextColumn(label + (" (batch)" if config.batch else "")),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[note]}"),
-        disable=not show_progress,
-        transient=True,
+        show=show_progress,
     ) as bar:
         task = bar.add_task(label, total=total, completed=already, note="")
 

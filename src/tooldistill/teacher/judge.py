@@ -20,19 +20,20 @@ import asyncio
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 from pydantic import Field
 
-from tooldistill import __version__, store
+from tooldistill import store
 from tooldistill.match.stats import rate
 from tooldistill.schema import Trace, content_hash
 from tooldistill.scoring import write_json
+from tooldistill.stage import StageRun
 from tooldistill.teacher.cache import RequestCache
 from tooldistill.teacher.capture import (
     USAGE_FIELDS,
+    CaptureResult,
     ClaudeSettings,
     ask_claude,
     cached_record,
@@ -110,12 +111,8 @@ class JudgeConfig(ClaudeSettings):
         )
 
 
-@dataclass
-class JudgeResult:
-    dataset: store.Dataset
-    summary: dict[str, Any]
-    skipped: bool = False
-    failures: list[dict[str, Any]] = field(default_factory=list)
+class JudgeResult(CaptureResult):
+    """The stage result of judging: the judgements, their summary and the failed requests."""
 
 
 def _last_user_text(trace: Trace) -> str:
@@ -180,13 +177,12 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
     if traces_uri is None:
         raise JudgeError(f"{config.evaluation} names no traces dataset; pass --traces")
     source = store.Dataset.open(traces_uri)
-    fingerprint = store.fingerprint(
-        STAGE,
-        config.config_hash(),
-        [config.evaluation, evaluation.manifest.fingerprint, traces_uri, source.manifest.fingerprint],
-    )
-    if not config.force and (existing := store.up_to_date(config.out, fingerprint)) is not None:
-        return JudgeResult(store.Dataset(config.out, existing), existing.stats.get("summary", {}), True)
+    inputs = [config.evaluation, evaluation.manifest.fingerprint, traces_uri, source.manifest.fingerprint]
+    parents = [config.evaluation, traces_uri]
+    run = StageRun.start(STAGE, config.out, config.config_hash(), inputs, parents, kind="judgements")
+    earlier = run.existing(force=config.force)
+    if earlier is not None:
+        return JudgeResult(earlier.dataset, True, earlier.stats)
     rows = evaluation.to_arrow().to_pylist()
     if config.limit is not None:
         rows = rows[: config.limit]
@@ -254,22 +250,12 @@ def judge(config: JudgeConfig, show_progress: bool = True) -> JudgeResult:
         **stats,
     )
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
-    token = store.new_token()
-    parts = [store.write_part(config.out, token, 0, pa.Table.from_pylist(out_rows, schema=JUDGE_SCHEMA))]
-    manifest = store.Manifest(
-        kind="judgements",
-        stage=STAGE,
-        rows=len(out_rows),
-        parts=parts,
-        config_hash=config.config_hash(),
-        fingerprint=fingerprint if not failures else f"{fingerprint}-incomplete",
-        code_version=__version__,
-        parents=[config.evaluation, traces_uri],
-        stats={"summary": summary, "secrets_redacted": summary["secrets_redacted"]},
-    )
-    published = store.publish(config.out, token=token, manifest=manifest)
+    table = pa.Table.from_pylist(out_rows, schema=JUDGE_SCHEMA)
+    parts = [store.write_part(config.out, run.token, 0, table)]
+    stats = {"summary": summary, "secrets_redacted": summary["secrets_redacted"]}
+    result = run.publish(parts, stats, complete=not failures)
     write_json(config.out, "summary.json", summary)
-    return JudgeResult(store.Dataset(config.out, published), summary, False, failures)
+    return JudgeResult(result.dataset, False, result.stats, result.complete, failures=failures)
 
 
 def summarize(rows: list[dict[str, Any]], mode: str | None, records: list[dict[str, Any]]) -> dict[str, Any]:

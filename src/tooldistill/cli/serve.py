@@ -1,6 +1,7 @@
 """``tooldistill serve`` and ``tooldistill models prepare``: the student on Ray Serve.
 
-Registered on the main command in ``cli.py``.
+``serve``'s key variable and wait timeout default to the pipeline's ``student`` section
+(``config.StudentSection``), so a standalone student and a run's student start alike.
 """
 
 from __future__ import annotations
@@ -10,20 +11,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
-
-def _console() -> Any:
-    from tooldistill.cli import console
-
-    return console
+from tooldistill.cli.common import console, model_default, user_errors
+from tooldistill.config import StudentSection
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    from tooldistill.cli import user_errors
     from tooldistill.serve.models import ModelError
     from tooldistill.serve.runner import ServeError
 
@@ -41,13 +37,17 @@ def _user_errors() -> Iterator[None]:
 @click.option("--model-source", default=None, help="Model folder or s3:// URI instead of the profile's.")
 @click.option(
     "--api-key-env",
-    default="TOOLDISTILL_SERVE_API_KEY",
+    default=model_default(StudentSection, "api_key_env"),
     show_default=True,
     help="When this variable is set, requests must send its value as a Bearer token.",
 )
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Block until /v1/models answers.")
 @click.option(
-    "--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds to wait for /v1/models."
+    "--timeout",
+    "timeout_s",
+    default=model_default(StudentSection, "wait_timeout_s"),
+    show_default=True,
+    help="Seconds to wait for /v1/models.",
 )
 @click.option("--detach", is_flag=True, help="Return after deploying (needs a running cluster: RAY_ADDRESS).")
 @click.option(
@@ -105,7 +105,6 @@ def serve_command(
             lora_store=lora_store,
             max_lora_rank=max_lora_rank,
         )
-        console = _console()
         if served.cpu_engine:
             engine = served.cpu_engine
             console.print(
@@ -163,9 +162,7 @@ def _publish_adapters(
             raise ValueError(f"no adapter at {folder} (adapter_config.json missing)")
         config = json.loads((folder / "adapter_config.json").read_text())
         rank = max(rank or 0, int(config.get("r") or 0)) or None
-        _console().print(
-            f"published {folder} as {publish_adapter(folder, lora_store, name)}", highlight=False
-        )
+        console.print(f"published {folder} as {publish_adapter(folder, lora_store, name)}", highlight=False)
     return rank
 
 
@@ -194,6 +191,9 @@ def prepare_command(name: str, out: str | None, force: bool, dtype: str) -> None
 
     with _user_errors():
         choice = choose_dtype(dtype)
-        _console().print(choice.line(), highlight=False)
+        console.print(choice.line(), highlight=False)
         folder, built = prepare(name, Path(out) if out else None, force=force, dtype=choice.dtype)
-        _console().print(f"{name}: {folder}" + ("" if built else " (up to date)"), highlight=False)
+        console.print(f"{name}: {folder}" + ("" if built else " (up to date)"), highlight=False)
+
+
+COMMANDS: tuple[click.Command, ...] = (serve_command, models)

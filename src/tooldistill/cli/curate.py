@@ -1,41 +1,31 @@
 """``tooldistill curate embed|semdedup|car|split|all``: the curation stages on the command line.
 
-Registered on the main command in ``cli.py``.  Each command builds a stage config from its flags,
-runs it, and prints what happened (skipped when up to date) and the funnel: traces in, duplicates,
-kept, selected, and the split sizes.  Errors the user can act on exit with status 2 (``CurateError``
-is a ``ValueError``, one of the CLI's user errors).
+Each command builds a stage config from its flags, runs it, and prints what happened (skipped when
+up to date) and the funnel: traces in, duplicates, kept, selected, and the split sizes.  A flag that
+stands for a stage config field takes its default from that config (``EmbedConfig``, ``TextView``,
+``SemDedupConfig``, ``CarConfig``, ``SplitConfig``, ``QualityConfig``).  Errors the user can act on
+exit with status 2 (``CurateError`` is a ``ValueError``, one of the CLI's user errors).
 
-Each command holds the run lock of its ``--out`` folder while it writes (``cli.hold_output``): a
+Each command holds the run lock of its ``--out`` folder while it writes (``common.writing``): a
 second command on the same folder, or one inside a folder a ``tooldistill run`` is using, stops
 with an error that names the holder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 from rich.table import Table
 
 from tooldistill import store
-
-
-def _console() -> Any:
-    from tooldistill.cli import console
-
-    return console
-
-
-@contextmanager
-def _writing(out: str) -> Iterator[None]:
-    """User errors as one line (exit 2), and the output folder's lock for the command's duration."""
-    from tooldistill.cli import hold_output, user_errors
-    from tooldistill.runlock import RunLockError
-
-    with user_errors(RunLockError), hold_output(out):
-        yield
+from tooldistill.cli.common import console, executor_options, model_default, options, say, writing
+from tooldistill.curate.car import CarConfig
+from tooldistill.curate.embed import EmbedConfig
+from tooldistill.curate.quality import QualityConfig
+from tooldistill.curate.semdedup import SemDedupConfig
+from tooldistill.curate.split import SplitConfig
+from tooldistill.curate.text import TextView
 
 
 def _runner(executor: str, ray_address: str | None) -> Any:
@@ -44,52 +34,45 @@ def _runner(executor: str, ray_address: str | None) -> Any:
     return make_runner(executor, address=ray_address)
 
 
-def _options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
-    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for decorator in reversed(decorators):
-            fn = decorator(fn)
-        return fn
-
-    return apply
-
-
-_io = _options(
+_io = options(
     click.option("--dataset", required=True, help="Input traces dataset (folder or s3://)."),
     click.option("--out", required=True, help="Output dataset (folder or s3://)."),
     click.option("--force", is_flag=True, help="Rebuild even when the output is up to date."),
 )
-_executor = _options(
-    click.option(
-        "--executor",
-        type=click.Choice(["ray", "local"]),
-        default="ray",
-        show_default=True,
-        help="ray: Ray Data actor pool / Ray tasks; local: this process only.",
-    ),
-    click.option("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)."),
-)
-_embedding = _options(
+_executor = executor_options("Ray Data actor pool / Ray tasks")
+_embedding = options(
     click.option(
         "--model", default=None, help="Local sentence-transformers folder (default: all-MiniLM-L6-v2)."
     ),
-    click.option("--batch-size", default=64, show_default=True, help="Texts per forward pass."),
+    click.option(
+        "--batch-size",
+        default=model_default(EmbedConfig, "batch_size"),
+        show_default=True,
+        help="Texts per forward pass.",
+    ),
     click.option("--concurrency", type=int, default=None, help="Embedding actors (default: per CPU or GPU)."),
     click.option(
         "--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs)."
     ),
-    click.option("--cpus-per-actor", type=float, default=1.0, show_default=True, help="CPUs per actor."),
+    click.option(
+        "--cpus-per-actor",
+        type=float,
+        default=model_default(EmbedConfig, "cpus_per_actor"),
+        show_default=True,
+        help="CPUs per actor.",
+    ),
     click.option("--rows-per-shard", type=int, default=None, help="Rows per task and output part."),
     click.option(
         "--request",
         type=click.Choice(["last_user", "first_user", "all_user", "none"]),
-        default="last_user",
+        default=model_default(TextView, "request"),
         show_default=True,
         help="Which user messages go into the text view.",
     ),
     click.option(
         "--calls",
         type=click.Choice(["full", "names", "none"]),
-        default="full",
+        default=model_default(TextView, "calls"),
         show_default=True,
         help="How the chosen calls go into the text view.",
     ),
@@ -99,23 +82,32 @@ _embedding = _options(
     click.option(
         "--on-empty",
         type=click.Choice(["error", "drop"]),
-        default="error",
+        default=model_default(EmbedConfig, "on_empty"),
         show_default=True,
         help="A trace with an empty text view: fail, or leave it out.",
     ),
 )
 _quality = click.option(
     "--quality-weights",
-    default="consistency=1,schema=1,judge=1",
+    default=",".join(
+        f"{name}={weight:g}" for name, weight in model_default(QualityConfig, "weights").items()
+    ),
     show_default=True,
     help="Quality scorers and weights, NAME=WEIGHT,...",
 )
-_seed = click.option("--seed", default=0, show_default=True, help="Seed for k-means, random rank and split.")
+
+
+def _seed(model: type[Any]) -> Any:
+    """``--seed`` with the default of ``model`` (the stage the command runs; ``all``: SemDeDup's)."""
+    return click.option(
+        "--seed",
+        default=model_default(model, "seed"),
+        show_default=True,
+        help="Seed for k-means, random rank and split.",
+    )
 
 
 def _embed_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    from tooldistill.curate.text import TextView
-
     return {
         "model": kwargs["model"],
         "batch_size": kwargs["batch_size"],
@@ -134,8 +126,8 @@ def _embed_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _quality_config(text: str) -> Any:
-    from tooldistill.curate.quality import QualityConfig, parse_weights
+def _quality_config(text: str) -> QualityConfig:
+    from tooldistill.curate.quality import parse_weights
 
     return QualityConfig(weights=parse_weights(text))
 
@@ -145,18 +137,29 @@ def _title(stage: str, uri: str, skipped: bool) -> str:
 
 
 def _print_funnel(title: str, rows: list[tuple[str, Any]]) -> None:
-    _console().print(title, highlight=False, soft_wrap=True)
+    console.print(title, highlight=False, soft_wrap=True)
     table = Table()
     table.add_column("step")
     table.add_column("traces", justify="right")
     for name, value in rows:
         table.add_row(name, str(value))
-    _console().print(table)
+    console.print(table)
 
 
 def _print_rates(stats: dict[str, Any]) -> None:
     rates = ", ".join(f"ε={eps}: {rate:.1%}" for eps, rate in stats["removal_rates"].items())
-    _console().print(f"removal rate by ε: {rates}", highlight=False)
+    say(f"removal rate by ε: {rates}")
+
+
+def _semdedup(name: str) -> Any:
+    return model_default(SemDedupConfig, name)
+
+
+def _car(name: str) -> Any:
+    return model_default(CarConfig, name)
+
+
+_RANKS = click.Choice(["quality", "centroid", "random"])
 
 
 @click.group("curate")
@@ -172,45 +175,54 @@ def embed_command(
     dataset: str, out: str, force: bool, executor: str, ray_address: str | None, **kwargs: Any
 ) -> None:
     """Embed a text view of every trace (sentence-transformers; Ray Data actor pool)."""
-    from tooldistill.curate.embed import EmbedConfig, embed
+    from tooldistill.curate.embed import embed
 
-    with _writing(out):
+    with writing(out):
         config = EmbedConfig(dataset=dataset, out=out, force=force, **_embed_options(kwargs))
-        result, skipped = embed(config, _runner(executor, ray_address))
-        stats = result.manifest.stats
+        result = embed(config, _runner(executor, ray_address))
+        stats = result.stats
         _print_funnel(
-            _title("embed", result.uri, skipped),
+            _title("embed", result.uri, result.skipped),
             [
                 ("in", stats["in"]),
                 ("empty views dropped", stats["empty_dropped"]),
                 ("embedded", stats["embedded"]),
             ],
         )
-        if not skipped:
-            _console().print(
+        if not result.skipped:
+            say(
                 f"model {stats['model']} (dim {stats['dim']}), {stats['workers']} {stats['executor']} workers, "
-                f"{stats['traces_per_s']} traces/s",
-                highlight=False,
+                f"{stats['traces_per_s']} traces/s"
             )
 
 
 @curate.command("semdedup")
 @_io
-@click.option("--eps", default=0.05, show_default=True, help="Drop above cosine similarity 1 - eps.")
-@click.option("--k", type=int, default=None, help="Clusters (default: N // cluster-size, at least 1).")
-@click.option("--cluster-size", default=5000, show_default=True, help="Traces per cluster for the default k.")
 @click.option(
-    "--halo", default=0.03, show_default=True, help="Boundary halo (cosine margin); 0: the paper's algorithm."
+    "--eps", default=_semdedup("eps"), show_default=True, help="Drop above cosine similarity 1 - eps."
+)
+@click.option("--k", type=int, default=None, help="Clusters (default: N // cluster-size, at least 1).")
+@click.option(
+    "--cluster-size",
+    default=_semdedup("cluster_size"),
+    show_default=True,
+    help="Traces per cluster for the default k.",
+)
+@click.option(
+    "--halo",
+    default=_semdedup("halo"),
+    show_default=True,
+    help="Boundary halo (cosine margin); 0: the paper's algorithm.",
 )
 @click.option(
     "--rank",
-    type=click.Choice(["quality", "centroid", "random"]),
-    default="quality",
+    type=_RANKS,
+    default=_semdedup("rank"),
     show_default=True,
     help="Which copy survives: highest quality, farthest from the centroid (paper), random.",
 )
 @_quality
-@_seed
+@_seed(SemDedupConfig)
 @_embedding
 @_executor
 def semdedup_command(
@@ -230,9 +242,9 @@ def semdedup_command(
 ) -> None:
     """Drop near-duplicate traces (embedding first, into OUT/embedded, when DATASET has none)."""
     from tooldistill.curate.pipeline import ensure_embedded
-    from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup
+    from tooldistill.curate.semdedup import run_semdedup
 
-    with _writing(out):
+    with writing(out):
         runner = _runner(executor, ray_address)
         embedded = ensure_embedded(
             dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
@@ -261,10 +273,14 @@ def semdedup_command(
 @curate.command("car")
 @_io
 @click.option("--k", type=int, default=None, help="Clusters (default: int(sqrt(N / 2))).")
-@click.option("--per-cluster", default=1, show_default=True, help="Keep the top n of every cluster.")
-@click.option("--top", "top_overall", default=10, show_default=True, help="Keep the top m overall.")
+@click.option(
+    "--per-cluster", default=_car("per_cluster"), show_default=True, help="Keep the top n of every cluster."
+)
+@click.option(
+    "--top", "top_overall", default=_car("top_overall"), show_default=True, help="Keep the top m overall."
+)
 @_quality
-@_seed
+@_seed(CarConfig)
 @_embedding
 @_executor
 def car_command(
@@ -281,10 +297,10 @@ def car_command(
     **kwargs: Any,
 ) -> None:
     """Select the top n traces per cluster plus the top m overall by quality (CaR)."""
-    from tooldistill.curate.car import CarConfig, run_car
+    from tooldistill.curate.car import run_car
     from tooldistill.curate.pipeline import ensure_embedded
 
-    with _writing(out):
+    with writing(out):
         runner = _runner(executor, ray_address)
         embedded = ensure_embedded(
             dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
@@ -305,10 +321,9 @@ def car_command(
             _title("car", result.dataset.uri, result.skipped),
             [("in", stats["in"]), ("selected", stats["selected"])],
         )
-        _console().print(
+        say(
             f"{stats['k']} clusters; mean quality {stats['quality']['mean_all']} → "
-            f"{stats['quality']['mean_selected']} selected; reasons in {store.join(out, 'decisions')}",
-            highlight=False,
+            f"{stats['quality']['mean_selected']} selected; reasons in {store.join(out, 'decisions')}"
         )
 
 
@@ -323,19 +338,22 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 _split_fractions = click.option(
-    "--fractions", default="0.8,0.1,0.1", show_default=True, help="Shares of train, val, test."
+    "--fractions",
+    default=",".join(f"{share:g}" for share in model_default(SplitConfig, "fractions")),
+    show_default=True,
+    help="Shares of train, val, test.",
 )
 
 
 @curate.command("split")
 @_io
 @_split_fractions
-@_seed
+@_seed(SplitConfig)
 def split_command(dataset: str, out: str, force: bool, fractions: str, seed: int) -> None:
     """Deterministic train/val/test split, stratified by cluster and tool (OUT/train, OUT/val, OUT/test)."""
-    from tooldistill.curate.split import SplitConfig, run_split
+    from tooldistill.curate.split import run_split
 
-    with _writing(out):
+    with writing(out):
         config = SplitConfig(
             dataset=dataset, out=out, fractions=_fractions(fractions), seed=seed, force=force
         )
@@ -349,25 +367,35 @@ def split_command(dataset: str, out: str, force: bool, fractions: str, seed: int
 
 @curate.command("all")
 @_io
-@click.option("--eps", default=0.05, show_default=True, help="SemDeDup: drop above similarity 1 - eps.")
-@click.option("--dedup-k", type=int, default=None, help="SemDeDup clusters (default: N // cluster-size).")
-@click.option("--cluster-size", default=5000, show_default=True, help="SemDeDup traces per cluster.")
 @click.option(
-    "--halo", default=0.03, show_default=True, help="SemDeDup boundary halo; 0: the paper's algorithm."
+    "--eps", default=_semdedup("eps"), show_default=True, help="SemDeDup: drop above similarity 1 - eps."
+)
+@click.option("--dedup-k", type=int, default=None, help="SemDeDup clusters (default: N // cluster-size).")
+@click.option(
+    "--cluster-size",
+    default=_semdedup("cluster_size"),
+    show_default=True,
+    help="SemDeDup traces per cluster.",
 )
 @click.option(
-    "--rank",
-    type=click.Choice(["quality", "centroid", "random"]),
-    default="quality",
+    "--halo",
+    default=_semdedup("halo"),
     show_default=True,
-    help="SemDeDup: which copy survives.",
+    help="SemDeDup boundary halo; 0: the paper's algorithm.",
+)
+@click.option(
+    "--rank", type=_RANKS, default=_semdedup("rank"), show_default=True, help="SemDeDup: which copy survives."
 )
 @click.option("--car-k", type=int, default=None, help="CaR clusters (default: int(sqrt(N / 2))).")
-@click.option("--per-cluster", default=1, show_default=True, help="CaR: top n of every cluster.")
-@click.option("--top", "top_overall", default=10, show_default=True, help="CaR: top m overall.")
+@click.option(
+    "--per-cluster", default=_car("per_cluster"), show_default=True, help="CaR: top n of every cluster."
+)
+@click.option(
+    "--top", "top_overall", default=_car("top_overall"), show_default=True, help="CaR: top m overall."
+)
 @_quality
 @_split_fractions
-@_seed
+@_seed(SemDedupConfig)
 @_embedding
 @_executor
 def all_command(
@@ -392,7 +420,7 @@ def all_command(
     """Embed, SemDeDup, CaR and split into OUT/{embedded,deduped,curated,split}."""
     from tooldistill.curate.pipeline import curate_all
 
-    with _writing(out):
+    with writing(out):
         quality = _quality_config(quality_weights)
         result = curate_all(
             dataset,
@@ -441,3 +469,6 @@ def all_command(
             ],
         )
         _print_rates(result.deduped.stats)
+
+
+COMMANDS: tuple[click.Command, ...] = (curate,)

@@ -1,8 +1,10 @@
 """``tooldistill teacher capture|serve-local`` and ``tooldistill judge``: Claude on the command line.
 
-Registered on the main command in ``cli.py``.  The API key is read from an environment variable
-(``ANTHROPIC_API_KEY`` by default) and ``ANTHROPIC_BASE_URL`` redirects the SDK, for example to the
-local server that ``teacher serve-local`` starts.
+The API key is read from an environment variable (``ANTHROPIC_API_KEY`` by default) and
+``ANTHROPIC_BASE_URL`` redirects the SDK, for example to the local server that
+``teacher serve-local`` starts.  The request flags default to ``ClaudeSettings``' fields (capture's
+own to ``CaptureConfig``'s), read only when a command needs them: ``tooldistill.teacher.capture``
+loads the Anthropic SDK, which every other command can do without.
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ from typing import Any
 import click
 from rich.table import Table
 
+from tooldistill.cli.common import console, hold_output, lazy_model_option, print_consistency, user_errors
 
-def _console() -> Any:
-    from tooldistill.cli import console
-
-    return console
+_CLAUDE = "tooldistill.teacher.capture:ClaudeSettings"
+_CAPTURE = "tooldistill.teacher.capture:CaptureConfig"
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    from tooldistill.cli import user_errors
     from tooldistill.runlock import RunLockError
     from tooldistill.teacher.capture import TeacherError
     from tooldistill.teacher.judge import JudgeError
@@ -38,8 +38,6 @@ def _user_errors() -> Iterator[None]:
 def _writing(out: str) -> Iterator[None]:
     """The output folder's lock while the command writes there: two captures on one folder would
     both pay for every request the cache does not hold yet."""
-    from tooldistill.cli import hold_output
-
     with hold_output(out):
         yield
 
@@ -61,19 +59,47 @@ def _claude_options(fn: Any) -> Any:
     options = [
         click.option("--model", required=True, help="Claude model id, e.g. claude-sonnet-4-6."),
         click.option("--batch", is_flag=True, help="Use the Message Batches API (half price, slower)."),
-        click.option("--concurrency", default=8, show_default=True, help="Messages API requests in flight."),
+        lazy_model_option(
+            "--concurrency",
+            model=_CLAUDE,
+            field="concurrency",
+            type=int,
+            show_default=True,
+            help="Messages API requests in flight.",
+        ),
         click.option("--rpm", type=float, default=None, help="Client-side limit: requests per minute."),
         click.option("--tpm", type=float, default=None, help="Client-side limit: input tokens per minute."),
-        click.option(
-            "--retries", default=6, show_default=True, help="Retries on 429, 529, 5xx, dropped connections."
+        lazy_model_option(
+            "--retries",
+            model=_CLAUDE,
+            field="retries",
+            type=int,
+            show_default=True,
+            help="Retries on 429, 529, 5xx, dropped connections.",
         ),
-        click.option("--timeout", "timeout_s", default=120.0, show_default=True, help="Seconds per request."),
-        click.option(
-            "--poll", "poll_s", default=10.0, show_default=True, help="First batch poll interval (s)."
+        lazy_model_option(
+            "--timeout",
+            "timeout_s",
+            model=_CLAUDE,
+            field="timeout_s",
+            type=float,
+            show_default=True,
+            help="Seconds per request.",
         ),
-        click.option(
+        lazy_model_option(
+            "--poll",
+            "poll_s",
+            model=_CLAUDE,
+            field="poll_s",
+            type=float,
+            show_default=True,
+            help="First batch poll interval (s).",
+        ),
+        lazy_model_option(
             "--resubmits",
-            default=3,
+            model=_CLAUDE,
+            field="resubmits",
+            type=int,
             show_default=True,
             help="Times an expired/errored batch request is resent.",
         ),
@@ -82,8 +108,13 @@ def _claude_options(fn: Any) -> Any:
         ),
         click.option("--cache", default=None, help="Request cache folder (default: <out>/requests)."),
         click.option("--limit", type=int, default=None, help="Only the first N rows."),
-        click.option(
-            "--api-key-env", default="ANTHROPIC_API_KEY", show_default=True, help="Env var with the key."
+        lazy_model_option(
+            "--api-key-env",
+            model=_CLAUDE,
+            field="api_key_env",
+            type=str,
+            show_default=True,
+            help="Env var with the key.",
         ),
         click.option("--force", is_flag=True, help="Rebuild even when the output is up to date."),
         click.option(
@@ -118,7 +149,6 @@ def _settings(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_usage(summary: dict[str, Any]) -> None:
-    console = _console()
     tokens = summary.get("tokens") or {}
     cost = summary.get("cost_usd")
     console.print(
@@ -153,7 +183,7 @@ def _print_secrets(summary: dict[str, Any]) -> None:
     redacted = summary.get("secrets_redacted") or {}
     if redacted:
         kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(redacted.items()))
-        _console().print(
+        console.print(
             f"secrets redacted from Claude's answers: {sum(redacted.values())} ({kinds})", highlight=False
         )
 
@@ -166,15 +196,21 @@ def teacher() -> None:
 @teacher.command("capture")
 @click.option("--dataset", required=True, help="Traces dataset to ask about.")
 @click.option("--out", required=True, help="Output traces dataset with teacher samples.")
-@click.option("--samples", default=1, show_default=True, help="Samples per trace (2+ measures consistency).")
-@click.option("--max-tokens", default=1024, show_default=True)
+@lazy_model_option(
+    "--samples",
+    model=_CAPTURE,
+    field="samples",
+    type=int,
+    show_default=True,
+    help="Samples per trace (2+ measures consistency).",
+)
+@lazy_model_option("--max-tokens", model=_CAPTURE, field="max_tokens", type=int, show_default=True)
 @click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the model's).")
 @click.option("--system", "system_prompt", default=None, help="System prompt put before the trace's own.")
 @click.option("--no-prompt-cache", is_flag=True, help="Do not mark tools and system with cache_control.")
 @_claude_options
 def capture_command(**values: Any) -> None:
     """Send every trace to Claude N times; record its tool calls, usage, cost and latency."""
-    from tooldistill.cli import _print_consistency
     from tooldistill.teacher.capture import CaptureConfig, capture
 
     with _user_errors():
@@ -208,17 +244,17 @@ def capture_command(**values: Any) -> None:
             str(requests.get("failed")),
             "-" if share is None else f"{share:.1%}",
         )
-        _console().print(table)
+        console.print(table)
         _print_usage(summary)
         _print_secrets(summary)
-        _print_consistency(summary.get("consistency") or {})
+        print_consistency(summary.get("consistency") or {})
         for failure in result.failures[:5]:
-            _console().print(
+            console.print(
                 f"failed: trace {failure['trace_id']} sample {failure['sample']}: {failure['reason']}",
                 highlight=False,
             )
         if result.failures:
-            _console().print(
+            console.print(
                 f"{len(result.failures)} requests failed; the dataset is marked incomplete and a rerun asks for them again",
                 highlight=False,
             )
@@ -275,7 +311,6 @@ def judge_command(
         with _writing(config.out):
             result = judge(config)
         summary = result.summary
-        console = _console()
         agreement = summary.get("agreement") or {}
         console.print(
             f"judge {config.model} → {result.dataset.uri}"
@@ -294,3 +329,6 @@ def judge_command(
         console.print(f"confusion: {summary['confusion']}", highlight=False)
         _print_usage(summary)
         _print_secrets(summary)
+
+
+COMMANDS: tuple[click.Command, ...] = (teacher, judge_command)

@@ -1,13 +1,12 @@
-"""``tooldistill optimize`` and ``tooldistill sweep``: prompt optimization on the command line.
+"""``tooldistill optimize``, ``finetune`` and ``sweep``: prompt optimization and LoRA on the command line.
 
-Registered on the main command in ``cli.py``.  Progress goes to stderr as one line per event (a GEPA
-iteration: metric calls and dollars used against their budgets, best validation score so far, the
-Pareto front's size), so it reads the same in a terminal, a log file and a Ray job's output.
+Progress goes to stderr as one line per event (a GEPA iteration: metric calls and dollars used
+against their budgets, best validation score so far, the Pareto front's size), so it reads the same
+in a terminal, a log file and a Ray job's output.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,24 +14,15 @@ from typing import Any
 import click
 from rich.table import Table
 
-
-def _console() -> Any:
-    from tooldistill.cli import console
-
-    return console
+from tooldistill.cli.common import console, fail, user_errors
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    from tooldistill.cli import user_errors
     from tooldistill.optimize.reflection import ReflectionError
 
-    with user_errors():
-        try:
-            yield
-        except ReflectionError as error:
-            _console().print(f"[bold red]error:[/] {error}", highlight=False)
-            sys.exit(2)
+    with user_errors(ReflectionError):
+        yield
 
 
 def _rate(test: dict[str, Any] | None) -> str:
@@ -43,7 +33,6 @@ def _rate(test: dict[str, Any] | None) -> str:
 
 
 def _progress(event: dict[str, Any]) -> None:
-    console = _console()
     kind, phase = event.get("event"), event.get("phase")
     if kind == "iteration":
         usd = f"${event['reflection_usd']:.4f}"
@@ -94,8 +83,7 @@ def optimize_command(config_path: str, phase: str, run_dir: str | None, sets: tu
             config = load_config(config_path, overrides)
             summary = optimize(config, phase=phase, progress=_progress)
         except OptimizeError as error:
-            _console().print(f"[bold red]error:[/] {error}", highlight=False)
-            sys.exit(2)
+            fail(error)
     table = Table(title=f"optimize → {summary['run_dir']}", title_justify="left")
     for column in ("phase", "optimizer", "train", "test match rate (95% CI)", "demo messages"):
         table.add_column(column, justify="left" if column in ("phase", "optimizer") else "right")
@@ -104,8 +92,8 @@ def optimize_command(config_path: str, phase: str, run_dir: str | None, sets: tu
         table.add_row(
             row["phase"], row["kind"], str(row["train"]), _rate(row["test"]), str(row["demo_messages"])
         )
-    _console().print(table)
-    _console().print(f"best: {summary['best_phase']}; artifact: {summary['artifact']}", highlight=False)
+    console.print(table)
+    console.print(f"best: {summary['best_phase']}; artifact: {summary['artifact']}", highlight=False)
 
 
 @click.command("sweep")
@@ -120,8 +108,7 @@ def sweep_command(config_path: str) -> None:
             sweep = load_sweep(config_path)
             rows = run_sweep(sweep)
         except OptimizeError as error:
-            _console().print(f"[bold red]error:[/] {error}", highlight=False)
-            sys.exit(2)
+            fail(error)
     table = Table(title=f"sweep → {sweep.run_dir} ({len(rows)} trials)", title_justify="left")
     keys = sorted({k for row in rows for k in row["params"]})
     phases = sorted({p for row in rows for p in row["phase_rates"]})
@@ -139,7 +126,7 @@ def sweep_command(config_path: str) -> None:
             str(row["best_phase"] or "-"),
             (row["error"] or "")[:60],
         )
-    _console().print(table)
+    console.print(table)
 
 
 @click.command("finetune")
@@ -185,14 +172,14 @@ def finetune_command(
 
     def show(event: dict[str, Any]) -> None:
         if event.get("event") == "examples":
-            _console().print(
+            console.print(
                 f"{event['examples']} examples ({event['calls']} calls, {event['no_calls']} no-call, "
                 f"{event['tokens']:,} tokens); left out: {event['left_out'] or 'none'}",
                 highlight=False,
             )
         elif event.get("event") == "train_step":
             rate, eta = event.get("tokens_per_s"), event.get("eta_s")
-            _console().print(
+            console.print(
                 f"step {event['step']}/{event['max_steps']} loss {event['loss']:.4f}"
                 + (f", {rate:.0f} tokens/s" if rate else "")
                 + (f", ETA {eta:.0f} s" if eta is not None else ""),
@@ -219,13 +206,15 @@ def finetune_command(
                     None if dtype == "auto" else dtype).dtype, show, reserve=finetune_reserve(config, train),
             )  # fmt: skip
         except (OptimizeError, ExamplesError, AdapterError, TrainError) as error:
-            _console().print(f"[bold red]error:[/] {error}", highlight=False)
-            sys.exit(2)
+            fail(error)
     training = record["training"]
-    _console().print(
+    console.print(
         f"{item.name}: {training['steps']} steps, final loss {training['final_loss']}, "
         f"{training['train_seconds']:.0f} s; adapter {record['adapter']['path']} "
         f"(sha256 {record['adapter']['adapter_sha256'][:12]}…)"
         + (f"; merged model {record['merged']}" if record.get("merged") else ""),
         highlight=False,
     )
+
+
+COMMANDS: tuple[click.Command, ...] = (optimize_command, finetune_command, sweep_command)

@@ -1,0 +1,71 @@
+"""The plain-file part of a run folder on S3.
+
+GEPA, Ray Tune, Ray Train and the report write plain files to a local folder.  For an ``s3://`` run
+folder that folder is a staging copy under ``$TOOLDISTILL_CACHE/runs/<hash of the URI>``: copied
+back from the run folder when a run starts (so a run resumes from another machine) and copied to
+it after each stage group.  For a local run folder the staging folder is the run folder itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tooldistill import store
+from tooldistill.schema import content_hash
+
+#: Plain files at the top of a run folder that are synced.
+FILES = ("run.json", "run.log", "student.json")
+#: Folders of plain files that are synced; ``RESTORED`` are copied back when a run starts.
+FOLDERS = ("optimize", "report")
+RESTORED = ("optimize",)
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def staging_dir(run_dir: str) -> Path:
+    """Where the plain-file part of a run lives while it runs: the run folder itself when local."""
+    if not is_remote(run_dir):
+        return Path(run_dir)
+    home = Path(os.environ.get("TOOLDISTILL_CACHE", Path.home() / ".cache" / "tooldistill"))
+    return home / "runs" / content_hash(run_dir, 16)
+
+
+def copy_tree(source: str, destination: str) -> None:
+    """Copy a folder (local or remote) to another; a missing source copies nothing."""
+    import pyarrow.fs as pafs
+
+    src_fs, src_path = store.resolve(source)
+    if src_fs.get_file_info(src_path).type == pafs.FileType.NotFound:
+        return
+    dst_fs, dst_path = store.resolve(destination)
+    if not is_remote(destination):
+        Path(dst_path).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def copy_file(source: str, destination_folder: str, name: str) -> None:
+    try:
+        data = store.read_file(source)
+    except store.StoreError:
+        return
+    store.write_file(destination_folder, name, data)
+
+
+def restore(run_dir: str, workdir: Path) -> None:
+    """Bring back what an earlier run on another machine left in an ``s3://`` run folder."""
+    if is_remote(run_dir):
+        for name in RESTORED:
+            copy_tree(store.join(run_dir, name), str(workdir / name))
+
+
+def sync(run_dir: str, workdir: Path) -> None:
+    """Copy the plain-file part of an ``s3://`` run to the run folder (nothing to do when local)."""
+    if not is_remote(run_dir):
+        return
+    for name in FILES:
+        copy_file(str(workdir / name), run_dir, name)
+    for name in FOLDERS:
+        copy_tree(str(workdir / name), store.join(run_dir, name))
