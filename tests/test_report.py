@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import shutil
 import struct
 import time
@@ -38,7 +39,7 @@ from tooldistill.optimize.testing import (
     city_of,
 )
 from tooldistill.report import ReportError, render_report
-from tooldistill.report.sections import removal_curve
+from tooldistill.report.sections import BUILDERS, RunFolder, build_sections, make_context, removal_curve
 from tooldistill.schema import Message, ToolCall, Trace
 from tooldistill.teacher.capture import CaptureConfig, capture
 from tooldistill.teacher.pricing import Price
@@ -349,8 +350,8 @@ def test_phase_table_equals_the_phase_results(run_dir: Path, report: Any, texts:
         return f"{pct(test['also']['names']['rate'])} {low * 100:.1f}–{high * 100:.1f}%"
 
     assert rows[0] == ["Baseline", "seed prompt", "—", str(baseline["n"]), pct(baseline["rate"]),
-                       f"{baseline['ci95'][0] * 100:.1f}–{baseline['ci95'][1] * 100:.1f}%", "—",
-                       names(baseline)]  # fmt: skip
+                       f"{baseline['ci95'][0] * 100:.1f}–{baseline['ci95'][1] * 100:.1f}%",
+                       str(baseline["errors"]), "—", names(baseline)]  # fmt: skip
     labels = {"phase1": "Phase 1 (DSPy)", "phase2": "Phase 2 (GEPA)", "phase3": "Phase 3 (GEPA, curated)"}
     caps = {"phase1": 50, "phase2": 50, "phase3": 10}
     for row, (name, label) in zip(rows[1:], labels.items(), strict=True):
@@ -363,6 +364,7 @@ def test_phase_table_equals_the_phase_results(run_dir: Path, report: Any, texts:
             str(test["n"]),
             pct(test["rate"]),
             f"{low * 100:.1f}–{high * 100:.1f}%",
+            str(test["errors"]),
             f"{(test['rate'] - baseline['rate']) * 100:+.1f} pp",
             names(test),
         ]
@@ -405,6 +407,8 @@ def test_confusion_counts_are_the_best_phases_outcomes(
         total += int(row[-2])
     assert shown == pairs
     assert total == outcomes["summary"]["n"] == len(outcomes["outcomes"])
+    assert outcomes["summary"]["errors"] == 0
+    assert f"{best} on the test split: {total} traces, 0 endpoint errors." in markdown
     assert report.sections["confusion"] == "rendered"
 
 
@@ -454,6 +458,11 @@ def test_teacher_ceiling_and_cost_come_from_the_run(
         f"{low * 100:.1f}–{high * 100:.1f}%",
     ]
     assert 0 < consistency["all_agree"]["rate"] < 1  # some samples disagreed
+    requests = summary["requests"]
+    answered = (
+        f"({requests['answered']} of {requests['total']} requests answered, {requests['failed']} failed)"
+    )
+    assert f"over {consistency['traces_with_samples']} traces {answered}" in markdown
     assert f"Teacher consistency ceiling: {pct(consistency['mean_pairwise_agreement'])}" in markdown
     cost = {r[0]: r[1:] for r in table_after(markdown, "| Item | Amount |")}
     assert cost["Teacher (Claude)"][0] == f"${summary['cost_usd']:,.4f}" and summary["cost_usd"] > 0
@@ -608,3 +617,113 @@ def test_the_context_policys_cuts_are_reported_per_phase(run_dir: Path, tmp_path
     markdown = render_report(str(run)).markdown.read_text()
     assert "Context policy (test traces longer than the student's window" in markdown
     assert "Baseline: 5 cut (median 62.0% of their tokens, at most 90.0%), 2 skipped as too long" in markdown
+
+
+#: Today's names of everything in a run folder the report reads, spelled out (not taken from
+#: ``tooldistill.layout``): a run folder written before the layout must still give the same report.
+LEGACY_NAMES = [
+    "run.json", "student.json", "traces", "teacher", "teacher/summary.json", "curate/funnel.json",
+    "curate/embedded", "curate/deduped", "curate/deduped/decisions", "curate/curated", "curate/split",
+    "curate/split/train", "curate/split/val", "curate/split/test", "optimize/config.json",
+    "optimize/baseline.json", "optimize/summary.json", "optimize/best/prompt.json",
+    *[f"optimize/{phase}/{name}" for phase in ("phase1", "phase2", "phase3")
+      for name in ("result.json", "test.json", "candidates.json", "progress.json", "reflection.json")],
+]  # fmt: skip
+
+
+def test_a_run_folder_with_todays_literal_names_gives_the_same_report(
+    run_dir: Path, texts: tuple[str, str], tmp_path: Path
+) -> None:
+    legacy = tmp_path / "legacy"
+    for name in LEGACY_NAMES:
+        source, target = run_dir / name, legacy / name
+        if source.is_dir():  # a dataset: its manifest, parts and quarantine file, not its sub-datasets
+            target.mkdir(parents=True, exist_ok=True)
+            for item in source.iterdir():
+                if item.is_file():
+                    shutil.copy(item, target / item.name)
+        elif source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    paths = render_report(str(legacy))
+    assert set(paths.sections.values()) == {"rendered"}
+    assert body(paths.markdown.read_text()) == body(texts[0])
+
+
+def _blocks(sections: list[Any]) -> dict[str, Any]:
+    return {s.key: (s.title, s.status, s.blocks) for s in sections}
+
+
+def test_sections_do_not_depend_on_the_order_they_are_built_in(run_dir: Path, tmp_path: Path) -> None:
+    import random
+    from dataclasses import FrozenInstanceError
+
+    def build(order: list[Any]) -> list[Any]:
+        ctx = make_context(RunFolder([str(run_dir)]), tmp_path)  # a fresh cache each time
+        return build_sections(ctx, order)
+
+    normal = build(list(BUILDERS))
+    assert [s.key for s in normal] == [key for key, _, _ in BUILDERS]
+    shuffled = list(BUILDERS)
+    random.Random(7).shuffle(shuffled)
+    for order in (list(reversed(BUILDERS)), shuffled):
+        again = build(order)
+        assert [s.key for s in again] == [key for key, _, _ in order]
+        assert _blocks(again) == _blocks(normal)
+    # the values sections share are computed once, up front, and cannot be changed by a builder
+    shared = make_context(RunFolder([str(run_dir)]), tmp_path).shared
+    assert shared.best_phase == read(run_dir / "optimize/summary.json")["best_phase"]
+    assert shared.ceiling == read(run_dir / "teacher/summary.json")["consistency"]["mean_pairwise_agreement"]
+    with pytest.raises(FrozenInstanceError):
+        shared.best_phase = "phase1"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        shared.optimize_config["data"] = {}  # type: ignore[index]
+    with pytest.raises(TypeError):
+        shared.tests["baseline"]["rate"] = 1.0  # type: ignore[index]
+
+
+def test_every_match_rate_shows_its_endpoint_errors(run_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(run_dir, tmp_path)
+    opt = run / "optimize"
+    baseline = read(opt / "baseline.json")
+    baseline["test"]["errors"] = 2
+    (opt / "baseline.json").write_text(json.dumps(baseline))
+    result = read(opt / "phase1/result.json")
+    result["test"]["errors"] = 1
+    (opt / "phase1/result.json").write_text(json.dumps(result))
+    result = read(opt / "phase2/result.json")
+    del result["test"]["errors"]  # a summary from before errors were counted
+    (opt / "phase2/result.json").write_text(json.dumps(result))
+    info = read(run / "run.json")
+    rates = {
+        name: read(opt / name / "result.json")["test"]["rate"] for name in ("phase1", "phase2", "phase3")
+    }
+    for stage in info["stages"]:
+        if stage["stage"] == "baseline":
+            stage["detail"] = {"test": baseline["test"], "note": "4/11 = 36.4% [15.2%–64.6%]"}
+        if stage["stage"] == "optimize":
+            stage["detail"] = {"best_phase": "phase2", "phases": rates, "note": "best phase2: 10/11 = 90.9%"}
+    (run / "run.json").write_text(json.dumps(info))
+    paths = render_report(str(run))
+    markdown = paths.markdown.read_text()
+    errors = {r[0]: r[6] for r in table_after(markdown, "|   | Method |")}
+    assert errors == {
+        "Baseline": "2",
+        "Phase 1 (DSPy)": "1",
+        "Phase 2 (GEPA)": "—",
+        "Phase 3 (GEPA, curated)": "0",
+    }
+    stages = {r[0]: re.sub(r"\\(.)", r"\1", r[3]) for r in table_after(markdown, "| Stage | Status |")}
+    test = baseline["test"]
+    low, high = test["ci95"]
+    names = test["also"]["names"]
+    assert stages["baseline"] == (
+        f"test={test['matched']}/{test['n']} = {pct(test['rate'])} [{low * 100:.1f}–{high * 100:.1f}%], 2 errors; "
+        f"names: {names['matched']}/{names['n']} = {pct(names['rate'])} "
+        f"[{names['ci95'][0] * 100:.1f}–{names['ci95'][1] * 100:.1f}%]"
+    )
+    assert stages["optimize"] == (
+        f"best_phase=phase2; phases=phase1 {pct(rates['phase1'])} (1 error), phase2 {pct(rates['phase2'])} "
+        f"(errors unknown), phase3 {pct(rates['phase3'])} (0 errors)"
+    )
+    assert paths.sections["phases"] == "rendered" and "match_rates.png" in [p.name for p in paths.figures]

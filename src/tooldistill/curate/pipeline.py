@@ -1,13 +1,14 @@
 """``curate all``: embed → SemDeDup → CaR → split into one folder, and the funnel in numbers.
 
-Layout under ``out``: ``embedded/``, ``deduped/`` (+ ``deduped/decisions/``), ``curated/``
-(+ ``curated/decisions/``), ``split/`` (+ ``split/train|val|test/``).  Each stage is skipped when
-its input and options are unchanged, so a re-run after changing, say, ``top_overall`` recomputes
-only CaR and the split.
+``out`` is laid out as ``tooldistill.layout.CurateLayout`` names it: the embedded traces, SemDeDup's
+output and decisions, CaR's selection and decisions, the split with its three parts.  Each stage
+is skipped when its input and options are unchanged, so a re-run after changing, say,
+``top_overall`` recomputes only CaR and the split.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from tooldistill.curate.embed import EmbedConfig, embed
 from tooldistill.curate.runner import Runner
 from tooldistill.curate.semdedup import SemDedupConfig, StageResult, run_semdedup
 from tooldistill.curate.split import SplitConfig, run_split
+from tooldistill.layout import CurateLayout, parent_and_name
 
 
 @dataclass
@@ -35,8 +37,8 @@ def ensure_embedded(
     source = open_traces(dataset)
     if has_column(source, "embedding"):
         return EmbedResult(source, skipped=True, ran=False)
-    result, skipped = embed(EmbedConfig(dataset=dataset, out=out, force=force, **options), runner)
-    return EmbedResult(result, skipped)
+    result = embed(EmbedConfig(dataset=dataset, out=out, force=force, **options), runner)
+    return EmbedResult(result.dataset, result.skipped)
 
 
 @dataclass
@@ -73,6 +75,12 @@ def funnel(
     }
 
 
+def write_funnel(out: str, numbers: dict[str, Any]) -> str:
+    """Write the funnel (``funnel(...)``) as ``funnel.json`` of the curate folder ``out``; its URI."""
+    folder, name = parent_and_name(CurateLayout(out).funnel)
+    return store.write_file(folder, name, json.dumps(numbers, indent=2).encode())
+
+
 def curate_all(
     dataset: str,
     out: str,
@@ -85,11 +93,12 @@ def curate_all(
     force: bool = False,
     show_progress: bool = True,
 ) -> CurateAllResult:
-    embedded = ensure_embedded(dataset, store.join(out, "embedded"), embed_options or {}, runner, force)
+    layout = CurateLayout(out)
+    embedded = ensure_embedded(dataset, layout.embedded, embed_options or {}, runner, force)
     deduped = run_semdedup(
         SemDedupConfig(
             dataset=embedded.dataset.uri,
-            out=store.join(out, "deduped"),
+            out=layout.deduped,
             force=force,
             **(semdedup_options or {}),
         ),
@@ -97,15 +106,11 @@ def curate_all(
         show_progress,
     )
     curated = run_car(
-        CarConfig(
-            dataset=deduped.dataset.uri, out=store.join(out, "curated"), force=force, **(car_options or {})
-        ),
+        CarConfig(dataset=deduped.dataset.uri, out=layout.curated, force=force, **(car_options or {})),
         show_progress,
     )
     split = run_split(
-        SplitConfig(
-            dataset=curated.dataset.uri, out=store.join(out, "split"), force=force, **(split_options or {})
-        ),
+        SplitConfig(dataset=curated.dataset.uri, out=layout.split, force=force, **(split_options or {})),
         show_progress,
     )
     return CurateAllResult(embedded, deduped, curated, split)

@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tooldistill.layout import ReportLayout, RunLayout
 from tooldistill.report.document import Document, render_html, render_markdown
 from tooldistill.report.mask import mask_text
 from tooldistill.report.sections import (
-    BUILDERS,
-    FIGURE_NAMES,
+    LAYOUT,
     Context,
     RunFolder,
     Unreadable,
-    build_section,
+    build_sections,
     duration,
+    figures_of,
+    make_context,
     number,
     when,
 )
@@ -63,29 +65,30 @@ def render_report(run_dir: str, out: str | None = None, *, run_uri: str | None =
     root = run_dir if remote else str(Path(run_dir.removeprefix("file://")).expanduser().resolve())
     if not remote and not Path(root).is_dir():
         raise ReportError(f"run folder not found: {run_dir}")
-    target = Path(out).expanduser() if out else Path(root) / "report"
+    target = Path(out).expanduser() if out else Path(RunLayout(root).report.root)
+    layout = ReportLayout(str(target))
     try:
         target.mkdir(parents=True, exist_ok=True)
-        for name in FIGURE_NAMES:  # figures of an earlier render that this one may not draw again
-            (target / name).unlink(missing_ok=True)
+        for figure in layout.figures:  # figures of an earlier render that this one may not draw again
+            Path(figure).unlink(missing_ok=True)
     except OSError as error:
         raise ReportError(f"cannot write the report to {target}: {error}") from None
 
     roots = [root] + ([run_uri] if run_uri and run_uri.rstrip("/") != root.rstrip("/") else [])
-    ctx = Context(RunFolder(roots), target)
-    sections = [build_section(key, title, builder, ctx) for key, title, builder in BUILDERS]
+    ctx = make_context(RunFolder(roots), target)
+    sections = build_sections(ctx)
     document = Document(_title(ctx, run_uri or root), _subtitle(ctx, roots), sections)
-    markdown = _write(target / "report.md", render_markdown(document))
-    html = _write(target / "report.html", render_html(document))
-    return ReportPaths(markdown, html, list(ctx.figures), {s.key: s.status for s in sections})
+    markdown = _write(Path(layout.markdown), render_markdown(document))
+    html = _write(Path(layout.html), render_html(document))
+    return ReportPaths(markdown, html, figures_of(sections), {s.key: s.status for s in sections})
 
 
 def _run_info(ctx: Context) -> tuple[dict[str, object], str | None]:
     try:
-        info = ctx.run.json("run.json")
+        info = ctx.run.json(LAYOUT.run_record)
     except Unreadable as error:
         return {}, str(error)
-    return (info or {}), None if info is not None else "no run.json"
+    return (info or {}), None if info is not None else f"no {LAYOUT.run_record}"
 
 
 def _title(ctx: Context, shown: str) -> str:

@@ -99,22 +99,26 @@ def cluster_sizes(path: Path, sizes: np.ndarray, dropped: np.ndarray | None, bar
 
 def match_rates(
     path: Path,
-    rows: Sequence[tuple[str, float, float, float]],
+    rows: Sequence[tuple[str, float, float, float, int]],
     ceiling: float | None,
     ceiling_label: str,
 ) -> Path:
-    """Match rate per phase with its 95% interval as error bars; the teacher ceiling as a line."""
+    """Match rate per phase with its 95% interval as error bars; the teacher ceiling as a line.
+
+    ``rows``: (label, rate, low, high, endpoint errors); a point whose test had errors says how
+    many beside its rate."""
     figure, axes = _figure(7.5, 4.0)
     x = np.arange(len(rows))
     rates = np.array([r[1] for r in rows])
     low = rates - np.array([r[2] for r in rows])
     high = np.array([r[3] for r in rows]) - rates
     axes.errorbar(x, rates * 100, yerr=[low * 100, high * 100], fmt="o", color=BLUE, capsize=5, lw=1.5)
-    for xi, rate in zip(x, rates, strict=True):
-        axes.text(xi + 0.08, rate * 100, f"{rate:.1%}", va="center", fontsize="small")
+    for xi, rate, row in zip(x, rates, rows, strict=True):
+        failed = f"\n{row[4]} error{'' if row[4] == 1 else 's'}" if row[4] else ""
+        axes.text(xi + 0.08, rate * 100, f"{rate:.1%}{failed}", va="center", fontsize="small")
     if ceiling is not None:
         axes.axhline(ceiling * 100, color=RED, ls="--", lw=1.2, label=ceiling_label)
-        axes.legend(loc="lower right", fontsize="small")
+        axes.legend(loc="best", fontsize="small")
     axes.set_xticks(x, [r[0] for r in rows], fontsize="small")
     axes.set_xlim(-0.5, len(rows) - 0.3)
     axes.set_ylim(0, 105)
