@@ -139,7 +139,8 @@ def test_evaluate_skips_what_cannot_fit_and_records_what_was_cut(
         config = EvaluateConfig(
             dataset, server.url, "student", str(tmp_path / "eval"), max_tokens=96, context=policy
         )
-        result, summary, _ = evaluate(config, show_progress=False)
+        evaluated = evaluate(config, show_progress=False)
+        result, summary = evaluated.dataset, evaluated.summary
         assert server.requests == 4  # the trace that cannot fit was never sent
         sent = [json.loads(r["request"]) for r in result.to_arrow().to_pylist() if not r["skipped"]]
     assert summary["errors"] == 0 and summary["skipped"] == 1 and summary["modes"]["chain"]["n"] == 4

@@ -167,8 +167,11 @@ def test_evaluate_against_a_local_openai_compatible_server(student, dataset, tmp
     config = EvaluateConfig(
         dataset=dataset, endpoint=student, model="student", out=str(tmp_path / "eval"), concurrency=4
     )
-    result, summary, skipped = evaluate(config, show_progress=False)
-    assert not skipped and result.manifest.kind == "evaluation" and result.manifest.rows == len(CITIES)
+    evaluated = evaluate(config, show_progress=False)
+    result, summary = evaluated.dataset, evaluated.summary
+    assert (
+        not evaluated.skipped and result.manifest.kind == "evaluation" and result.manifest.rows == len(CITIES)
+    )
     chain = summary["modes"]["chain"]
     assert chain["n"] == 12 and chain["matched"] == 6  # native + tags answers are right
     assert chain["rate"] == 0.5 and chain["ci95"][0] < 0.5 < chain["ci95"][1]
@@ -193,7 +196,7 @@ def test_evaluate_against_a_local_openai_compatible_server(student, dataset, tmp
     assert consistency["ties"] == 1
     # unchanged → skipped; the request stored holds no key
     again = evaluate(config, show_progress=False)
-    assert again[2] and again[1]["modes"]["chain"]["matched"] == 6
+    assert again.skipped and again.summary["modes"]["chain"]["matched"] == 6
     assert "Authorization" not in json.dumps(rows["q0"]["request"])
 
 
@@ -303,9 +306,13 @@ def test_a_run_with_endpoint_errors_is_kept_but_not_taken_as_up_to_date(student,
     config = EvaluateConfig(
         dataset=dataset, endpoint=student, model="student", out=str(tmp_path / "e"), retries=0
     )
-    _, first, skipped = evaluate(config, show_progress=False)
-    assert not skipped and first["errors"] == 1 and first["scored"] == 11  # the 500, not retried
+    run = evaluate(config, show_progress=False)
+    first = run.summary
+    assert (
+        not run.skipped and not run.complete and first["errors"] == 1 and first["scored"] == 11
+    )  # the 500, not retried
     assert first["first_error"].startswith("gave up after 1 attempts: HTTP 500")
-    _, second, skipped = evaluate(config, show_progress=False)
-    assert not skipped and second["errors"] == 0  # asked again, not served from the failed run
-    assert evaluate(config, show_progress=False)[2]  # a complete run is up to date
+    run = evaluate(config, show_progress=False)
+    second = run.summary
+    assert not run.skipped and second["errors"] == 0  # asked again, not served from the failed run
+    assert evaluate(config, show_progress=False).skipped  # a complete run is up to date

@@ -247,15 +247,16 @@ def test_a_session_longer_than_the_window_is_cut_and_served_not_refused(
         endpoint=student.base_url, model=MODEL, max_tokens=64, api_key_env="STUDENT_KEY", timeout_s=300
     )
     # as it is, the engine refuses it (HTTP 400: longer than max_model_len)
-    _, plain, _ = evaluate(
+    plain = evaluate(
         EvaluateConfig(dataset, out=str(tmp_path / "plain"), **common), show_progress=False
-    )
+    ).summary
     assert plain["errors"] == 1 and "400" in plain["first_error"]
     # fitted with the student's own tokenizer it is served and scored
     policy = ContextPolicy(window=8192, tokenizer=str(model_folder))
-    result, fitted, _ = evaluate(
+    evaluated = evaluate(
         EvaluateConfig(dataset, out=str(tmp_path / "fitted"), context=policy, **common), show_progress=False
     )
+    result, fitted = evaluated.dataset, evaluated.summary
     assert fitted["errors"] == 0 and fitted["skipped"] == 0 and fitted["modes"]["chain"]["n"] == 1
     (row,) = result.to_arrow().to_pylist()
     cut = json.loads(row["context"])

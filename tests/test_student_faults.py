@@ -114,8 +114,8 @@ def run_evaluate(dataset: str, url: str, out: Path, **how: Any) -> tuple[dict[st
         dataset=dataset, endpoint=url, model="student", out=str(out), modes=("chain", "names"),
         force=True, **how,
     )  # fmt: skip
-    result, summary, _ = evaluate(config, show_progress=False)
-    return summary, {row["trace_id"]: row for row in result.to_arrow().to_pylist()}
+    result = evaluate(config, show_progress=False)
+    return result.summary, {row["trace_id"]: row for row in result.dataset.to_arrow().to_pylist()}
 
 
 def run_optimize(traces: list[Trace], url: str, **how: Any) -> tuple[dict[str, Any], dict[str, Outcome]]:

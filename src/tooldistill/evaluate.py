@@ -27,15 +27,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tooldistill import __version__, store
+from tooldistill import store
+from tooldistill.console import progress_bar
 from tooldistill.context import ContextPolicy, DoesNotFit, fitter_for, summarize_fits
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.match.parse import Parsed, parse_message
 from tooldistill.match.stats import aggregate
 from tooldistill.schema import Trace, content_hash
 from tooldistill.scoring import check_modes, judge, write_json
+from tooldistill.stage import StageResult, StageRun
 from tooldistill.student import DEFAULTS, EndpointError, EndpointSettings, StudentClient
 from tooldistill.student import StudentTooSlow as StudentTooSlow  # raised from here; the CLI catches it
 
@@ -312,20 +313,31 @@ def evaluate_one(
     return row
 
 
+class EvaluationResult(StageResult):
+    """The stage result of an evaluation; ``summary`` holds its match rates."""
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.stats.get("summary") or {})
+
+
 def evaluate(
     config: EvaluateConfig, progress: Callable[[int, int], None] | None = None, show_progress: bool = True
-) -> tuple[store.Dataset, dict[str, Any], bool]:
-    """Run the evaluation; returns (dataset, summary, skipped)."""
+) -> EvaluationResult:
+    """Run the evaluation: the answers dataset, its summary, and whether it was up to date.
+
+    A run with endpoint errors is published (nothing good is lost) but incomplete, so the next run
+    asks again instead of keeping the failures."""
     modes = tuple(check_modes(config.modes))
     config = replace(config, modes=modes)
     source = store.Dataset.open(config.dataset)
     system, demos = load_artifact(config.prompt)
     config_hash = config.config_hash({"system": system, "demos": demos} if demos else system)
-    fingerprint = store.fingerprint(STAGE, config_hash, [config.dataset, source.manifest.fingerprint])
-    if not config.force:
-        existing = store.up_to_date(config.out, fingerprint)
-        if existing is not None:
-            return store.Dataset(config.out, existing), existing.stats.get("summary", {}), True
+    inputs = [config.dataset, source.manifest.fingerprint]
+    run = StageRun.start(STAGE, config.out, config_hash, inputs, [config.dataset], kind="evaluation")
+    earlier = run.existing(force=config.force)
+    if earlier is not None:
+        return EvaluationResult(earlier.dataset, True, earlier.stats)
     traces = source.to_traces()
     if config.limit is not None:
         traces = traces[: config.limit]
@@ -334,51 +346,26 @@ def evaluate(
     fitter_for(config.context)  # a tokenizer that cannot be loaded fails here, before any request
     rows: list[dict[str, Any] | None] = [None] * len(traces)
     with (
-        Progress(
-            TextColumn("evaluate"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            disable=not show_progress,
-            transient=True,
-        ) as bar,
+        progress_bar("evaluate", len(traces), show_progress) as advance,
         ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool,
     ):
-        task = bar.add_task("evaluate", total=len(traces))
         futures = {
             pool.submit(evaluate_one, client, t, config, system, demos): i for i, t in enumerate(traces)
         }
         for done, future in enumerate(as_completed(futures), start=1):
             rows[futures[future]] = future.result()
-            bar.advance(task)
+            advance(1)
             if progress is not None:
                 progress(done, len(traces))
     complete = [r for r in rows if r is not None]
     summary = summarize(complete, traces, modes, config.context)
     summary.update(endpoint=config.endpoint, model=config.model, prompt=config.prompt, dataset=config.dataset)
     summary["throughput"] = client.meter.throughput()
-    token = store.new_token()
-    parts = (
-        [store.write_part(config.out, token, 0, pa.Table.from_pylist(complete, schema=EVAL_SCHEMA))]
-        if complete
-        else []
-    )
-    manifest = store.Manifest(
-        kind="evaluation",
-        stage=STAGE,
-        rows=len(complete),
-        parts=parts,
-        config_hash=config_hash,
-        # a run with endpoint errors is published (nothing good is lost) but never counts as up to
-        # date, so the next run asks again instead of keeping the failures
-        fingerprint=fingerprint if not summary["errors"] else f"{fingerprint}-incomplete",
-        code_version=__version__,
-        parents=[config.dataset],
-        stats={"summary": summary},
-    )
-    published = store.publish(config.out, token=token, manifest=manifest)
+    table = pa.Table.from_pylist(complete, schema=EVAL_SCHEMA)
+    parts = [store.write_part(config.out, run.token, 0, table)] if complete else []
+    result = run.publish(parts, {"summary": summary}, complete=not summary["errors"])
     write_json(config.out, "summary.json", summary)
-    return store.Dataset(config.out, published), summary, False
+    return EvaluationResult(result.dataset, False, result.stats, result.complete)
 
 
 def summarize(

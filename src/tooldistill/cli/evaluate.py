@@ -162,8 +162,9 @@ def evaluate_command(
             force=force,
             context=ContextPolicy(window=window, tokenizer=tokenizer) if window else None,
         )
-        result, summary, skipped = evaluate(config)
-        title = f"evaluate {model} → {result.uri}" + (" (up to date, skipped)" if skipped else "")
+        result = evaluate(config)
+        summary = result.summary
+        title = f"evaluate {model} → {result.uri}" + (" (up to date, skipped)" if result.skipped else "")
         print_rates(title, summary)
         if summary.get("vs_consensus"):
             print_rates("against the teacher's consensus", {"modes": summary["vs_consensus"]})
