@@ -40,6 +40,7 @@ from tooldistill.config import PipelineConfig
 from tooldistill.console import chatter_to
 from tooldistill.executor import Executor, make_executor
 from tooldistill.ingest import IngestConfig, IngestResult, ingest
+from tooldistill.layout import RunLayout
 from tooldistill.progress import optimize_progress, rate_text
 from tooldistill.runlog import RunLog, Say, StageRecord
 from tooldistill.schema import content_hash
@@ -98,16 +99,12 @@ class _Run:
         self.show_progress = show_progress
         self.executor = executor or executor_for(config)
         self.workdir = staging.staging_dir(run_dir)
+        #: the run folder's paths (datasets), and the staging folder's (plain files)
+        self.layout, self.local = RunLayout(run_dir), RunLayout(str(self.workdir))
         staging.restore(run_dir, self.workdir)
         self.log = RunLog(config, run_dir, self.workdir, say)
         self.student: Student | None = None
         self.result = RunResult(run_dir=run_dir, stages=self.log.records)
-
-    def uri(self, *names: str) -> str:
-        uri = self.run_dir
-        for name in names:
-            uri = store.join(uri, name)
-        return uri
 
     def after_until(self, stage: str) -> bool:
         """Whether ``stage`` comes after the last selected stage (``--until`` stops before it)."""
@@ -143,7 +140,7 @@ class _Run:
     # -- stages --------------------------------------------------------------------------------
 
     def ingest(self) -> str:
-        out, section = self.uri("traces"), self.config.ingest
+        out, section = self.layout.traces, self.config.ingest
 
         def run(record: StageRecord) -> StageResult:
             result = ingest(
@@ -169,7 +166,7 @@ class _Run:
         return out
 
     def teacher(self, traces: str) -> str:
-        section, out = self.config.teacher, self.uri("teacher")
+        section, out = self.config.teacher, self.layout.teacher
         if section is None:
             self.log.skip("teacher", "disabled", "no teacher section: the traces' calls are the teacher's")
             return traces
@@ -218,7 +215,7 @@ class _Run:
                 self.log.skip(name, "not selected", "--until stops before it")
             return None
         from tooldistill.curate.car import CarConfig, run_car
-        from tooldistill.curate.pipeline import ensure_embedded, funnel
+        from tooldistill.curate.pipeline import ensure_embedded, funnel, write_funnel
         from tooldistill.curate.runner import make_runner
         from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup
         from tooldistill.curate.split import SplitConfig, run_split
@@ -226,10 +223,11 @@ class _Run:
         runner = make_runner(
             self.config.ray.executor, address=self.config.ray.address, num_cpus=self.config.ray.num_cpus
         )
+        curate = self.layout.curate
         uris = dict(
             zip(
                 CURATE,
-                (self.uri("curate", n) for n in ("embedded", "deduped", "curated", "split")),
+                (curate.embedded, curate.deduped, curate.curated, curate.split),
                 strict=True,
             )
         )
@@ -274,11 +272,11 @@ class _Run:
         numbers = funnel(
             store.Dataset.open(inputs["semdedup"]).manifest, stats["semdedup"], stats["car"], stats["split"]
         )
-        store.write_file(self.uri("curate"), "funnel.json", json.dumps(numbers, indent=2).encode())
+        write_funnel(curate.root, numbers)
         return {
-            "train": store.join(uris["split"], "train"),
-            "val": store.join(uris["split"], "val"),
-            "test": store.join(uris["split"], "test"),
+            "train": curate.train,
+            "val": curate.val,
+            "test": curate.test,
             "curated": inputs["split"],
         }
 
@@ -295,7 +293,8 @@ class _Run:
             return
         from tooldistill.optimize.run import config_from_dict
 
-        folder = self.workdir / "optimize"
+        layout = self.local.optimize
+        folder = Path(layout.root)
         splits = {name: store.Dataset.open(uri).manifest.fingerprint for name, uri in data.items()}
         stamp = content_hash(
             {
@@ -306,13 +305,13 @@ class _Run:
             },
             16,
         )
-        done = _read_json(folder / "stamp.json")
+        done = _read_json(Path(layout.stamp))
         wanted = set(STUDENT) & self.selected
-        if not wanted or (done and done.get("stamp") == stamp and (folder / "summary.json").exists()):
+        if not wanted or (done and done.get("stamp") == stamp and Path(layout.summary).exists()):
             note = "--from/--until leave them out" if not wanted else "up to date"
             for name in STUDENT:
                 self.log.skip(name, "skipped" if wanted else "not selected", note)
-            self.result.optimize = _read_json(folder / "summary.json")
+            self.result.optimize = _read_json(Path(layout.summary))
             return
         with self.log.stage("student") as record:
             self.student = start_student(student_section, self.say)
@@ -367,7 +366,7 @@ class _Run:
             }
             self.result.optimize = summary
             finish_tracking(summary)
-        (folder / "stamp.json").write_text(json.dumps({"stamp": stamp}) + "\n")
+        Path(layout.stamp).write_text(json.dumps({"stamp": stamp}) + "\n")
 
     def _reflection_key_set(self, section: Any) -> bool:
         key_env = section.reflection.get("api_key_env") or "ANTHROPIC_API_KEY"
@@ -401,7 +400,7 @@ class _Run:
     def _write_student(self, stopped: float | None = None) -> None:
         if self.student is not None:
             record = self.student.record(stopped)
-            (self.workdir / "student.json").write_text(json.dumps(record, indent=2) + "\n")
+            Path(self.local.student_record).write_text(json.dumps(record, indent=2) + "\n")
 
     def stop_student(self) -> None:
         if self.student is None:
@@ -428,9 +427,7 @@ class _Run:
                 "html": str(paths.html),
                 "note": str(paths.html),
             }
-            self.result.report = (
-                str(paths.html) if not is_remote(self.run_dir) else self.uri("report", Path(paths.html).name)
-            )
+            self.result.report = str(paths.html) if not is_remote(self.run_dir) else self.layout.report.html
 
 
 def _read_json(path: Path) -> Any:

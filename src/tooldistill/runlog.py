@@ -18,6 +18,7 @@ from typing import Any
 
 from tooldistill import __version__
 from tooldistill.config import PipelineConfig
+from tooldistill.layout import RunLayout
 from tooldistill.redact import Redactor
 from tooldistill.report.mask import mask
 
@@ -52,7 +53,7 @@ class RunLog:
         self.records: list[StageRecord] = []
         self.started = time.time()
         workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "run.log"
+        self.log_path = Path(RunLayout(str(workdir)).run_log)
         self.line(
             f"run {config.name} → {run_dir} (tooldistill {__version__}, python {platform.python_version()})"
         )
@@ -85,7 +86,7 @@ class RunLog:
             "started": self.started,
             "finished": time.time() if finished else None,
         }
-        path = self.workdir / "run.json"
+        path = Path(RunLayout(str(self.workdir)).run_record)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)

@@ -12,13 +12,8 @@ import os
 from pathlib import Path
 
 from tooldistill import store
+from tooldistill.layout import RunLayout, parent_and_name
 from tooldistill.schema import content_hash
-
-#: Plain files at the top of a run folder that are synced.
-FILES = ("run.json", "run.log", "student.json")
-#: Folders of plain files that are synced; ``RESTORED`` are copied back when a run starts.
-FOLDERS = ("optimize", "report")
-RESTORED = ("optimize",)
 
 
 def is_remote(uri: str) -> bool:
@@ -56,16 +51,16 @@ def copy_file(source: str, destination_folder: str, name: str) -> None:
 
 def restore(run_dir: str, workdir: Path) -> None:
     """Bring back what an earlier run on another machine left in an ``s3://`` run folder."""
-    if is_remote(run_dir):
-        for name in RESTORED:
-            copy_tree(store.join(run_dir, name), str(workdir / name))
+    if is_remote(run_dir):  # the optimize folder: phases resume from their state
+        copy_tree(RunLayout(run_dir).optimize.root, RunLayout(str(workdir)).optimize.root)
 
 
 def sync(run_dir: str, workdir: Path) -> None:
     """Copy the plain-file part of an ``s3://`` run to the run folder (nothing to do when local)."""
     if not is_remote(run_dir):
         return
-    for name in FILES:
-        copy_file(str(workdir / name), run_dir, name)
-    for name in FOLDERS:
-        copy_tree(str(workdir / name), store.join(run_dir, name))
+    local, remote = RunLayout(str(workdir)), RunLayout(run_dir)
+    for source, destination in zip(local.plain_files, remote.plain_files, strict=True):
+        copy_file(source, *parent_and_name(destination))
+    for source, destination in zip(local.plain_folders, remote.plain_folders, strict=True):
+        copy_tree(source, destination)

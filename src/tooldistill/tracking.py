@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tooldistill.config import PipelineConfig
+from tooldistill.layout import OptimizeLayout
 from tooldistill.stage import PipelineError
 
 Finish = Callable[[dict[str, Any]], None]
@@ -54,7 +55,7 @@ def tracking(config: PipelineConfig, run_dir: str, optimize_folder: Path) -> tup
                     mlflow.log_metric(f"match_rate_{phase['phase']}", phase["test"]["rate"])
                 if "finetune" in phase:  # the training's loss per step, tokens/s and time
                     name, row = phase["phase"], phase["finetune"]
-                    record = _read_json(optimize_folder / name / "finetune.json") or {}
+                    record = _read_json(Path(OptimizeLayout(str(optimize_folder)).phase(name).finetune)) or {}
                     for point in (record.get("training") or {}).get("loss_curve") or []:
                         mlflow.log_metric(f"train_loss_{name}", point["loss"], step=point["step"])
                     for key in ("tokens_per_s", "train_seconds", "final_loss"):

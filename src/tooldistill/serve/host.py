@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tooldistill import store
 from tooldistill.config import StudentSection
+from tooldistill.layout import RunLayout
 from tooldistill.stage import PipelineError
 from tooldistill.staging import is_remote
 
@@ -111,7 +111,7 @@ class ServeHost:
 
         store_uri = configured or self.student.lora_store
         if store_uri is None and self.run_dir is not None and is_remote(self.run_dir):
-            store_uri = store.join(self.run_dir, "adapters")
+            store_uri = RunLayout(self.run_dir).adapters
         if store_uri is None:
             raise PipelineError(
                 "serve_as: adapter needs a cloud folder the replicas load adapters from: set the "
