@@ -76,6 +76,22 @@ def test_second_run_on_a_folder_stops_with_the_lock_error(tmp_path: Path) -> Non
     assert not (run / ".lock").exists()
 
 
+def test_a_run_stops_while_a_standalone_command_writes_inside_its_folder(tmp_path: Path) -> None:
+    """The other direction of the nesting check: ``tooldistill curate embed --out RUN/curate/embedded``
+    holds that folder, so a ``tooldistill run`` on RUN stops before any stage, naming it."""
+    config, run = write_config(tmp_path), tmp_path / "run"
+    inside = run / "curate" / "embedded"
+    with runlock.hold(str(inside), command="tooldistill curate embed"):
+        result = invoke("run", config, "--out", run, "--until", "ingest")
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert str(inside) in "".join(result.output.split())  # the console may wrap a long path
+        assert "tooldistill curate embed" in text and "in use" in text
+        assert not (run / "traces").exists() and not (run / ".lock").exists()
+    result = invoke("run", config, "--out", run, "--until", "ingest")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_second_lock_is_refused_and_names_the_holder(tmp_path: Path) -> None:
     run = str(tmp_path / "run")
     first = runlock.RunLock(run, command="one").acquire()

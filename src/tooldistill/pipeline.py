@@ -472,11 +472,26 @@ def run_pipeline(
     except runlock.RunLockError as error:
         raise PipelineError(str(error)) from None
     try:
+        _check_outputs_free(RunLayout(run_dir))
         chatter = chatter_to(staging.staging_dir(run_dir) / "run.log") if chatter_to_log else nullcontext()
         with chatter:
             return _run_stages(config, run_dir, executor, selected, say, show_progress)
     finally:
         lock.release()
+
+
+def _check_outputs_free(layout: RunLayout) -> None:
+    """Stop when a standalone command (``tooldistill curate embed --out RUN/curate/embedded``, ...)
+    is writing one of the run's stage outputs; it checks the run's lock the other way round."""
+    c = layout.curate
+    outputs = [layout.traces, layout.teacher, c.embedded, c.deduped, c.curated, c.split, layout.optimize.root]
+    found = runlock.held_inside(outputs)
+    if found is not None:
+        folder, holder = found
+        raise PipelineError(
+            f"{folder}, inside this run folder, is in use by another command: {holder.describe()}. "
+            "Wait for it to finish, or run into another folder."
+        )
 
 
 def _run_stages(

@@ -326,6 +326,19 @@ def read_holder(run_dir: str) -> LockHolder | None:
     return RunLock(run_dir, command="").holder_now()
 
 
+def held_inside(folders: list[str]) -> tuple[str, LockHolder] | None:
+    """The first of ``folders`` (a run folder's stage outputs) whose lock a live process holds:
+    a standalone command writing inside a run folder that a run is about to use."""
+    for folder in folders:
+        try:
+            holder = read_holder(folder)
+        except Exception:  # an unreadable folder is no one's lock
+            continue
+        if holder is not None and not is_stale(holder):
+            return folder, holder
+    return None
+
+
 @contextmanager
 def hold(
     run_dir: str, *, command: str | None = None, warn: Callable[[str], None] | None = None
