@@ -20,8 +20,10 @@ Run folder (local path or ``s3://``)::
 Each dataset stage is skipped when its output manifest matches its inputs and config (the stage's own
 fingerprint).  The student is started only when the baseline or a phase has work to do, and stopped
 when the run ends.  Optimization files are written by GEPA and Ray Tune as plain files, so for an
-``s3://`` run folder they are written to a local staging folder and copied to the run folder after
-each stage (and copied back at the start, so a run resumes from another machine).
+``s3://`` run folder they are written to a local staging folder (``staging``): the run's record and
+log are copied to the run folder after every stage, the optimize folder after the optimize stage
+(and when the run ends, however it ends), and both come back at the start, so a run resumes from
+another machine.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tooldistill import runlock, staging, store
+from tooldistill import raycluster, runlock, staging, store
 from tooldistill.config import PipelineConfig
 from tooldistill.console import chatter_to
 from tooldistill.executor import Executor, make_executor
@@ -98,11 +100,13 @@ class _Run:
         self.config, self.run_dir, self.selected, self.say = config, run_dir, selected, say
         self.show_progress = show_progress
         self.executor = executor or executor_for(config)
+        raycluster.configure(config.ray.address, config.ray.num_cpus)
         self.workdir = staging.staging_dir(run_dir)
         #: the run folder's paths (datasets), and the staging folder's (plain files)
         self.layout, self.local = RunLayout(run_dir), RunLayout(str(self.workdir))
         staging.restore(run_dir, self.workdir)
-        self.log = RunLog(config, run_dir, self.workdir, say)
+        # after every stage, an s3:// run folder gets the run's record and log
+        self.log = RunLog(config, run_dir, self.workdir, say, on_record=self.sync_files)
         self.student: Student | None = None
         self.result = RunResult(run_dir=run_dir, stages=self.log.records)
 
@@ -136,6 +140,9 @@ class _Run:
 
     def sync(self) -> None:
         staging.sync(self.run_dir, self.workdir)
+
+    def sync_files(self) -> None:
+        staging.sync(self.run_dir, self.workdir, folders=False)
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -181,9 +188,9 @@ class _Run:
             return traces
 
         def run(record: StageRecord) -> StageResult:
-            from tooldistill.teacher.capture import CaptureConfig, capture
+            from tooldistill.teacher.capture import capture
 
-            config = CaptureConfig.model_validate({**section.capture, "dataset": traces, "out": out})
+            config = section.capture.config(dataset=traces, out=out)
             result = capture(config, show_progress=self.show_progress)
             summary = result.summary
             consistency = summary.get("consistency") or {}
@@ -214,11 +221,11 @@ class _Run:
             for name in CURATE:
                 self.log.skip(name, "not selected", "--until stops before it")
             return None
-        from tooldistill.curate.car import CarConfig, run_car
+        from tooldistill.curate.car import run_car
         from tooldistill.curate.pipeline import ensure_embedded, funnel, write_funnel
         from tooldistill.curate.runner import make_runner
-        from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup
-        from tooldistill.curate.split import SplitConfig, run_split
+        from tooldistill.curate.semdedup import run_semdedup
+        from tooldistill.curate.split import run_split
 
         runner = make_runner(
             self.config.ray.executor, address=self.config.ray.address, num_cpus=self.config.ray.num_cpus
@@ -248,20 +255,21 @@ class _Run:
                 inputs[then] = result.uri if result is not None else uris[name]
 
         def embed() -> StageResult:
-            result = ensure_embedded(inputs["embed"], uris["embed"], section.embed, runner)
+            options = section.embed.model_dump(exclude={"force"})
+            result = ensure_embedded(inputs["embed"], uris["embed"], options, runner, section.embed.force)
             return StageResult(result.dataset, result.skipped, dict(result.dataset.manifest.stats))
 
         def semdedup() -> StageResult:
-            config = {**section.semdedup, "dataset": inputs["semdedup"], "out": uris["semdedup"]}
-            return run_semdedup(SemDedupConfig.model_validate(config), runner, self.show_progress)
+            config = section.semdedup.config(dataset=inputs["semdedup"], out=uris["semdedup"])
+            return run_semdedup(config, runner, self.show_progress)
 
         def car() -> StageResult:
-            config = {**section.car, "dataset": inputs["car"], "out": uris["car"]}
-            return run_car(CarConfig.model_validate(config), self.show_progress)
+            config = section.car.config(dataset=inputs["car"], out=uris["car"])
+            return run_car(config, self.show_progress)
 
         def split() -> StageResult:
-            config = {**section.split, "dataset": inputs["split"], "out": uris["split"]}
-            return run_split(SplitConfig.model_validate(config), self.show_progress)
+            config = section.split.config(dataset=inputs["split"], out=uris["split"])
+            return run_split(config, self.show_progress)
 
         stage("embed", embed, "semdedup")
         stage("semdedup", semdedup, "car")
@@ -291,8 +299,6 @@ class _Run:
             for name in STUDENT:
                 self.log.skip(name, "disabled", why)
             return
-        from tooldistill.optimize.run import config_from_dict
-
         layout = self.local.optimize
         folder = Path(layout.root)
         splits = {name: store.Dataset.open(uri).manifest.fingerprint for name, uri in data.items()}
@@ -322,16 +328,15 @@ class _Run:
             }
             record.detail["note"] = f"{self.student.model} at {self.student.endpoint}"
         self._write_student()
-        raw = section.optimize_dict(str(folder), data)
-        raw["student"] = {
-            **raw["student"],
+        served = {
             "endpoint": self.student.endpoint,
             "model": self.student.model,
             "api_key_env": self.student.api_key_env or "OPENAI_API_KEY",
-            "context": self.student.context(raw["student"].get("context")),
+            "context": self.student.context(section.student.context.model_dump()),
         }
-        raw["reflection"] = self._reflection(section, raw["reflection"])
-        config = config_from_dict(raw)
+        config = section.config(
+            str(folder), data, student=served, reflection=self._reflection(section, section.reflection)
+        )
         from tooldistill.optimize.run import ensure_baseline, optimize, start_prompt
         from tooldistill.optimize.student import check_endpoint
 
@@ -369,33 +374,32 @@ class _Run:
         Path(layout.stamp).write_text(json.dumps({"stamp": stamp}) + "\n")
 
     def _reflection_key_set(self, section: Any) -> bool:
-        key_env = section.reflection.get("api_key_env") or "ANTHROPIC_API_KEY"
+        key_env = section.reflection.api_key_env or "ANTHROPIC_API_KEY"
         return bool(os.environ.get(key_env))
 
-    def _reflection(self, section: Any, reflection: dict[str, Any]) -> dict[str, Any]:
+    def _reflection(self, section: Any, reflection: Any) -> Any:
         """Claude when its key is set; otherwise the student itself (or an error, as configured)."""
-        kind = reflection.get("kind", "anthropic")
-        if kind != "anthropic" or self._reflection_key_set(section):
+        from tooldistill.optimize.reflection import ReflectionSettings
+
+        if reflection.kind != "anthropic" or self._reflection_key_set(section):
             return reflection
         if section.reflection_without_key == "error":
             raise PipelineError(
-                f"reflection by Claude needs {reflection.get('api_key_env') or 'ANTHROPIC_API_KEY'}; "
+                f"reflection by Claude needs {reflection.api_key_env or 'ANTHROPIC_API_KEY'}; "
                 "set it, or set optimize.reflection_without_key: student"
             )
         assert self.student is not None
         self.say("reflection: no Claude key, so the student reflects on its own failures")
-        keep = {
-            k: v
-            for k, v in reflection.items()
-            if k in ("max_tokens", "temperature", "timeout_s", "retries", "concurrency")
-        }
-        return {
+        keep = reflection.model_dump(
+            include={"max_tokens", "temperature", "timeout_s", "retries", "concurrency"}
+        )
+        return ReflectionSettings(
             **keep,
-            "kind": "openai",
-            "model": self.student.model,
-            "endpoint": self.student.endpoint,
-            "api_key_env": self.student.api_key_env,
-        }
+            kind="openai",
+            model=self.student.model,
+            endpoint=self.student.endpoint,
+            api_key_env=self.student.api_key_env,
+        )
 
     def _write_student(self, stopped: float | None = None) -> None:
         if self.student is not None:
@@ -473,7 +477,8 @@ def run_pipeline(
         raise PipelineError(str(error)) from None
     try:
         _check_outputs_free(RunLayout(run_dir))
-        chatter = chatter_to(staging.staging_dir(run_dir) / "run.log") if chatter_to_log else nullcontext()
+        log = Path(RunLayout(str(staging.staging_dir(run_dir))).run_log)
+        chatter = chatter_to(log) if chatter_to_log else nullcontext()
         with chatter:
             return _run_stages(config, run_dir, executor, selected, say, show_progress)
     finally:
@@ -511,6 +516,7 @@ def _run_stages(
             run.optimize(data)
         finally:
             run.stop_student()
+            run.sync()  # the phases' files, before the report (which may take a while)
         run.report()
     finally:
         run.log.write(finished=True)

@@ -32,12 +32,27 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+#: The run config's cluster (``configure``), used by a first call that names none.
+_configured: dict[str, Any] = {}
+
+
+def configure(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Say which cluster this process uses (the run config's ``ray`` section) without starting
+    it: whichever part of the run needs Ray first (ingest, curation, the student, a Tune trial)
+    starts or joins that one."""
+    _configured.update(address=address, num_cpus=num_cpus)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, **extra: Any) -> None:
-    """Start or join Ray once per process; a second call (with any arguments) is a no-op."""
+    """Start or join Ray once per process; a second call (with any arguments) is a no-op.
+
+    Without arguments: the cluster given to ``configure``, else ``RAY_ADDRESS``, else a local one."""
     import ray
 
     if ray.is_initialized():
         return
+    address = address or _configured.get("address")
+    num_cpus = num_cpus or _configured.get("num_cpus")
     from tooldistill.console import chatter_log
 
     # Ray's lines are wanted where someone reads them: the console with --verbose, or the run's

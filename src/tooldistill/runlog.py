@@ -48,8 +48,17 @@ class StageRecord:
 class RunLog:
     """``run.json`` and ``run.log`` in the run's (staging) folder ``workdir``."""
 
-    def __init__(self, config: PipelineConfig, run_dir: str, workdir: Path, say: Say) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        run_dir: str,
+        workdir: Path,
+        say: Say,
+        on_record: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config, self.run_dir, self.workdir, self.say = config, run_dir, workdir, say
+        #: Called after every stage record (the pipeline copies the record to an s3:// run folder).
+        self.on_record = on_record
         self.records: list[StageRecord] = []
         self.started = time.time()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +79,7 @@ class RunLog:
             f"{record.stage}: {record.status} in {record.elapsed_s:.1f} s {json.dumps(record.detail, default=str)}"
         )
         self.write()
+        self.on_record()
 
     def skip(self, name: str, status: str, note: str) -> None:
         """Record a stage that did not run (disabled, not selected, up to date) and say why."""

@@ -3,7 +3,8 @@
 GEPA, Ray Tune, Ray Train and the report write plain files to a local folder.  For an ``s3://`` run
 folder that folder is a staging copy under ``$TOOLDISTILL_CACHE/runs/<hash of the URI>``: copied
 back from the run folder when a run starts (so a run resumes from another machine) and copied to
-it after each stage group.  For a local run folder the staging folder is the run folder itself.
+it by the pipeline (the record and log after every stage, the folders after the optimize stage
+and at the end).  For a local run folder the staging folder is the run folder itself.
 """
 
 from __future__ import annotations
@@ -50,17 +51,25 @@ def copy_file(source: str, destination_folder: str, name: str) -> None:
 
 
 def restore(run_dir: str, workdir: Path) -> None:
-    """Bring back what an earlier run on another machine left in an ``s3://`` run folder."""
-    if is_remote(run_dir):  # the optimize folder: phases resume from their state
-        copy_tree(RunLayout(run_dir).optimize.root, RunLayout(str(workdir)).optimize.root)
+    """Bring back what an earlier run on another machine left in an ``s3://`` run folder: the
+    optimize folder (phases resume from their state) and, when this machine has none, the run's
+    log (this run appends to it)."""
+    if not is_remote(run_dir):
+        return
+    remote, local = RunLayout(run_dir), RunLayout(str(workdir))
+    copy_tree(remote.optimize.root, local.optimize.root)
+    if not Path(local.run_log).exists():
+        copy_file(remote.run_log, *parent_and_name(local.run_log))
 
 
-def sync(run_dir: str, workdir: Path) -> None:
-    """Copy the plain-file part of an ``s3://`` run to the run folder (nothing to do when local)."""
+def sync(run_dir: str, workdir: Path, *, folders: bool = True) -> None:
+    """Copy the plain-file part of an ``s3://`` run to the run folder (nothing to do when local):
+    the run's record, log and student record, and (``folders``) the optimize and report folders."""
     if not is_remote(run_dir):
         return
     local, remote = RunLayout(str(workdir)), RunLayout(run_dir)
     for source, destination in zip(local.plain_files, remote.plain_files, strict=True):
         copy_file(source, *parent_and_name(destination))
-    for source, destination in zip(local.plain_folders, remote.plain_folders, strict=True):
-        copy_tree(source, destination)
+    if folders:
+        for source, destination in zip(local.plain_folders, remote.plain_folders, strict=True):
+            copy_tree(source, destination)
