@@ -42,6 +42,7 @@ LEGACY: list[tuple[str, Any]] = [
     ("optimize/baseline.answers.jsonl", lambda r: r.optimize.baseline_answers),
     ("optimize/summary.json", lambda r: r.optimize.summary),
     ("optimize/stamp.json", lambda r: r.optimize.stamp),
+    ("optimize/tune", lambda r: r.optimize.tune),
     ("optimize/best", lambda r: r.optimize.best),
     ("optimize/best/prompt.json", lambda r: r.optimize.best_prompt),
     ("optimize/best/program.json", lambda r: r.optimize.best_program),

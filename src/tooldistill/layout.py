@@ -305,6 +305,12 @@ class OptimizeLayout:
         return join(self.root, "summary.json")
 
     @property
+    def tune(self) -> str:
+        """Ray Tune's storage: every candidate evaluation of every GEPA phase of the run (one
+        evaluator per run, so its trial actors stay warm from phase to phase)."""
+        return join(self.root, "tune")
+
+    @property
     def stamp(self) -> str:
         """The pipeline's stamp of the inputs the optimize stages ran with (up to date or not)."""
         return join(self.root, "stamp.json")

@@ -14,14 +14,15 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tooldistill.cli.common import console, fail, user_errors
+from tooldistill import runlock
+from tooldistill.cli.common import console, fail, hold_output, user_errors
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
     from tooldistill.optimize.reflection import ReflectionError
 
-    with user_errors(ReflectionError):
+    with user_errors(ReflectionError, runlock.RunLockError):
         yield
 
 
@@ -29,7 +30,9 @@ def _rate(test: dict[str, Any] | None) -> str:
     if not test or test.get("rate") is None:
         return "-"
     low, high = test["ci95"]
-    return f"{test['rate']:.1%} ({low:.1%}-{high:.1%}, n={test['n']})"
+    errors = int(test.get("errors") or 0)
+    beside = f", {errors} endpoint errors not counted" if errors else ""
+    return f"{test['rate']:.1%} ({low:.1%}-{high:.1%}, n={test['n']}{beside})"
 
 
 def _progress(event: dict[str, Any]) -> None:
@@ -81,7 +84,8 @@ def optimize_command(config_path: str, phase: str, run_dir: str | None, sets: tu
             if run_dir:
                 overrides["run_dir"] = run_dir
             config = load_config(config_path, overrides)
-            summary = optimize(config, phase=phase, progress=_progress)
+            with hold_output(config.run_dir):
+                summary = optimize(config, phase=phase, progress=_progress)
         except OptimizeError as error:
             fail(error)
     table = Table(title=f"optimize → {summary['run_dir']}", title_justify="left")
@@ -106,7 +110,8 @@ def sweep_command(config_path: str) -> None:
     with _user_errors():
         try:
             sweep = load_sweep(config_path)
-            rows = run_sweep(sweep)
+            with hold_output(sweep.run_dir):
+                rows = run_sweep(sweep)
         except OptimizeError as error:
             fail(error)
     table = Table(title=f"sweep → {sweep.run_dir} ({len(rows)} trials)", title_justify="left")
@@ -200,11 +205,12 @@ def finetune_command(
             item = phases[0]
             base = Path(base_model).expanduser()
             train = phase_train(config, item)
-            record = finetune(
-                train, item.finetune_options(), item.name, start_prompt(config, item.name),
-                config.student, Path(config.run_dir) / item.name, base, choose_dtype(
-                    None if dtype == "auto" else dtype).dtype, show, reserve=finetune_reserve(config, train),
-            )  # fmt: skip
+            with hold_output(config.run_dir):
+                record = finetune(
+                    train, item.finetune_options(), item.name, start_prompt(config, item.name),
+                    config.student, Path(config.run_dir) / item.name, base, choose_dtype(
+                        None if dtype == "auto" else dtype).dtype, show, reserve=finetune_reserve(config, train),
+                )  # fmt: skip
         except (OptimizeError, ExamplesError, AdapterError, TrainError) as error:
             fail(error)
     training = record["training"]

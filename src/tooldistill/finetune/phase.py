@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tooldistill.finetune.examples import ExampleSettings, build_examples
 from tooldistill.finetune.merge import check_adapter, describe_adapter, merge, publish_adapter
 from tooldistill.finetune.train import TrainSettings, train
+from tooldistill.layout import PhaseLayout
 from tooldistill.optimize.student import Prompt, StudentSettings
 from tooldistill.schema import Trace
 
@@ -134,7 +135,7 @@ def run_finetune_phase(
         uri = publish_adapter(Path(record["adapter"]["path"]), store, lora_name)
         endpoint, model = host.serve_adapter(store, lora_name, options.training.lora.r)
         record = {**record, "served_model": model, "adapter_uri": uri}
-        _write(folder / "finetune.json", record)
+        _write(Path(PhaseLayout(str(folder)).finetune), record)
     return student.model_copy(update={"endpoint": endpoint, "model": model}), record
 
 
@@ -162,12 +163,13 @@ def finetune(
     from transformers import AutoTokenizer
 
     name = served_name(student.model, phase_name)
-    record_path = folder / "finetune.json"
+    paths = PhaseLayout(str(folder))
+    record_path = Path(paths.finetune)
     done = _read(record_path)
-    if done is not None and (folder / "adapter").is_dir():
-        check_adapter(folder / "adapter", base)
+    if done is not None and Path(paths.adapter).is_dir():
+        check_adapter(Path(paths.adapter), base)
         if options.serve_as == "merged":
-            merge(folder / "adapter", base, folder / "merged", dtype=dtype)
+            merge(Path(paths.adapter), base, Path(paths.merged), dtype=dtype)
         return dict(done)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     settings = ExampleSettings(
@@ -180,10 +182,8 @@ def finetune(
     )
     examples = build_examples(traces, start, student, tokenizer, settings, reserve)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "examples.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in examples.rows)
-    )
-    _write(folder / "examples.json", examples.summary)
+    Path(paths.examples).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in examples.rows))
+    _write(Path(paths.examples_summary), examples.summary)
     summary = examples.summary
     progress(
         {
@@ -209,7 +209,7 @@ def finetune(
     adapter = describe_adapter(result.adapter, base, name)
     merged = None
     if options.serve_as == "merged":
-        merged, _ = merge(result.adapter, base, folder / "merged", dtype=dtype)
+        merged, _ = merge(result.adapter, base, Path(paths.merged), dtype=dtype)
     record = {
         "examples": summary,
         "training": {

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tooldistill.layout import PhaseLayout
+
 
 class TrainError(RuntimeError):
     """Training cannot start or did not finish."""
@@ -138,7 +140,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     # the libraries' own output (weight-loading bars, TRL and datasets chatter) goes to the phase
     # folder, not through Ray to the console: progress reaches it from train_log.jsonl, and an error
     # reaches the driver as the exception
-    with _output_to(Path(config["folder"]) / f"train_worker_{rank}.log"):
+    with _output_to(Path(PhaseLayout(config["folder"]).train_worker_log(rank))):
         run_sft(config, rank, ray_train=True)
 
 
@@ -187,13 +189,13 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
     from trl import SFTConfig, SFTTrainer
 
     settings = TrainSettings.model_validate(config["settings"])
-    folder = Path(config["folder"])
+    paths = PhaseLayout(config["folder"])
     if ray_train:
         _unnice()
     torch.manual_seed(settings.seed)
     if not settings.use_gpu:
         torch.set_num_threads(int(config["threads"]))
-    rows = [json.loads(line) for line in (folder / "examples.jsonl").read_text().splitlines() if line]
+    rows = [json.loads(line) for line in Path(paths.examples).read_text().splitlines() if line]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(config["base_model"])
     bf16 = bool(config["bf16"])
@@ -216,7 +218,7 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
         **extra,
     )
     args = SFTConfig(
-        output_dir=str(folder / "checkpoints"),
+        output_dir=paths.checkpoints,
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
@@ -239,7 +241,7 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
     )
-    log_path = folder / "train_log.jsonl"
+    log_path = Path(paths.train_log)
 
     class Report(TrainerCallback):  # type: ignore[misc]
         """Step, loss, tokens/s and ETA to the run folder (rank 0)."""
@@ -290,12 +292,12 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
         from ray.train.huggingface.transformers import prepare_trainer
 
         trainer = prepare_trainer(trainer)
-    resume = latest_checkpoint(folder / "checkpoints")
+    resume = latest_checkpoint(Path(paths.checkpoints))
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if rank == 0:
-        trainer.save_model(str(folder / "adapter"))
+        trainer.save_model(paths.adapter)
         state = trainer.state
-        (folder / "train_result.json").write_text(
+        Path(paths.train_result).write_text(
             json.dumps(
                 {
                     "steps": state.global_step,
@@ -331,21 +333,21 @@ def train(
 ) -> TrainResult:
     """Train on ``folder/examples.jsonl`` (written by the caller) through Ray Train; returns where the
     adapter is and what the training did."""
-    import ray
-
-    from tooldistill.raycluster import ensure_ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from tooldistill.raycluster import ensure_ray
+
+    paths = PhaseLayout(str(folder))
     check_targets(base_model, settings.lora.target_modules)
-    resumed = latest_checkpoint(folder / "checkpoints")
+    resumed = latest_checkpoint(Path(paths.checkpoints))
     resumed_step = int(resumed.name.split("-")[-1]) if resumed else 0
     ensure_ray()
     cores = threads or max(1, int(settings.cpus_per_worker))
     bf16 = precision_bf16(settings)
     started = time.perf_counter()
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(folder / "train_log.jsonl", say, stop), daemon=True)
+    follower = threading.Thread(target=_follow, args=(Path(paths.train_log), say, stop), daemon=True)
     follower.start()
     trainer = TorchTrainer(
         _train_loop,
@@ -366,7 +368,7 @@ def train(
         ),
         run_config=RunConfig(
             name="finetune",
-            storage_path=str((folder / "ray").resolve()),
+            storage_path=str(Path(paths.ray).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=0),
         ),
@@ -379,11 +381,11 @@ def train(
         stop.set()
         follower.join(timeout=5)
     seconds = time.perf_counter() - started
-    result = json.loads((folder / "train_result.json").read_text())
-    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line]
+    result = json.loads(Path(paths.train_result).read_text())
+    log = [json.loads(line) for line in Path(paths.train_log).read_text().splitlines() if line]
     rates = [e["tokens_per_s"] for e in log if e.get("tokens_per_s")]
     return TrainResult(
-        adapter=folder / "adapter",
+        adapter=Path(paths.adapter),
         steps=int(result["steps"]),
         final_loss=log[-1]["loss"] if log else None,
         train_seconds=round(seconds, 1),
