@@ -1,7 +1,9 @@
 """The pipeline config: one YAML file says what ``tooldistill run`` does.
 
 Every shipped YAML under ``configs/`` is loaded and validated by the tests.  Unknown keys are
-errors, so a typo fails loudly instead of being ignored.
+errors, so a typo fails loudly instead of being ignored.  A section that feeds a stage holds that
+stage's own options model (its config without what the run provides: input and output), so it is
+validated once, here, and the stage's config is made from it (``options.config(dataset=, out=)``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tooldistill.curate.car import CarOptions
+from tooldistill.curate.embed import EmbedOptions
+from tooldistill.curate.semdedup import SemDedupOptions
+from tooldistill.curate.split import SplitOptions
+from tooldistill.optimize.reflection import ReflectionSettings
+from tooldistill.optimize.run import (
+    OptimizeConfig,
+    OptimizeError,
+    PhaseConfig,
+    TuneSettings,
+    check_phase_names,
+)
+from tooldistill.optimize.student import StudentSettings
 from tooldistill.readers import ReaderOptions
 from tooldistill.student import EndpointSettings, EndpointURL
+from tooldistill.teacher.options import CaptureOptions
 
 
 class _Section(BaseModel):
@@ -65,18 +81,14 @@ class TeacherSection(_Section):
     """
 
     mode: Literal["data", "claude", "auto"] = "auto"
-    #: ``CaptureConfig`` fields other than ``dataset`` and ``out`` (``model`` is required).
-    capture: dict[str, Any] = Field(default_factory=lambda: {"model": "claude-sonnet-4-5", "samples": 3})
-
-    @model_validator(mode="after")
-    def _capture_fields(self) -> TeacherSection:
-        from tooldistill.teacher.capture import CaptureConfig
-
-        CaptureConfig.model_validate({**self.capture, "dataset": "-", "out": "-"})
-        return self
+    #: ``CaptureConfig`` fields other than ``dataset`` and ``out`` (``model`` is required when
+    #: ``capture`` is written).
+    capture: CaptureOptions = Field(
+        default_factory=lambda: CaptureOptions(model="claude-sonnet-4-5", samples=3)
+    )
 
     def key_env(self) -> str:
-        return str(self.capture.get("api_key_env") or "ANTHROPIC_API_KEY")
+        return self.capture.api_key_env or "ANTHROPIC_API_KEY"
 
     def resolved_mode(self) -> Literal["data", "claude"]:
         if self.mode == "auto":
@@ -87,26 +99,10 @@ class TeacherSection(_Section):
 class CurateSection(_Section):
     """Options of each curation stage (the fields of its config, without ``dataset``/``out``)."""
 
-    embed: dict[str, Any] = Field(default_factory=dict)
-    semdedup: dict[str, Any] = Field(default_factory=dict)
-    car: dict[str, Any] = Field(default_factory=dict)
-    split: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _stage_fields(self) -> CurateSection:
-        from tooldistill.curate.car import CarConfig
-        from tooldistill.curate.embed import EmbedConfig
-        from tooldistill.curate.semdedup import SemDedupConfig
-        from tooldistill.curate.split import SplitConfig
-
-        for model, options in (
-            (EmbedConfig, self.embed),
-            (SemDedupConfig, self.semdedup),
-            (CarConfig, self.car),
-            (SplitConfig, self.split),
-        ):
-            model.model_validate({**options, "dataset": "-", "out": "-"})
-        return self
+    embed: EmbedOptions = Field(default_factory=EmbedOptions)
+    semdedup: SemDedupOptions = Field(default_factory=SemDedupOptions)
+    car: CarOptions = Field(default_factory=CarOptions)
+    split: SplitOptions = Field(default_factory=SplitOptions)
 
 
 class StudentSection(_Section):
@@ -156,36 +152,49 @@ class OptimizeSection(_Section):
     ``student`` here holds how the student is asked (temperature, max_tokens, ...); its endpoint and
     model come from the ``student`` section.  ``reflection_without_key``: what reflects when the
     reflection model is Claude and its key is not set: the student itself (``student``), or stop
-    with an error (``error``).
+    with an error (``error``).  ``phases``: None is ``optimize.run.default_phases()``.
     """
 
-    student: dict[str, Any] = Field(default_factory=dict)
-    reflection: dict[str, Any] = Field(default_factory=dict)
+    student: StudentSettings = Field(default_factory=StudentSettings)
+    reflection: ReflectionSettings = Field(default_factory=ReflectionSettings)
     reflection_without_key: Literal["student", "error"] = "student"
-    tune: dict[str, Any] = Field(default_factory=dict)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    #: The starting prompt: {"system": ..., "demos": [...]}, or a path to a prompt artifact.
     seed_prompt: dict[str, Any] | str | None = None
-    phases: list[dict[str, Any]] | None = None
+    phases: list[PhaseConfig] | None = None
     test_limit: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _fields(self) -> OptimizeSection:
-        from tooldistill.optimize.run import config_from_dict
-
-        config_from_dict(self.optimize_dict("-", {"train": "-", "val": "-", "test": "-"}))
+    def _phase_names(self) -> OptimizeSection:
+        if self.phases is not None:
+            check_phase_names(self.phases)
         return self
 
-    def optimize_dict(self, run_dir: str, data: dict[str, Any]) -> dict[str, Any]:
-        raw: dict[str, Any] = {
+    def config(
+        self,
+        run_dir: str,
+        data: dict[str, str],
+        *,
+        student: dict[str, Any] | None = None,
+        reflection: ReflectionSettings | None = None,
+    ) -> OptimizeConfig:
+        """The optimize config of a run: ``data`` the split's URIs (``train``, ``val``, ``test``,
+        ``curated``); ``student`` fields that replace the section's (where the student is served);
+        ``reflection`` in place of the section's (the model that reflects in this run)."""
+        fields: dict[str, Any] = {
             "run_dir": run_dir,
             "data": {**data, "test_limit": self.test_limit},
-            "student": dict(self.student),
-            "reflection": dict(self.reflection),
-            "tune": dict(self.tune),
+            "student": {**dict(self.student), **(student or {})},
+            "reflection": reflection or self.reflection,
+            "tune": self.tune,
             "seed_prompt": self.seed_prompt,
         }
         if self.phases is not None:
-            raw["phases"] = [dict(p) for p in self.phases]
-        return raw
+            fields["phases"] = self.phases
+        try:
+            return OptimizeConfig.model_validate(fields)
+        except ValidationError as error:
+            raise OptimizeError(f"bad optimize config: {error}") from error
 
 
 class MlflowSection(_Section):

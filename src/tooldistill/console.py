@@ -94,9 +94,6 @@ def chatter_to(log_path: Path) -> Iterator[None]:
     (a C++ logger, a child process) is caught too.  Both are restored on the way out, errors
     included, before the caller prints anything about them."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     previous = terminal.file
     # Where sys.stderr is the process's stderr, the console writes to a copy of it (a terminal
     # stays a terminal); where it is a stream of its own (click's test runner), to that stream.
@@ -104,10 +101,28 @@ def chatter_to(log_path: Path) -> Iterator[None]:
     if _is_fd(previous, 2):
         real_stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
         terminal.file = real_stderr
-    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.environ[CHATTER_ENV] = str(log_path)
+    try:
+        with output_to(log_path):
+            yield
+    finally:
+        os.environ.pop(CHATTER_ENV, None)
+        if real_stderr is not None:
+            # back to following sys.stderr (rich's console does when it has no file of its own)
+            terminal.file = None  # type: ignore[assignment]
+            real_stderr.close()
+
+
+@contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """This process's stdout and stderr (file descriptors 1 and 2, so the processes it starts
+    too) appended to ``path`` for the duration; restored however the block ends."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    os.environ[CHATTER_ENV] = str(log_path)
     try:
         yield
     finally:
@@ -117,11 +132,6 @@ def chatter_to(log_path: Path) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for fd in (*saved, log):
             os.close(fd)
-        os.environ.pop(CHATTER_ENV, None)
-        if real_stderr is not None:
-            # back to following sys.stderr (rich's console does when it has no file of its own)
-            terminal.file = None  # type: ignore[assignment]
-            real_stderr.close()
 
 
 def _is_fd(stream: Any, fd: int) -> bool:

@@ -125,13 +125,12 @@ def car_select(
     )
 
 
-class CarConfig(BaseModel):
-    """CaR over an embedded (usually deduplicated) traces dataset."""
+class CarOptions(BaseModel):
+    """CaR's options: ``CarConfig`` without the input and output (the pipeline's ``curate.car``
+    section)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str
-    out: str
     #: Clusters; None: int(sqrt(N / 2)).
     k: int | None = Field(default=None, ge=1)
     per_cluster: int = Field(default=1, ge=0)
@@ -140,6 +139,17 @@ class CarConfig(BaseModel):
     seed: int = 0
     niter: int = Field(default=20, ge=1)
     force: bool = False
+
+    def config(self, *, dataset: str, out: str) -> CarConfig:
+        """The stage's config: these options on ``dataset``, written to ``out``."""
+        return CarConfig.model_validate({**dict(self), "dataset": dataset, "out": out})
+
+
+class CarConfig(CarOptions):
+    """CaR over an embedded (usually deduplicated) traces dataset."""
+
+    dataset: str
+    out: str
 
     def config_hash(self) -> str:
         return content_hash(self.model_dump(mode="json", exclude={"dataset", "out", "force"}), 16)

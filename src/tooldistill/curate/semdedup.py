@@ -379,13 +379,12 @@ def semdedup(
 # ---------------------------------------------------------------------------------------------
 
 
-class SemDedupConfig(BaseModel):
-    """SemDeDup over an embedded traces dataset."""
+class SemDedupOptions(BaseModel):
+    """SemDeDup's options: ``SemDedupConfig`` without the input and output (the pipeline's
+    ``curate.semdedup`` section)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str
-    out: str
     eps: float = Field(default=0.05, gt=0.0, lt=2.0)
     #: Clusters; None: N // cluster_size (at least 1).
     k: int | None = Field(default=None, ge=1)
@@ -405,6 +404,17 @@ class SemDedupConfig(BaseModel):
     #: change the output (not in the fingerprint).
     retries: int = Field(default=DEFAULT_RETRIES, ge=0)
     force: bool = False
+
+    def config(self, *, dataset: str, out: str) -> SemDedupConfig:
+        """The stage's config: these options on ``dataset``, written to ``out``."""
+        return SemDedupConfig.model_validate({**dict(self), "dataset": dataset, "out": out})
+
+
+class SemDedupConfig(SemDedupOptions):
+    """SemDeDup over an embedded traces dataset."""
+
+    dataset: str
+    out: str
 
     def config_hash(self) -> str:
         fields = self.model_dump(mode="json", exclude={"dataset", "out", "force", "block_rows", "retries"})

@@ -60,11 +60,12 @@ def assign_splits(
     return out
 
 
-class SplitConfig(BaseModel):
+class SplitOptions(BaseModel):
+    """How to split: ``SplitConfig`` without the input and output (the pipeline's ``curate.split``
+    section)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str
-    out: str
     #: Shares of train, val and test.
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
@@ -79,6 +80,15 @@ class SplitConfig(BaseModel):
         if any(f < 0 for f in value) or abs(sum(value) - 1.0) > 1e-6:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {value}")
         return value
+
+    def config(self, *, dataset: str, out: str) -> SplitConfig:
+        """The stage's config: these options on ``dataset``, written to ``out``."""
+        return SplitConfig.model_validate({**dict(self), "dataset": dataset, "out": out})
+
+
+class SplitConfig(SplitOptions):
+    dataset: str
+    out: str
 
     def config_hash(self) -> str:
         return content_hash(self.model_dump(mode="json", exclude={"dataset", "out", "force"}), 16)

@@ -14,19 +14,18 @@ without native bf16, and is too coarse for the LoRA update here), bf16 on GPUs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tooldistill.console import output_to
 from tooldistill.layout import PhaseLayout
 
 
@@ -140,28 +139,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     # the libraries' own output (weight-loading bars, TRL and datasets chatter) goes to the phase
     # folder, not through Ray to the console: progress reaches it from train_log.jsonl, and an error
     # reaches the driver as the exception
-    with _output_to(Path(PhaseLayout(config["folder"]).train_worker_log(rank))):
+    with output_to(Path(PhaseLayout(config["folder"]).train_worker_log(rank))):
         run_sft(config, rank, ray_train=True)
-
-
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """This process's stdout and stderr (file descriptors 1 and 2) appended to ``path``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with path.open("ab") as handle:
-        os.dup2(handle.fileno(), 1)
-        os.dup2(handle.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def _unnice() -> None:

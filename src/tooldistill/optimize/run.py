@@ -39,6 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tooldistill import store
+from tooldistill.layout import OptimizeLayout, PhaseLayout
 from tooldistill.optimize.reflection import ReflectionSettings
 from tooldistill.optimize.student import (
     Outcome,
@@ -131,6 +132,13 @@ def default_phases() -> list[PhaseConfig]:
     ]
 
 
+def check_phase_names(phases: Sequence[PhaseConfig]) -> None:
+    """A ``ValueError`` unless every phase has a name of its own."""
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"phase names must be unique: {names}")
+
+
 class DataSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -158,9 +166,7 @@ class OptimizeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self) -> OptimizeConfig:
-        names = [p.name for p in self.phases]
-        if len(set(names)) != len(names):
-            raise ValueError(f"phase names must be unique: {names}")
+        check_phase_names(self.phases)
         return self
 
     def phase(self, selector: str) -> list[PhaseConfig]:
@@ -245,9 +251,14 @@ def phase_train(config: OptimizeConfig, phase: PhaseConfig) -> list[Trace]:
 # run folder
 
 
-def _write(folder: str | Path, name: str, value: Any) -> None:
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    path = Path(folder) / name
+def _layout(config: OptimizeConfig) -> OptimizeLayout:
+    """The optimize folder's paths, its root spelled as ``Path(run_dir)`` spells it."""
+    return OptimizeLayout(str(Path(config.run_dir)))
+
+
+def _write(file: str | Path, value: Any) -> None:
+    path = Path(file)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
@@ -391,7 +402,7 @@ def run_dspy_phase(
                 verbose=False,
             )
             compiled = optimizer.compile(student, trainset=train, valset=val)
-    compiled.save(str(folder / "program.json"))
+    compiled.save(PhaseLayout(str(folder)).program)
     prompt = compiled.prompt()
     if not compiled.step.demos and start_demos:
         prompt = Prompt(prompt.system, tuple(start_demos))  # nothing bootstrapped: keep what we had
@@ -406,6 +417,7 @@ class _GepaProgress:
         self, phase: PhaseConfig, folder: Path, adapter: Any, reflection: Any, progress: Progress
     ) -> None:
         self.phase, self.folder, self.adapter, self.reflection = phase, folder, adapter, reflection
+        self.paths = PhaseLayout(str(folder))
         self.report = progress
         self.started = time.time()
 
@@ -428,9 +440,7 @@ class _GepaProgress:
         ]
         scores = [float(c["val_score"]) for c in candidates]
         best = max(range(len(scores)), key=scores.__getitem__)
-        _write(
-            self.folder, "candidates.json", {"best": best, "pareto_front": front, "candidates": candidates}
-        )
+        _write(self.paths.candidates, {"best": best, "pareto_front": front, "candidates": candidates})
         status = {
             "phase": self.phase.name,
             "event": "iteration",
@@ -444,7 +454,7 @@ class _GepaProgress:
             "pareto_front": len(front),
             "elapsed_s": round(time.time() - self.started, 1),
         }
-        _write(self.folder, "progress.json", status)
+        _write(self.paths.progress, status)
         if report:
             self.report(status)
         return status
@@ -461,16 +471,13 @@ class _GepaProgress:
 def make_evaluator(config: OptimizeConfig, folder: Path, tune_callbacks: Sequence[Any] = ()) -> Any:
     if config.tune.executor != "tune":
         return None
-    import ray
-
-    from tooldistill.raycluster import ensure_ray
-
     from tooldistill.optimize.tune_eval import TuneEvaluator
+    from tooldistill.raycluster import ensure_ray
 
     ensure_ray(config.tune.ray_address)
     return TuneEvaluator(
         config.student,
-        str(folder / "tune"),
+        OptimizeLayout(str(folder)).tune,
         max_concurrent_trials=config.tune.max_concurrent_trials,
         requests_per_trial=config.tune.requests_per_trial,
         cpus_per_trial=config.tune.cpus_per_trial,
@@ -519,7 +526,8 @@ def run_gepa_phase(
     val = _traces(config.data.val)[: phase.val]
     if not train or not val:
         raise OptimizeError(f"{phase.name}: GEPA needs train and val examples (got {len(train)}, {len(val)})")
-    previous = _read(folder / "progress.json") or {}
+    paths = PhaseLayout(str(folder))
+    previous = _read(paths.progress) or {}
     reflection = ReflectionLM(config.reflection, spent_before=float(previous.get("reflection_usd") or 0.0))
     own = evaluators is None
     pool = evaluators or CandidateEvaluators(config)
@@ -533,7 +541,7 @@ def run_gepa_phase(
         parallel_candidates=config.tune.max_concurrent_trials,
     )
     watcher = _GepaProgress(phase, folder, adapter, reflection, progress)
-    resumed = (folder / "gepa" / "gepa_state.bin").exists()
+    resumed = Path(paths.gepa_state).exists()
     progress(
         {"phase": phase.name, "event": "start", "resumed": resumed, "train": len(train), "val": len(val)}
     )
@@ -550,7 +558,7 @@ def run_gepa_phase(
             max_reflection_cost=phase.max_reflection_usd,
             sampling_strategy=PxNSampling(phase.parents_per_iteration, phase.mutations_per_parent),
             use_merge=phase.use_merge,
-            run_dir=str(folder / "gepa"),
+            run_dir=paths.gepa,
             callbacks=[watcher, *callbacks],  # type: ignore[list-item]
             track_best_outputs=False,
             seed=phase.seed,
@@ -558,12 +566,12 @@ def run_gepa_phase(
         )
     finally:
         if evaluator is not None:
-            _write(folder, "trials.json", [t.__dict__ for t in evaluator.trials[first_trial:]])
+            _write(paths.trials, [t.__dict__ for t in evaluator.trials[first_trial:]])
         if own:
             pool.close()
     best = result.best_candidate
     assert isinstance(best, dict)
-    _write(folder, "reflection.json", reflection.usage())
+    _write(paths.reflection, reflection.usage())
     return Prompt(best[COMPONENT], start.demos)
 
 
@@ -580,30 +588,30 @@ def run_phase(
 
     A finetune phase also changes the student: its result holds ``student`` (the settings of the
     fine-tuned student), which the phases after it use."""
-    folder = Path(config.run_dir) / phase.name
+    paths = _layout(config).phase(phase.name)
+    folder = Path(paths.root)
     key = content_hash(
         {"phase": phase.config_hash(), "start": start.to_json(), "student": config.student.model_dump(mode="json"),
          "data": config.data.model_dump(mode="json")},
         16,
     )  # fmt: skip
-    done = _read(folder / "result.json")
+    done = _read(paths.result)
     if done and done.get("key") == key:
         if phase.kind == "finetune":  # serve its student again: the phases after it use it
             student, _ = _finetune(config, phase, start, folder, progress, host)
             done["student"] = student.model_dump(mode="json")
         progress({"phase": phase.name, "event": "skipped", "test": done.get("test")})
         return dict(done)
-    marker = _read(folder / "key.json")
+    marker = _read(paths.key)
     if done or (marker and marker.get("key") != key):  # a phase with other inputs: start it over
-        for name in ("result.json", "progress.json", "candidates.json", "finetune.json", "examples.json",
-                     "examples.jsonl", "train_log.jsonl", "train_result.json", "test.answers.jsonl"):  # fmt: skip
-            (folder / name).unlink(missing_ok=True)
+        for file in paths.restart_files:
+            Path(file).unlink(missing_ok=True)
         import shutil
 
-        for name in ("gepa", "checkpoints", "adapter", "merged", "ray"):
-            shutil.rmtree(folder / name, ignore_errors=True)
+        for subfolder in paths.restart_folders:
+            shutil.rmtree(subfolder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    _write(folder, "key.json", {"key": key})
+    _write(paths.key, {"key": key})
     started = time.time()
     student = config.student
     extra: dict[str, Any] = {}
@@ -615,11 +623,11 @@ def run_phase(
         prompt = start  # the weights change, the prompt stays
         student, record = _finetune(config, phase, start, folder, progress, host)
         extra = {"student": student.model_dump(mode="json"), "finetune": _finetune_row(record)}
-    _write(folder, "prompt.json", {**prompt.to_json(), **_student_note(folder, student, phase)})
+    _write(paths.prompt, {**prompt.to_json(), **_student_note(folder, student, phase)})
     _export_program(config, prompt, folder)
     test = _traces(config.data.test)[: config.data.test_limit]
-    summary, outcomes = evaluate_prompt(prompt, test, student, folder / "test.answers.jsonl")
-    _write(folder, "test.json", {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
+    summary, outcomes = evaluate_prompt(prompt, test, student, Path(paths.test_answers))
+    _write(paths.test, {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
     result = {
         **extra,
         "phase": phase.name,
@@ -630,9 +638,9 @@ def run_phase(
         "demo_messages": len(prompt.demos),
         "system_chars": len(prompt.system),
         "elapsed_s": round(time.time() - started, 1),
-        "progress": _read(folder / "progress.json"),
+        "progress": _read(paths.progress),
     }
-    _write(folder, "result.json", result)
+    _write(paths.result, result)
     progress({"phase": phase.name, "event": "done", "test": summary})
     return result
 
@@ -685,8 +693,8 @@ def _student_note(folder: Path, student: StudentSettings, phase: PhaseConfig) ->
     """In an exported prompt: which student it was measured with (the fine-tuned one names its base,
     adapter and checksum), so any OpenAI-compatible client reaches the same student."""
     record = None
-    for path in sorted(folder.parent.glob("*/finetune.json")):  # the phase that made this student
-        found = _read(path)
+    for sibling in sorted(p for p in folder.parent.iterdir() if p.is_dir()):  # the phase that made it
+        found = _read(PhaseLayout(str(sibling)).finetune)
         if found and found.get("served_model") == student.model:
             record = found
     note: dict[str, Any] = {"model": student.model}
@@ -711,12 +719,13 @@ def _student_note(folder: Path, student: StudentSettings, phase: PhaseConfig) ->
 
 def _export_program(config: OptimizeConfig, prompt: Prompt, folder: Path) -> None:
     """The prompt in DSPy's save format too (phase 1 already wrote its compiled program)."""
-    if (folder / "program.json").exists():
+    path = PhaseLayout(str(folder)).program
+    if Path(path).exists():
         return
     from tooldistill.optimize.program import StudentProgram
 
     program = StudentProgram.from_prompt(config.student, prompt)
-    program.save(str(folder / "program.json"))
+    program.save(path)
     # the demos as chat messages are in prompt.json; DSPy's format holds the instructions
 
 
@@ -727,25 +736,25 @@ def start_prompt(config: OptimizeConfig, first_phase: str | None = None) -> Prom
     if index == 0:
         return seed_prompt(config)
     # a later phase alone starts from the phase before it, when that phase has run
-    before = Path(config.run_dir) / names[index - 1] / "prompt.json"
-    if not before.exists():
+    before = _layout(config).phase(names[index - 1]).prompt
+    if not Path(before).exists():
         raise OptimizeError(f"{names[index]} starts from {names[index - 1]}, which has not run")
-    return read_prompt(str(before))
+    return read_prompt(before)
 
 
 def ensure_baseline(config: OptimizeConfig, start: Prompt) -> tuple[dict[str, Any], bool]:
     """The test-split evaluation of ``start`` in ``RUN/baseline.json``; True when it was there already."""
-    run_dir = Path(config.run_dir)
+    layout = _layout(config)
     key = content_hash(
         {"prompt": start.to_json(), "student": config.student.model_dump(mode="json"),
          "data": config.data.model_dump(mode="json")},
         16,
     )  # fmt: skip
-    baseline = _read(run_dir / "baseline.json")
+    baseline = _read(layout.baseline)
     if baseline is not None and baseline.get("key") == key:
         return baseline, True
     test = _traces(config.data.test)[: config.data.test_limit]
-    summary, outcomes = evaluate_prompt(start, test, config.student, run_dir / "baseline.answers.jsonl")
+    summary, outcomes = evaluate_prompt(start, test, config.student, Path(layout.baseline_answers))
     if outcomes and summary["errors"] == len(outcomes):
         raise OptimizeError(
             f"the student at {config.student.endpoint} answered none of {len(outcomes)} test requests "
@@ -758,7 +767,7 @@ def ensure_baseline(config: OptimizeConfig, start: Prompt) -> tuple[dict[str, An
         "test": summary,
         "outcomes": [o.to_json() for o in outcomes],
     }
-    _write(run_dir, "baseline.json", baseline)
+    _write(layout.baseline, baseline)
     return baseline, False
 
 
@@ -777,8 +786,9 @@ def optimize(
     check_endpoint(config.student)
     selected = config.phase(phase)
     run_dir = Path(config.run_dir)
+    layout = _layout(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write(run_dir, "config.json", config.model_dump(mode="json"))
+    _write(layout.config, config.model_dump(mode="json"))
     start = start_prompt(config, selected[0].name)
     baseline, _ = ensure_baseline(config, start)
     report({"phase": "baseline", "event": "done", "test": baseline["test"]})
@@ -791,7 +801,7 @@ def optimize(
                 evaluators.close()  # its warm trial actors hold CPUs the training workers need
             result = run_phase(current, item, start, report, callbacks, evaluators, host)
             results.append(result)
-            start = read_prompt(str(run_dir / item.name / "prompt.json"))
+            start = read_prompt(layout.phase(item.name).prompt)
             if "student" in result:  # a finetune phase: the phases after it ask the fine-tuned student
                 student = StudentSettings.model_validate(result["student"])
                 update: dict[str, Any] = {"student": student}
@@ -810,11 +820,14 @@ def optimize(
     finally:
         evaluators.close()
     best = max(results, key=lambda r: r["test"].get("rate") or 0.0)
-    best_folder = run_dir / best["phase"]
-    (run_dir / "best").mkdir(exist_ok=True)
-    for name in ("prompt.json", "program.json"):
-        if (best_folder / name).exists():
-            (run_dir / "best" / name).write_bytes((best_folder / name).read_bytes())
+    best_phase = layout.phase(best["phase"])
+    Path(layout.best).mkdir(exist_ok=True)
+    for source, target in (
+        (best_phase.prompt, layout.best_prompt),
+        (best_phase.program, layout.best_program),
+    ):
+        if Path(source).exists():
+            Path(target).write_bytes(Path(source).read_bytes())
     summary = {
         "run_dir": str(run_dir),
         "baseline": baseline["test"],
@@ -826,7 +839,7 @@ def optimize(
             for r in results
         ],
         "best_phase": best["phase"],
-        "artifact": str(run_dir / "best" / "prompt.json"),
+        "artifact": layout.best_prompt,
     }
-    _write(run_dir, "summary.json", summary)
+    _write(layout.summary, summary)
     return summary

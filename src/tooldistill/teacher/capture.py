@@ -28,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from tooldistill import store
 from tooldistill.console import progress as terminal_progress
+from tooldistill.layout import TeacherLayout, parent_and_name
 from tooldistill.match.compare import chain_key
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.redact import Redactor
@@ -53,6 +53,7 @@ from tooldistill.teacher.client import (
     run_messages,
 )
 from tooldistill.teacher.limits import RateLimiter
+from tooldistill.teacher.options import CaptureOptions, ClaudeOptions
 from tooldistill.teacher.pricing import Price, cost, price_for
 from tooldistill.teacher.request import (
     build_params,
@@ -72,51 +73,22 @@ class TeacherError(RuntimeError):
     """The teacher cannot be asked at all (no key, unknown model, refused credentials)."""
 
 
-class ClaudeSettings(BaseModel):
-    """How requests reach Claude: shared by capture and judge."""
+class ClaudeSettings(ClaudeOptions):
+    """How requests reach Claude (``options.ClaudeOptions``) and where the answers go: shared by
+    capture and judge."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str
-    batch: bool = False
-    concurrency: int = Field(default=8, ge=1)
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    retries: int = Field(default=6, ge=0)
-    retry_base_s: float = 0.5
-    retry_cap_s: float = 30.0
-    timeout_s: float = 120.0
-    poll_s: float = 10.0
-    poll_max_s: float = 120.0
-    resubmits: int = 3
-    batch_max_requests: int = Field(default=100_000, ge=1, le=100_000)
-    batch_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
-    prices: dict[str, Price] | None = None
-    api_key_env: str = "ANTHROPIC_API_KEY"
-    #: replace secrets in what Claude wrote before it is stored (``--no-redact`` turns it off)
-    redact: bool = True
     #: the output dataset
     out: str
-    #: the request cache (default: ``<out>/requests``); share one between runs to never pay twice
-    cache: str | None = None
-    #: only the first N rows of the input
-    limit: int | None = None
-    force: bool = False
 
     @property
     def cache_uri(self) -> str:
         return self.cache or store.join(self.out, "requests")
 
 
-class CaptureConfig(ClaudeSettings):
+class CaptureConfig(CaptureOptions, ClaudeSettings):
+    """A capture: its options (``options.CaptureOptions``) on ``dataset``, written to ``out``."""
+
     dataset: str
-    samples: int = Field(default=1, ge=1, le=64)
-    max_tokens: int = Field(default=1024, ge=1)
-    #: None leaves the model's default (recent models take no sampling parameters)
-    temperature: float | None = None
-    system_prompt: str | None = None
-    #: cache_control on the last tool and the system prompt
-    prompt_caching: bool = True
 
     def config_hash(self) -> str:
         """What decides the answers (not how they are fetched: batch or not, concurrency, ...)."""
@@ -310,7 +282,7 @@ def capture(
     parts = [store.write_part(config.out, run.token, 0, traces_to_table(out_traces))] if out_traces else []
     stats = {"summary": summary, "secrets_redacted": summary["secrets_redacted"]}
     result = run.publish(parts, stats, complete=not failures)
-    write_json(config.out, "summary.json", summary)
+    write_json(*parent_and_name(TeacherLayout(config.out).summary), summary)
     return CaptureResult(result.dataset, False, result.stats, result.complete, failures=failures)
 
 
