@@ -30,11 +30,13 @@ env: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/tooldistill run configs/demo.yaml --out $(RUN_DIR)
 
-test: $(BIN)/.installed
+# The tests run after the linters: style (ruff check), formatting (ruff format) and types (mypy).
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks ray_jobs
+	$(BIN)/ruff format --check src tests benchmarks ray_jobs
 	$(BIN)/mypy
 
 clean:

@@ -265,10 +265,10 @@ def test_where_an_adapter_is_served_from_is_checked_before_training(tmp_path: Pa
     profile's ``lora_config``, or ``RUN/adapters`` for a run on S3; a local one is refused, naming
     the way out (``serve_as: merged``)."""
     from tooldistill.config import StudentSection
-    from tooldistill.serve.host import ServeHost, Student
-    from tooldistill.stage import PipelineError
     from tooldistill.serve.app import ServeConfigError
+    from tooldistill.serve.host import ServeHost, Student
     from tooldistill.serve.runner import with_lora
+    from tooldistill.stage import PipelineError
 
     section = StudentSection(serve="configs/serve/cpu-smollm2.yaml")
     local = ServeHost(section, Student("http://127.0.0.1:1/v1", "m", None), print, str(tmp_path))

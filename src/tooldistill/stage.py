@@ -64,7 +64,9 @@ def published_fingerprint(expected: str, complete: bool) -> str:
     return expected if complete else f"{expected}{INCOMPLETE}"
 
 
-def up_to_date(out: str, expected: str, *, also: Iterable[str] = (), force: bool = False) -> store.Manifest | None:
+def up_to_date(
+    out: str, expected: str, *, also: Iterable[str] = (), force: bool = False
+) -> store.Manifest | None:
     """The manifest at ``out`` when it (and every dataset named in ``also``, relative to ``out``)
     carries ``expected``: the stage can be skipped.  ``None`` means run it (``force`` always does)."""
     if force:
@@ -159,5 +161,7 @@ class StageRun:
     ) -> StageResult:
         """Publish the stage's output; an incomplete one is readable but never up to date."""
         manifest = self.manifest(parts, stats, complete=complete)
-        published = store.publish(self.out, token=self.token, manifest=manifest, quarantined=quarantined or ())
+        published = store.publish(
+            self.out, token=self.token, manifest=manifest, quarantined=quarantined or ()
+        )
         return StageResult(store.Dataset(self.out, published), False, dict(stats), complete)

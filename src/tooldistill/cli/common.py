@@ -57,8 +57,6 @@ def fail(error: BaseException | str) -> NoReturn:
     sys.exit(2)
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # the output folder's lock
 

@@ -119,10 +119,10 @@ def sweep_trial(config: dict[str, Any]) -> None:
 
 def run_sweep(sweep: SweepConfig) -> list[dict[str, Any]]:
     """Run the sweep; returns one row per trial, best first."""
-    import ray
+
+    from ray import tune
 
     from tooldistill.raycluster import ensure_ray
-    from ray import tune
 
     if not sweep.space:
         raise OptimizeError("the sweep has an empty search space")

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-
-from tooldistill.raycluster import ensure_ray
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -55,6 +53,7 @@ from tooldistill.optimize.student import (
     trace_from_wire,
     trace_to_wire,
 )
+from tooldistill.raycluster import ensure_ray
 from tooldistill.schema import Trace
 
 #: Payload stores this worker process has looked up (Tune reuses the process for later trials).

@@ -191,10 +191,10 @@ def start(
 ) -> Served:
     """Deploy the profile on the Ray cluster this process is connected to (starting a local one
     when none is); returns once the application is running (and, with ``wait``, answering)."""
-    import ray
+
+    from ray import serve
 
     from tooldistill.raycluster import ensure_ray
-    from ray import serve
 
     api_key = os.environ.get(api_key_env) if api_key_env else None
     profile = apply_overrides(
