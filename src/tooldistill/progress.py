@@ -1,34 +1,81 @@
 """What a run prints about its long stages: one line per event, with the match rate in one form
-everywhere (``matched/n = rate [95% interval]``, endpoint errors beside it, never in it)."""
+everywhere, console and report alike (``matched/n = rate [95% interval], N errors``: endpoint
+errors beside the rate, never in it)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 Say = Callable[[str], None]
 
 
-def rate_text(summary: dict[str, Any]) -> str:
-    """``13/115 = 11.3% [6.7%–18.4%]``, then the other match modes, endpoint errors and the
-    context policy's cuts and skips when there are any."""
-    rate = summary.get("rate")
-    errors = int(summary.get("errors") or 0)
-    if rate is None:
-        return f"no answers ({errors} endpoint errors)" if errors else "no examples"
-    low, high = summary.get("ci95") or (None, None)
-    interval = f" [{low:.1%}–{high:.1%}]" if low is not None else ""
-    text = f"{summary.get('matched')}/{summary.get('n')} = {rate:.1%}{interval}"
-    for mode, other in (summary.get("also") or {}).items():
-        if other.get("rate") is not None:
-            low, high = other.get("ci95") or (0.0, 0.0)
-            text += f"; {mode}: {other.get('matched')}/{other.get('n')} = {other['rate']:.1%} [{low:.1%}–{high:.1%}]"
-    if errors:
-        text += f"; {errors} endpoint error{'s' if errors != 1 else ''} (not counted)"
-    context = summary.get("context") or {}
-    if context.get("cut") or context.get("skipped"):
-        text += f"; context policy: {context.get('cut', 0)} cut, {context.get('skipped', 0)} skipped"
+#: What a value that is not there (or not a number) reads as.
+DASH = "—"
+
+
+def number(value: Any) -> float | None:
+    """A finite int or float (not a bool); None otherwise."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def obj(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (for nested reads of loose files)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def count(value: Any) -> str:
+    n = number(value)
+    return f"{int(n):,}" if n is not None else DASH
+
+
+def pct(value: Any) -> str:
+    n = number(value)
+    return f"{n * 100:.1f}%" if n is not None else DASH
+
+
+def interval(ci: Any) -> str:
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci):
+        return f"{ci[0] * 100:.1f}–{ci[1] * 100:.1f}%"
+    return DASH
+
+
+def errors(summary: Any) -> str:
+    """The endpoint errors a test summary counts: ``2 errors``, ``1 error``; ``errors unknown``
+    for a summary written before they were counted."""
+    n = number(obj(summary).get("errors"))
+    if n is None:
+        return "errors unknown"
+    return f"{int(n):,} error" + ("" if int(n) == 1 else "s")
+
+
+def rate_text(summary: Mapping[str, Any]) -> str:
+    """A test summary in one line, the same on the console and in the report, with its endpoint
+    errors beside the rate (never in it), the other match modes, and the context policy's cuts:
+    ``13/115 = 11.3% [6.7–18.4%], 2 errors; names: 45/115 = 39.1% [30.7–48.3%]``.  Loose values
+    (a file from an older run) read as dashes, never as an exception."""
+    if number(summary.get("rate")) is None:
+        return f"no match rate, {errors(summary)}"
+
+    def one(part: Mapping[str, Any]) -> str:
+        ci = interval(part.get("ci95"))
+        return f"{count(part.get('matched'))}/{count(part.get('n'))} = {pct(part.get('rate'))}" + (
+            f" [{ci}]" if ci != DASH else ""
+        )
+
+    text = f"{one(summary)}, {errors(summary)}"
+    for mode, other in obj(summary.get("also")).items():
+        if number(obj(other).get("rate")) is not None:
+            text += f"; {mode}: {one(other)}"
+    context = obj(summary.get("context"))
+    if number(context.get("cut")) or number(context.get("skipped")):
+        text += f"; context policy: {count(context.get('cut') or 0)} cut, {count(context.get('skipped') or 0)} skipped"
     return text
 
 

@@ -50,6 +50,7 @@ from tooldistill.optimize.student import (
     summarize,
 )
 from tooldistill.schema import Trace, content_hash
+from tooldistill.stage import published_fingerprint
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -762,7 +763,7 @@ def ensure_baseline(config: OptimizeConfig, start: Prompt) -> tuple[dict[str, An
         )
     baseline = {
         # endpoint errors are asked again next time instead of standing as wrong answers
-        "key": key if not summary["errors"] else f"{key}-incomplete",
+        "key": published_fingerprint(key, complete=not summary["errors"]),
         "prompt": start.to_json(),
         "test": summary,
         "outcomes": [o.to_json() for o in outcomes],

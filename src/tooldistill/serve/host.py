@@ -170,7 +170,8 @@ def start_student(section: StudentSection, say: Say) -> Student:
         assert section.model is not None
         key = os.environ.get(section.api_key_env) if section.api_key_env else None
         try:
-            StudentClient(section.endpoint, 10.0, 1, key).check()
+            # a quick look (one retry, 10 s): the evaluation's own client is the patient one
+            StudentClient(section.endpoint, timeout_s=10.0, retries=1, api_key=key).check()
         except EndpointError as error:
             raise PipelineError(f"student endpoint {section.endpoint} is not answering: {error}") from None
         return Student(section.endpoint, section.model, section.api_key_env, info={"kind": "endpoint"})

@@ -82,7 +82,7 @@ class ClaudeSettings(ClaudeOptions):
 
     @property
     def cache_uri(self) -> str:
-        return self.cache or store.join(self.out, "requests")
+        return self.cache or TeacherLayout(self.out).requests
 
 
 class CaptureConfig(CaptureOptions, ClaudeSettings):

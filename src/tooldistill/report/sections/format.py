@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
+from tooldistill.progress import DASH, count, errors, interval, number, obj, pct, rate_text
 from tooldistill.report.document import NOT_RUN, Section
 
-DASH = "—"
-
-
-def number(value: Any) -> float | None:
-    """A finite int or float (not a bool); None otherwise."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
-        return None
-    return float(value) if math.isfinite(value) else None
+__all__ = ["DASH", "count", "errors", "interval", "number", "obj", "pct", "rate_text"]
 
 
 def general(value: Any) -> str:
@@ -28,53 +19,9 @@ def general(value: Any) -> str:
     return f"{n:g}" if n is not None else "?"
 
 
-def count(value: Any) -> str:
-    n = number(value)
-    return f"{int(n):,}" if n is not None else DASH
-
-
-def pct(value: Any) -> str:
-    n = number(value)
-    return f"{n * 100:.1f}%" if n is not None else DASH
-
-
-def interval(ci: Any) -> str:
-    if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci):
-        return f"{ci[0] * 100:.1f}–{ci[1] * 100:.1f}%"
-    return DASH
-
-
-def errors(summary: Any) -> str:
-    """The endpoint errors a test summary counts: ``2 errors``, ``1 error``; ``errors unknown``
-    for a summary written before they were counted."""
-    n = number(obj(summary).get("errors"))
-    if n is None:
-        return "errors unknown"
-    return f"{int(n):,} error" + ("" if int(n) == 1 else "s")
-
-
 def is_summary(value: Any) -> bool:
     """Whether ``value`` is a test summary (``student.summarize``: n, matched, rate, ci95, errors)."""
     return isinstance(value, Mapping) and "rate" in value and "n" in value
-
-
-def rate_text(summary: Mapping[str, Any]) -> str:
-    """A test summary in one line with its endpoint errors beside the rate:
-    ``13/115 = 11.3% [6.7–18.4%], 2 errors; names: 45/115 = 39.1% [30.7–48.3%]``."""
-    if number(summary.get("rate")) is None:
-        return f"no match rate, {errors(summary)}"
-
-    def one(part: Mapping[str, Any]) -> str:
-        ci = interval(part.get("ci95"))
-        return f"{count(part.get('matched'))}/{count(part.get('n'))} = {pct(part.get('rate'))}" + (
-            f" [{ci}]" if ci != DASH else ""
-        )
-
-    text = f"{one(summary)}, {errors(summary)}"
-    for mode, other in obj(summary.get("also")).items():
-        if number(obj(other).get("rate")) is not None:
-            text += f"; {mode}: {one(other)}"
-    return text
 
 
 def dollars(value: Any) -> str:
@@ -125,11 +72,6 @@ def file_name(path: str) -> str:
 
 def natural(name: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
-
-
-def obj(value: Any) -> Mapping[str, Any]:
-    """``value`` when it is a JSON object, else an empty one (for nested reads of loose files)."""
-    return value if isinstance(value, Mapping) else {}
 
 
 def not_run(section: Section, why: str) -> Section:
