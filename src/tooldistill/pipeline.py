@@ -255,9 +255,7 @@ class _Run:
                 inputs[then] = result.uri if result is not None else uris[name]
 
         def embed() -> StageResult:
-            options = section.embed.model_dump(exclude={"force"})
-            result = ensure_embedded(inputs["embed"], uris["embed"], options, runner, section.embed.force)
-            return StageResult(result.dataset, result.skipped, dict(result.dataset.manifest.stats))
+            return ensure_embedded(inputs["embed"], uris["embed"], section.embed, runner)
 
         def semdedup() -> StageResult:
             config = section.semdedup.config(dataset=inputs["semdedup"], out=uris["semdedup"])
@@ -480,7 +478,7 @@ def run_pipeline(
         log = Path(RunLayout(str(staging.staging_dir(run_dir))).run_log)
         chatter = chatter_to(log) if chatter_to_log else nullcontext()
         with chatter:
-            return _run_stages(config, run_dir, executor, selected, say, show_progress)
+            return _run_stages(_Run(config, run_dir, executor, selected, say, show_progress))
     finally:
         lock.release()
 
@@ -499,15 +497,7 @@ def _check_outputs_free(layout: RunLayout) -> None:
         )
 
 
-def _run_stages(
-    config: PipelineConfig,
-    run_dir: str,
-    executor: Executor | None,
-    selected: set[str],
-    say: Say,
-    show_progress: bool,
-) -> RunResult:
-    run = _Run(config, run_dir, executor, selected, say, show_progress)
+def _run_stages(run: _Run) -> RunResult:
     try:
         traces = run.ingest()
         source = run.teacher(traces)

@@ -15,30 +15,33 @@ from typing import Any
 from tooldistill import store
 from tooldistill.curate.car import CarConfig, run_car
 from tooldistill.curate.common import has_column, open_traces
-from tooldistill.curate.embed import EmbedConfig, embed
+from tooldistill.curate.embed import EmbedOptions, embed
 from tooldistill.curate.runner import Runner
-from tooldistill.curate.semdedup import SemDedupConfig, StageResult, run_semdedup
+from tooldistill.curate.semdedup import SemDedupConfig, run_semdedup
 from tooldistill.curate.split import SplitConfig, run_split
 from tooldistill.layout import CurateLayout, parent_and_name
+from tooldistill.stage import StageResult
 
 
 @dataclass
-class EmbedResult:
-    dataset: store.Dataset
-    skipped: bool
+class EmbedResult(StageResult):
     #: False when the input already had embeddings and no embed stage ran
     ran: bool = True
 
 
 def ensure_embedded(
-    dataset: str, out: str, options: dict[str, Any], runner: Runner, force: bool = False
+    dataset: str, out: str, options: EmbedOptions | dict[str, Any], runner: Runner, force: bool = False
 ) -> EmbedResult:
-    """The dataset itself when it has an ``embedding`` column; otherwise embed it into ``out``."""
+    """The dataset itself when it has an ``embedding`` column; otherwise embed it into ``out``
+    (``force`` or the options' own ``force`` embeds it again)."""
     source = open_traces(dataset)
     if has_column(source, "embedding"):
-        return EmbedResult(source, skipped=True, ran=False)
-    result = embed(EmbedConfig(dataset=dataset, out=out, force=force, **options), runner)
-    return EmbedResult(result.dataset, result.skipped)
+        return EmbedResult(source, skipped=True, stats=dict(source.manifest.stats), ran=False)
+    if isinstance(options, dict):
+        options = EmbedOptions.model_validate(options)
+    config = options.config(dataset=dataset, out=out)
+    result = embed(config.model_copy(update={"force": config.force or force}), runner)
+    return EmbedResult(result.dataset, result.skipped, result.stats)
 
 
 @dataclass
