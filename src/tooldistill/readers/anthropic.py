@@ -162,6 +162,18 @@ def _inline_text(block: dict[str, Any], redactor: Redactor, unknown: UnknownBloc
     return None
 
 
+def _blocks(items: list[Any], redactor: Redactor, unknown: UnknownBlock) -> Iterator[str | dict[str, Any]]:
+    """The items of a content list: a string as its redacted text, a block as it is; anything else
+    is reported through ``unknown`` (its type name) and left out."""
+    for item in items:
+        if isinstance(item, str):
+            yield redactor.text(item)
+        elif isinstance(item, dict):
+            yield item
+        else:
+            unknown(type(item).__name__)
+
+
 def _text_of(content: Any, redactor: Redactor, unknown: UnknownBlock) -> str:
     """Plain text of a string or a list of content blocks (tool results may nest blocks)."""
     if content is None:
@@ -169,12 +181,9 @@ def _text_of(content: Any, redactor: Redactor, unknown: UnknownBlock) -> str:
     if isinstance(content, str):
         return redactor.text(content)
     parts: list[str] = []
-    for block in content if isinstance(content, list) else [content]:
+    for block in _blocks(content if isinstance(content, list) else [content], redactor, unknown):
         if isinstance(block, str):
-            parts.append(redactor.text(block))
-            continue
-        if not isinstance(block, dict):
-            unknown(type(block).__name__)
+            parts.append(block)
             continue
         kind = block.get("type")
         inline = _inline_text(block, redactor, unknown)
@@ -320,12 +329,9 @@ def blocks_to_messages(
 
     if content is not None and not isinstance(content, list):
         unknown(f"{type(content).__name__} content")  # neither text nor blocks: counted, skipped
-    for block in content if isinstance(content, list) else []:
+    for block in _blocks(content if isinstance(content, list) else [], redactor, unknown):
         if isinstance(block, str):
-            texts.append(redactor.text(block))
-            continue
-        if not isinstance(block, dict):
-            unknown(type(block).__name__)
+            texts.append(block)
             continue
         kind = block.get("type")
         is_result = kind in ("tool_result", "mcp_tool_result") or (
@@ -593,20 +599,37 @@ def is_exchange(record: dict[str, Any]) -> bool:
     return any(key in record for key in ENVELOPE_KEYS)
 
 
+#: Reads one exchange: its source, context, line number, record, and the record's request and
+#: response (``request_response``).
+ExchangeReader = Callable[[SourceFile, ReadContext, int, dict[str, Any], Any, Any], Iterator[Any]]
+
+
+def read_exchanges(source: SourceFile, context: ReadContext, one: ExchangeReader) -> Iterator[Any]:
+    """``read_records`` for a log of request/response pairs: a line that is not an exchange at all
+    (``is_exchange``) is ignored as unrecognized; ``one`` reads every other line."""
+
+    def exchange(
+        source: SourceFile, context: ReadContext, number: int, record: dict[str, Any]
+    ) -> Iterator[Any]:
+        if not is_exchange(record):
+            yield Ignored(source.uri, describe_record(record), 1, known=False)
+            return
+        request, response = request_response(record)
+        yield from one(source, context, number, record, request, response)
+
+    return read_records(source, context, exchange)
+
+
 def read_anthropic_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined | Ignored]:
     """Traces from a JSONL log of Anthropic Messages API request/response pairs."""
-    yield from read_records(source, context, _read_record)
+    yield from read_exchanges(source, context, _read_exchange)
 
 
-def _read_record(
-    source: SourceFile, context: ReadContext, number: int, record: dict[str, Any]
+def _read_exchange(
+    source: SourceFile, context: ReadContext, number: int, record: dict[str, Any], request: Any, response: Any
 ) -> Iterator[Trace | Quarantined | Ignored]:
-    """The trace (or quarantined or ignored record) of one log line."""
+    """The trace (or quarantined or ignored record) of one exchange."""
     redactor = context.redactor
-    if not is_exchange(record):
-        yield Ignored(source.uri, describe_record(record), 1, known=False)
-        return
-    request, response = request_response(record)
 
     def bad(reason: str, number: int = number, record: dict[str, Any] = record) -> Quarantined:
         return Quarantined(source.uri, number, reason, record_excerpt(record, redactor))

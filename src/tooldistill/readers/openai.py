@@ -20,14 +20,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from tooldistill.readers.anthropic import is_exchange, request_response
+from tooldistill.readers.anthropic import read_exchanges
 from tooldistill.readers.base import (
     Ignored,
     Quarantined,
     ReadContext,
     SourceFile,
-    describe_record,
-    read_records,
     record_excerpt,
 )
 from tooldistill.redact import Redactor
@@ -130,35 +128,31 @@ def messages_from_openai(items: list[Any], redactor: Redactor) -> list[Message]:
     return messages
 
 
+def _function_spec(function: dict[str, Any]) -> ToolSpec:
+    """The tool a named function definition (``tools[].function`` or legacy ``functions[]``) offers."""
+    parameters = function.get("parameters")
+    return ToolSpec(
+        name=function["name"],
+        description=str(function.get("description") or ""),
+        parameters=parameters if isinstance(parameters, dict) else dict(PERMISSIVE_PARAMETERS),
+    )
+
+
 def tool_specs_from_openai(request: dict[str, Any]) -> list[ToolSpec]:
     specs: list[ToolSpec] = []
     for tool in request.get("tools") or []:
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and function.get("name"):
-            parameters = function.get("parameters")
-            specs.append(
-                ToolSpec(
-                    name=function["name"],
-                    description=str(function.get("description") or ""),
-                    parameters=parameters if isinstance(parameters, dict) else dict(PERMISSIVE_PARAMETERS),
-                )
-            )
+            specs.append(_function_spec(function))
     for function in request.get("functions") or []:
         if isinstance(function, dict) and function.get("name"):
-            parameters = function.get("parameters")
-            specs.append(
-                ToolSpec(
-                    name=function["name"],
-                    description=str(function.get("description") or ""),
-                    parameters=parameters if isinstance(parameters, dict) else dict(PERMISSIVE_PARAMETERS),
-                )
-            )
+            specs.append(_function_spec(function))
     return specs
 
 
 def read_openai_log(source: SourceFile, context: ReadContext) -> Iterator[Trace | Quarantined | Ignored]:
     """Traces from a JSONL log of OpenAI chat-completions request/response pairs."""
-    yield from read_records(source, context, _read_record)
+    yield from read_exchanges(source, context, _read_exchange)
 
 
 def _is_responses_api(request: Any, response: Any) -> bool:
@@ -168,15 +162,11 @@ def _is_responses_api(request: Any, response: Any) -> bool:
     return isinstance(request, dict) and "input" in request and "messages" not in request
 
 
-def _read_record(
-    source: SourceFile, context: ReadContext, number: int, record: dict[str, Any]
+def _read_exchange(
+    source: SourceFile, context: ReadContext, number: int, record: dict[str, Any], request: Any, response: Any
 ) -> Iterator[Trace | Quarantined | Ignored]:
-    """The trace (or quarantined or ignored record) of one log line."""
+    """The trace (or quarantined or ignored record) of one exchange."""
     redactor = context.redactor
-    if not is_exchange(record):
-        yield Ignored(source.uri, describe_record(record), 1, known=False)
-        return
-    request, response = request_response(record)
     if _is_responses_api(request, response):
         yield Ignored(source.uri, "Responses API exchange (not read)", 1, known=False)
         return
