@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tooldistill.cli.common import console, model_default, print_consistency, say, user_errors
+from tooldistill.cli.common import console, model_default, print_consistency, say, user_errors, writing
 from tooldistill.evaluate import EvaluateConfig
 from tooldistill.store import Dataset
 
@@ -60,7 +60,7 @@ def score_command(predictions: str, dataset: str, modes: tuple[str, ...], out: s
     """Score a JSONL of predictions ({trace_id|source_id, calls|output, id}) against a dataset."""
     from tooldistill.scoring import score
 
-    with user_errors():
+    with writing(out):
         summary = score(predictions, dataset, modes, out)
         print_rates(f"score → {out}", summary)
 
@@ -144,13 +144,14 @@ def evaluate_command(
     if tokenizer and window is None:
         raise click.UsageError("--tokenizer needs --window (the student's context length)")
 
-    with user_errors():
+    out = out or dataset.rstrip("/") + "-eval"
+    with writing(out):
         all_modes = tuple(dict.fromkeys([*modes, "chain", "set", "names", "bfcl"]))
         config = EvaluateConfig(
             dataset=dataset,
             endpoint=endpoint,
             model=model,
-            out=out or dataset.rstrip("/") + "-eval",
+            out=out,
             prompt=prompt,
             modes=all_modes,
             concurrency=concurrency,
