@@ -43,6 +43,31 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return raw
 
 
+def _stage_times(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        stages = json.loads(path.read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {s["stage"]: {"status": s["status"], "elapsed_s": s["elapsed_s"]} for s in stages}
+
+
+def machine() -> dict[str, Any]:
+    """The CPU the figures come from: the student's dtype and the training speed follow its flags
+    (native bf16 or not), so runs on two machines compare only with these beside them."""
+    import platform
+
+    from tooldistill.serve.cpu import capabilities
+
+    caps = capabilities()
+    return {
+        "cpus": os.cpu_count(),
+        "gpu": None,
+        "cpu": caps.get("cpu_name"),
+        "flags": {k: bool(caps.get(k)) for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "bf16")},
+        "platform": platform.platform(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--run", default="runs/demo", help="run folder (shared with `make demo`)")
@@ -56,9 +81,10 @@ def main() -> None:
     from tooldistill.pipeline import run_pipeline
 
     config = PipelineConfig.model_validate(build_config(args))
+    run = Path(args.run)
+    earlier = _stage_times(run / "run.json")  # the run that did the work (``make demo``), if any
     started = time.time()
     result = run_pipeline(config, args.run, say=lambda text: print(text, flush=True), show_progress=False)
-    run = Path(args.run)
     summary = json.loads((run / "optimize" / "summary.json").read_text())
     phases = []
     for phase in summary["phases"]:
@@ -77,9 +103,12 @@ def main() -> None:
     reflection = optimize_config["reflection"]
     funnel = json.loads((run / "curate" / "funnel.json").read_text())
     stages = {s.stage: {"status": s.status, "elapsed_s": s.elapsed_s} for s in result.stages}
+    for name, record in stages.items():  # a stage that was up to date: the time it took when it ran
+        if record["status"] in ("skipped", "not selected") and earlier.get(name, {}).get("status") == "ran":
+            record["ran_earlier_s"] = earlier[name]["elapsed_s"]
     report = {
         "benchmark": "phases_cpu",
-        "machine": f"{os.cpu_count()} CPUs, no GPU",
+        "machine": machine(),
         "run": str(run),
         "student": {k: optimize_config["student"][k] for k in ("model", "max_tokens", "temperature", "mode")},
         "teacher": "BFCL ground truth (no ANTHROPIC_API_KEY)"
