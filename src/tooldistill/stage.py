@@ -7,13 +7,17 @@ skipped when the output's manifest has that fingerprint; it publishes with the f
 finished its work, and with ``<fingerprint>-incomplete`` when some of it failed (endpoint errors,
 unanswered requests): an incomplete output is readable but never up to date, so the next run does
 only what is missing.
+
+A stage is a function from its typed config (``EmbedConfig``, ``CarConfig``, ``CaptureConfig``, ...:
+the pipeline section's options plus ``dataset``/``out``) to a ``StageResult``; inside it,
+``StageRun`` does the fingerprint, the skip and the publish, so no stage writes them again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tooldistill import store
 
@@ -44,14 +48,6 @@ class StageResult:
     @property
     def rows(self) -> int:
         return self.dataset.manifest.rows
-
-
-class Stage(Protocol):
-    """A stage of a run: a name, and ``run`` from its typed config to a ``StageResult``."""
-
-    name: str
-
-    def run(self, *args: Any, **kwargs: Any) -> StageResult: ...
 
 
 def fingerprint(stage: str, config_hash: str, inputs: Any) -> str:
