@@ -36,7 +36,7 @@ from tooldistill.match.parse import Parsed, parse_message
 from tooldistill.match.stats import aggregate
 from tooldistill.schema import Trace, content_hash
 from tooldistill.scoring import check_modes, judge, write_json
-from tooldistill.stage import StageResult, StageRun
+from tooldistill.stage import StageRun, SummaryResult
 from tooldistill.student import DEFAULTS, EndpointError, EndpointSettings, StudentClient
 from tooldistill.student import StudentTooSlow as StudentTooSlow  # raised from here; the CLI catches it
 
@@ -313,12 +313,8 @@ def evaluate_one(
     return row
 
 
-class EvaluationResult(StageResult):
+class EvaluationResult(SummaryResult):
     """The stage result of an evaluation; ``summary`` holds its match rates."""
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return dict(self.stats.get("summary") or {})
 
 
 def evaluate(

@@ -1,7 +1,7 @@
 """The stage contract: what every stage of a run returns, and the one place that decides whether
 a stage's published output is up to date, is published, or is marked incomplete.
 
-A stage's output is a dataset (or a folder of files) whose manifest carries the stage's
+A stage's output is a dataset whose manifest carries the stage's
 *fingerprint*: a hash of the stage's name, its config and what identifies its inputs.  A stage is
 skipped when the output's manifest has that fingerprint; it publishes with the fingerprint when it
 finished its work, and with ``<fingerprint>-incomplete`` when some of it failed (endpoint errors,
@@ -38,8 +38,6 @@ class StageResult:
     skipped: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
-    #: Plain files the stage wrote (name → path or URI), beside or instead of a dataset.
-    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def uri(self) -> str:
@@ -48,11 +46,6 @@ class StageResult:
     @property
     def rows(self) -> int:
         return self.dataset.manifest.rows
-
-
-def fingerprint(stage: str, config_hash: str, inputs: Any) -> str:
-    """The fingerprint a stage's output carries (``store.fingerprint``, named here for stages)."""
-    return store.fingerprint(stage, config_hash, inputs)
 
 
 def published_fingerprint(expected: str, complete: bool) -> str:
@@ -81,6 +74,15 @@ def kept(out: str, manifest: store.Manifest) -> StageResult:
     return StageResult(store.Dataset(out, manifest), skipped=True, stats=dict(manifest.stats))
 
 
+class SummaryResult(StageResult):
+    """A stage result whose manifest keeps the stage's summary (``stats["summary"]``): a teacher
+    capture, a judgement, an evaluation."""
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.stats.get("summary") or {})
+
+
 @dataclass
 class StageRun:
     """One run of a stage into ``out``: its fingerprint, the token its parts are written under, and
@@ -100,7 +102,9 @@ class StageRun:
     def start(
         cls, stage: str, out: str, config_hash: str, inputs: Any, parents: list[str], kind: str = "traces"
     ) -> StageRun:
-        return cls(stage, out, config_hash, fingerprint(stage, config_hash, inputs), list(parents), kind)
+        return cls(
+            stage, out, config_hash, store.fingerprint(stage, config_hash, inputs), list(parents), kind
+        )
 
     def existing(self, *, also: Iterable[str] = (), force: bool = False) -> StageResult | None:
         """The earlier output when it is up to date (and so is each side dataset in ``also``)."""

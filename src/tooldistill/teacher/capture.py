@@ -38,7 +38,7 @@ from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.redact import Redactor
 from tooldistill.schema import ToolCall, Trace, content_hash, traces_to_table
 from tooldistill.scoring import write_json
-from tooldistill.stage import StageResult, StageRun
+from tooldistill.stage import StageRun, SummaryResult
 from tooldistill.teacher.cache import RequestCache
 from tooldistill.teacher.client import (
     Answer,
@@ -108,14 +108,10 @@ class CaptureConfig(CaptureOptions, ClaudeSettings):
 
 
 @dataclass
-class CaptureResult(StageResult):
+class CaptureResult(SummaryResult):
     """The stage result of a capture, with the requests that failed (asked again next run)."""
 
     failures: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return dict(self.stats.get("summary") or {})
 
 
 @dataclass
