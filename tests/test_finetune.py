@@ -5,6 +5,7 @@ student are in ``test_serve.py`` (they share its deployment)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -146,6 +147,30 @@ def test_no_calls_are_topped_up_from_the_rest_of_the_split(tokenizer: Any) -> No
     without = build_examples([*calls, no_call(99)], Prompt(""), StudentSettings(model="m"), tokenizer,
                              settings)  # fmt: skip
     assert (without.summary["no_calls"], without.summary["no_calls_added_from_split"]) == (1, 0)
+
+
+def test_too_few_no_calls_in_the_whole_split_are_repeated_when_asked(tokenizer: Any) -> None:
+    """When the sample and the rest of the split together hold too few no-call traces, the ones
+    there are repeat (oversampling) up to min_no_call_share, counted, never beside their original."""
+    calls = make_traces(12)
+    settings = ExampleSettings(max_no_call_share=0.4, min_no_call_share=1 / 3, repeat_no_calls=True)
+    examples = build_examples([*calls, no_call(99)], Prompt(""), StudentSettings(model="m"), tokenizer,
+                              settings, [no_call(0)])  # fmt: skip
+    summary = examples.summary
+    # 12 calls: a third no-calls is 6 (6 / 18); one in the sample, one from the reserve, 4 repeats
+    assert (summary["calls"], summary["no_calls"]) == (12, 6)
+    assert (summary["no_calls_added_from_split"], summary["no_calls_repeated"]) == (1, 4)
+    no_calls = [r for r in examples.rows if r["tool"] == "<no call>"]
+    assert sorted(r["trace_id"] for r in no_calls) == sorted([no_call(99).id, no_call(0).id] * 3)
+    assert all(r["completion"] == no_calls[0]["completion"] for r in no_calls)
+    ids = [r["trace_id"] for r in examples.rows]
+    assert all(a != b for a, b in itertools.pairwise(ids))  # a copy never right after its original
+    assert summary["tokens"] == sum(r["tokens"] for r in examples.rows)
+    # without repeat_no_calls the same input stops at what the split holds
+    plain = build_examples([*calls, no_call(99)], Prompt(""), StudentSettings(model="m"), tokenizer,
+                           settings.__class__(max_no_call_share=0.4, min_no_call_share=1 / 3),
+                           [no_call(0)])  # fmt: skip
+    assert (plain.summary["no_calls"], plain.summary["no_calls_repeated"]) == (2, 0)
 
 
 def test_no_example_left_is_a_clear_error(tokenizer: Any) -> None:

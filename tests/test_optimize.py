@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from tooldistill.cli import main
 from tooldistill.optimize.adapter import ToolCallAdapter
-from tooldistill.optimize.run import OptimizeError, config_from_dict, optimize
+from tooldistill.optimize.run import OptimizeError, config_from_dict, evaluate_prompt, optimize
 from tooldistill.optimize.student import Prompt, StudentSettings, run_batch, summarize
 from tooldistill.optimize.testing import (
     KEY_PHRASE,
@@ -373,3 +373,21 @@ def test_reflection_text_is_redacted_before_it_becomes_an_instruction(
         text = lm("Improve the instruction.")
     assert secret not in text and "[REDACTED:" in text and text.startswith("Call the tool")
     assert sum(lm.usage()["secrets_redacted"].values()) == 1
+
+
+def test_an_answer_on_file_for_the_same_prompt_and_student_is_not_asked_again(tmp_path: Path) -> None:
+    """A phase whose prompt and student are those of an earlier evaluation (GEPA keeping its seed)
+    takes that evaluation's answers: with the student gone, they still come back, copied into the
+    phase's own journal; a different prompt is asked (and finds no student)."""
+    traces = make_traces(4, 300)
+    earlier = tmp_path / "baseline.answers.jsonl"
+    with StudentServer() as server:
+        settings = StudentSettings(endpoint=server.url, model="student", retries=0, timeout_s=5)
+        first, _ = evaluate_prompt(Prompt("Call the tool."), traces, settings, earlier)
+    assert first["errors"] == 0 and first["n"] == 4
+    journal = tmp_path / "phase2" / "test.answers.jsonl"
+    again, outcomes = evaluate_prompt(Prompt("Call the tool."), traces, settings, journal, [earlier])
+    assert again == first
+    assert len(journal.read_text().splitlines()) == 4  # the phase's journal holds all its answers
+    other, _ = evaluate_prompt(Prompt("Another prompt."), traces, settings, tmp_path / "x.jsonl", [earlier])
+    assert other["errors"] == 4  # not taken from the other prompt's answers: asked, and no server

@@ -126,6 +126,39 @@ def test_chat_with_tools_is_well_formed(student: Any) -> None:
     assert auto["usage"]["completion_tokens"] > 0
 
 
+def test_the_profile_decodes_every_call_under_its_tools_schema(student: Any) -> None:
+    """The CPU profile's ``tool_strict_level: parameter``: a call's arguments are decoded under the
+    tool's JSON Schema, so even argument names and enum values the 135M model cannot guess come
+    out right (without it, it writes ``{"city": ...}`` and no ``unit_code``)."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city_name": {"type": "string"},
+                    "unit_code": {"type": "string", "enum": ["zq1", "zq2"]},
+                },
+                "required": ["city_name", "unit_code"],
+            },
+        },
+    }
+    for ask in ("What is the weather in Paris?", "How hot is it in Cairo today, in celsius?"):
+        status, reply = post(
+            f"{student.base_url}/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": ask}], "tools": [tool],
+             "tool_choice": "required", "max_tokens": 64, "temperature": 0},
+        )  # fmt: skip
+        assert status == 200, reply
+        calls = reply["choices"][0]["message"].get("tool_calls")
+        assert calls and calls[0]["function"]["name"] == "get_weather", reply
+        arguments = json.loads(calls[0]["function"]["arguments"])
+        assert set(arguments) == {"city_name", "unit_code"}, arguments
+        assert arguments["unit_code"] in ("zq1", "zq2") and isinstance(arguments["city_name"], str)
+
+
 def test_the_cpu_student_runs_faster_than_the_slow_path_can(student: Any) -> None:
     """The engine runs the dtype chosen for this CPU, fast enough that it cannot be the bf16 slow path.
 

@@ -331,6 +331,7 @@ class _Run:
             "model": self.student.model,
             "api_key_env": self.student.api_key_env or "OPENAI_API_KEY",
             "context": self.student.context(section.student.context.model_dump()),
+            "served_by": self.student.info.get("profile_sha256"),
         }
         config = section.config(
             str(folder), data, student=served, reflection=self._reflection(section, section.reflection)

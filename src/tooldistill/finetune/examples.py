@@ -12,8 +12,9 @@ Each train trace becomes one prompt-completion pair:
 
 Where a trace carries teacher samples, the target is their consensus; a trace whose consensus
 support is below ``min_consensus`` is left out (consistency-filtered distillation).  The set is
-balanced: no-call traces at most ``max_no_call_share`` of it, and no tool (the first one called)
-more than ``max_per_tool``.  The prompt is first fitted into the student's serving window by the
+balanced: no-call traces at most ``max_no_call_share`` of it, at least ``min_no_call_share`` where
+the rest of the train split has them (or, with ``repeat_no_calls``, by repeating the ones there
+are), and no tool (the first one called) more than ``max_per_tool``.  The prompt is first fitted into the student's serving window by the
 context policy (``context``: exactly what it is served); a prompt and completion still longer than
 ``max_length`` are fitted again, with the completion's tokens reserved, so old tool results are
 shortened (with the policy's visible marker) rather than the trace being lost.  A completion is
@@ -23,6 +24,7 @@ summary.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -49,6 +51,9 @@ class ExampleSettings:
     max_no_call_share: float = 0.1
     #: At least this share of no-call answers, taken from ``reserve`` when the traces lack them.
     min_no_call_share: float = 0.0
+    #: When the traces and ``reserve`` together still hold too few, repeat the no-call examples
+    #: there are until ``min_no_call_share`` is reached (oversampling the rarer answer).
+    repeat_no_calls: bool = False
     max_per_tool: int | None = None
     no_call_answer: str = "No tool is needed."
 
@@ -57,6 +62,21 @@ class ExampleSettings:
 class Examples:
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _spread_key(trace_id: str, copy: int) -> str:
+    return hashlib.sha256(f"{trace_id}:{copy}".encode()).hexdigest()
+
+
+def _apart(rows: list[dict[str, Any]]) -> None:
+    """Move a row that follows a copy of itself to the next place where it does not (in place)."""
+    for i in range(1, len(rows)):
+        if rows[i]["trace_id"] != rows[i - 1]["trace_id"]:
+            continue
+        for j in range(i + 1, len(rows)):
+            if rows[j]["trace_id"] != rows[i - 1]["trace_id"]:
+                rows[i], rows[j] = rows[j], rows[i]
+                break
 
 
 def _target(trace: Trace, min_consensus: float) -> tuple[list[dict[str, Any]] | None, str | None]:
@@ -206,14 +226,27 @@ def build_examples(
             if added is not None:
                 kept.append(added)
                 topped += 1
+    repeated = 0
+    if need - topped > 0 and settings.repeat_no_calls:
+        have_no_calls = [item for item in kept if item[1] == NO_CALL]
+        for index in range(need - topped if have_no_calls else 0):
+            trace, first, row = have_no_calls[index % len(have_no_calls)]
+            copy = index // len(have_no_calls) + 1
+            kept.append((trace, first, {**row, "copy": copy}))
+            repeated += 1
     # back in input order, so a trace's place in training does not depend on its kind (added
-    # no-calls go by their id, a content hash: spread over the epoch, not all at its end)
+    # no-calls and repeats go by a hash of their id, a content hash, and copy number: spread over
+    # the epoch, not all at its end nor a copy beside its original)
     order = {t.id: i for i, t in enumerate(traces)}
-    if topped:
+    if repeated:
+        kept.sort(key=lambda item: _spread_key(item[0].id, item[2].get("copy", 0)))
+    elif topped:
         kept.sort(key=lambda item: item[0].id)
     else:
         kept.sort(key=lambda item: order[item[0].id])
     rows = [row for _, _, row in kept]
+    if repeated:
+        _apart(rows)
     if not rows:
         raise ExamplesError(
             f"no training example left from {len(traces)} train traces "
@@ -231,6 +264,7 @@ def build_examples(
         "left_out": dict(sorted(left.items())),
         "cut_to_fit": fitted,
         "no_calls_added_from_split": topped,
+        "no_calls_repeated": repeated,
         "max_length": settings.max_length,
     }
     return Examples(rows, summary)

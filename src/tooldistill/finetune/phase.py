@@ -75,6 +75,9 @@ class ExampleOptions(BaseModel):
     #: At least this share (up to ``max_no_call_share``): no-call traces from the rest of the train
     #: split are added when the phase's own traces hold fewer.
     min_no_call_share: float = Field(default=0.0, ge=0, lt=1)
+    #: When the whole train split holds too few no-call traces for ``min_no_call_share``, repeat
+    #: the ones it has (each copy is one more example; counted as ``no_calls_repeated``).
+    repeat_no_calls: bool = False
     #: At most this many examples whose first call is the same tool (None: no cap).
     max_per_tool: int | None = Field(default=None, ge=1)
     no_call_answer: str = "No tool is needed."
@@ -177,6 +180,7 @@ def finetune(
         min_consensus=options.examples.min_consensus,
         max_no_call_share=options.examples.max_no_call_share,
         min_no_call_share=options.examples.min_no_call_share,
+        repeat_no_calls=options.examples.repeat_no_calls,
         max_per_tool=options.examples.max_per_tool,
         no_call_answer=options.examples.no_call_answer,
     )

@@ -293,25 +293,29 @@ def seed_prompt(config: OptimizeConfig) -> Prompt:
 
 
 def evaluate_prompt(
-    prompt: Prompt, traces: Sequence[Trace], settings: StudentSettings, journal: Path | None = None
+    prompt: Prompt,
+    traces: Sequence[Trace],
+    settings: StudentSettings,
+    journal: Path | None = None,
+    earlier: Sequence[Path] = (),
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """The student's answers to ``traces`` with ``prompt``, judged; with ``journal``, each finished
     answer is appended there as it comes in, and the answers already there (same prompt and
-    student) are taken instead of asked again, so an evaluation killed part way resumes."""
+    student) are taken instead of asked again, so an evaluation killed part way resumes.
+
+    ``earlier`` names other journals (the baseline's, earlier phases'): an answer found there for
+    the same prompt and student (a GEPA phase whose best candidate is the prompt it started from)
+    is copied into ``journal`` instead of asked again."""
     outcomes = (
         run_batch(traces, prompt, settings)
         if journal is None
-        else _journaled(prompt, traces, settings, journal)
+        else _journaled(prompt, traces, settings, journal, earlier)
     )
     return summarize(outcomes), outcomes
 
 
-def _journaled(
-    prompt: Prompt, traces: Sequence[Trace], settings: StudentSettings, journal: Path
-) -> list[Outcome]:
-    import threading
-
-    key = content_hash({"prompt": prompt.to_json(), "student": settings.model_dump(mode="json")}, 16)
+def _journal_entries(journal: Path, key: str) -> dict[str, Outcome]:
+    """The answers in ``journal`` asked under ``key``, by trace id."""
     done: dict[str, Outcome] = {}
     if journal.exists():
         for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -322,6 +326,36 @@ def _journaled(
                     done[outcome.trace_id] = outcome
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # the line a kill cut short
+    return done
+
+
+def _journaled(
+    prompt: Prompt,
+    traces: Sequence[Trace],
+    settings: StudentSettings,
+    journal: Path,
+    earlier: Sequence[Path] = (),
+) -> list[Outcome]:
+    import threading
+
+    key = content_hash({"prompt": prompt.to_json(), "student": settings.model_dump(mode="json")}, 16)
+    done = _journal_entries(journal, key)
+    wanted = {t.id for t in traces}
+    copied: dict[str, Outcome] = {}
+    for other in earlier:
+        if other == journal:
+            continue
+        for trace_id, outcome in _journal_entries(other, key).items():
+            if trace_id in wanted and trace_id not in done and trace_id not in copied:
+                copied[trace_id] = outcome
+    if copied:  # this journal holds every answer of its evaluation, wherever it was asked
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        with journal.open("a", encoding="utf-8") as handle:
+            for outcome in copied.values():
+                handle.write(
+                    json.dumps({"key": key, "outcome": outcome.to_json()}, ensure_ascii=False) + "\n"
+                )
+        done.update(copied)
     todo = [t for t in traces if t.id not in done]
     if not todo:
         return [done[t.id] for t in traces]
@@ -627,7 +661,10 @@ def run_phase(
     _write(paths.prompt, {**prompt.to_json(), **_student_note(folder, student, phase)})
     _export_program(config, prompt, folder)
     test = _traces(config.data.test)[: config.data.test_limit]
-    summary, outcomes = evaluate_prompt(prompt, test, student, Path(paths.test_answers))
+    earlier = [Path(_layout(config).baseline_answers)] + [
+        Path(_layout(config).phase(p.name).test_answers) for p in config.phases if p.name != phase.name
+    ]
+    summary, outcomes = evaluate_prompt(prompt, test, student, Path(paths.test_answers), earlier)
     _write(paths.test, {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
     result = {
         **extra,

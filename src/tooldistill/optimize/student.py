@@ -40,6 +40,10 @@ class StudentSettings(EndpointSettings):
 
     temperature: float = 0.0
     max_tokens: int = 512
+    #: What serves ``model`` when the run started it: its serve profile's SHA-256 (set by the
+    #: pipeline, never sent).  It is part of the key of every result asked of the student, so a
+    #: changed profile (an engine setting such as ``tool_strict_level``) is measured again.
+    served_by: str | None = None
     #: Sent as ``reasoning_effort`` when set (GPT-OSS reads it; others ignore it).
     reasoning_effort: str | None = None
     #: Match mode that gives the score and the feedback.

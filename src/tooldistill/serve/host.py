@@ -4,6 +4,7 @@ base, or a LoRA adapter beside it — with the same profile, application and por
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -205,6 +206,7 @@ def start_student(section: StudentSection, say: Say) -> Student:
     info = {
         "kind": "serve",
         "profile": section.serve,
+        "profile_sha256": hashlib.sha256(Path(section.serve).read_bytes()).hexdigest(),
         "replicas": replicas,
         "gpus_per_replica": _gpus_per_replica(profile),
         **({"cpu_engine": served.cpu_engine} if served.cpu_engine else {}),
