@@ -168,7 +168,7 @@ def test_too_few_no_calls_in_the_whole_split_are_repeated_when_asked(tokenizer: 
     assert summary["tokens"] == sum(r["tokens"] for r in examples.rows)
     # without repeat_no_calls the same input stops at what the split holds
     plain = build_examples([*calls, no_call(99)], Prompt(""), StudentSettings(model="m"), tokenizer,
-                           settings.__class__(max_no_call_share=0.4, min_no_call_share=1 / 3),
+                           ExampleSettings(max_no_call_share=0.4, min_no_call_share=1 / 3),
                            [no_call(0)])  # fmt: skip
     assert (plain.summary["no_calls"], plain.summary["no_calls_repeated"]) == (2, 0)
 
@@ -334,3 +334,16 @@ def test_serve_adapter_options_are_checked(base: Path, tmp_path: Path) -> None:
          "--adapter", f"a={tmp_path / 'nothing'}"],
     )  # fmt: skip
     assert result.exit_code == 2 and "no adapter at" in result.output
+
+
+def test_the_console_line_of_the_examples_says_how_many_no_calls_are_repeats() -> None:
+    from tooldistill.progress import optimize_progress
+
+    lines: list[str] = []
+    report = optimize_progress(lines.append, lambda _: None)
+    event = {"phase": "phase1", "event": "examples", "examples": 84, "calls": 56, "no_calls": 28,
+             "tokens": 31884, "left_out": {}}  # fmt: skip
+    report({**event, "no_calls_repeated": 10})
+    report({**event, "no_calls_repeated": 0})
+    assert "28 without, 10 of them repeats; 31,884 tokens" in lines[0]
+    assert "28 without; 31,884 tokens" in lines[1]

@@ -386,7 +386,7 @@ def test_an_answer_on_file_for_the_same_prompt_and_student_is_not_asked_again(tm
         first, _ = evaluate_prompt(Prompt("Call the tool."), traces, settings, earlier)
     assert first["errors"] == 0 and first["n"] == 4
     journal = tmp_path / "phase2" / "test.answers.jsonl"
-    again, outcomes = evaluate_prompt(Prompt("Call the tool."), traces, settings, journal, [earlier])
+    again, _ = evaluate_prompt(Prompt("Call the tool."), traces, settings, journal, [earlier])
     assert again == first
     assert len(journal.read_text().splitlines()) == 4  # the phase's journal holds all its answers
     other, _ = evaluate_prompt(Prompt("Another prompt."), traces, settings, tmp_path / "x.jsonl", [earlier])

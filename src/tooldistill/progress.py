@@ -96,7 +96,13 @@ def optimize_progress(say: Say, log: Callable[[str], None]) -> Callable[[dict[st
         elif kind == "examples":
             say(
                 f"  {event['phase']}: {event['examples']} training examples ({event['calls']} with "
-                f"calls, {event['no_calls']} without; {event['tokens']:,} tokens), left out: "
+                f"calls, {event['no_calls']} without"
+                + (
+                    f", {event['no_calls_repeated']} of them repeats"
+                    if event.get("no_calls_repeated")
+                    else ""
+                )
+                + f"; {event['tokens']:,} tokens), left out: "
                 f"{event['left_out'] or 'none'}"
             )
         elif kind == "train_step":

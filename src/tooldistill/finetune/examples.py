@@ -14,8 +14,8 @@ Where a trace carries teacher samples, the target is their consensus; a trace wh
 support is below ``min_consensus`` is left out (consistency-filtered distillation).  The set is
 balanced: no-call traces at most ``max_no_call_share`` of it, at least ``min_no_call_share`` where
 the rest of the train split has them (or, with ``repeat_no_calls``, by repeating the ones there
-are), and no tool (the first one called) more than ``max_per_tool``.  The prompt is first fitted into the student's serving window by the
-context policy (``context``: exactly what it is served); a prompt and completion still longer than
+are), and no tool (the first one called) more than ``max_per_tool``.  The prompt is first fitted
+into the student's serving window by the context policy (``context``: exactly what it is served); a prompt and completion still longer than
 ``max_length`` are fitted again, with the completion's tokens reserved, so old tool results are
 shortened (with the policy's visible marker) rather than the trace being lost.  A completion is
 never cut; a trace that cannot fit is left out and counted.  Every choice is counted in the
@@ -226,14 +226,11 @@ def build_examples(
             if added is not None:
                 kept.append(added)
                 topped += 1
-    repeated = 0
-    if need - topped > 0 and settings.repeat_no_calls:
-        have_no_calls = [item for item in kept if item[1] == NO_CALL]
-        for index in range(need - topped if have_no_calls else 0):
-            trace, first, row = have_no_calls[index % len(have_no_calls)]
-            copy = index // len(have_no_calls) + 1
-            kept.append((trace, first, {**row, "copy": copy}))
-            repeated += 1
+    have_no_calls = [item for item in kept if item[1] == NO_CALL] if settings.repeat_no_calls else []
+    repeated = max(0, need - topped) if have_no_calls else 0
+    for index in range(repeated):
+        trace, first, row = have_no_calls[index % len(have_no_calls)]
+        kept.append((trace, first, {**row, "copy": index // len(have_no_calls) + 1}))
     # back in input order, so a trace's place in training does not depend on its kind (added
     # no-calls and repeats go by a hash of their id, a content hash, and copy number: spread over
     # the epoch, not all at its end nor a copy beside its original)

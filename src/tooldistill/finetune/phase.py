@@ -196,6 +196,7 @@ def finetune(
             "examples": summary["examples"],
             "calls": summary["calls"],
             "no_calls": summary["no_calls"],
+            "no_calls_repeated": summary["no_calls_repeated"],
             "tokens": summary["tokens"],
             "left_out": summary["left_out"],
         }

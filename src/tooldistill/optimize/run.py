@@ -661,8 +661,9 @@ def run_phase(
     _write(paths.prompt, {**prompt.to_json(), **_student_note(folder, student, phase)})
     _export_program(config, prompt, folder)
     test = _traces(config.data.test)[: config.data.test_limit]
-    earlier = [Path(_layout(config).baseline_answers)] + [
-        Path(_layout(config).phase(p.name).test_answers) for p in config.phases if p.name != phase.name
+    layout = _layout(config)
+    earlier = [Path(layout.baseline_answers)] + [
+        Path(layout.phase(p.name).test_answers) for p in config.phases if p.name != phase.name
     ]
     summary, outcomes = evaluate_prompt(prompt, test, student, Path(paths.test_answers), earlier)
     _write(paths.test, {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
