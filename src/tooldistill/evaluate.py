@@ -19,7 +19,6 @@ API key is read from an environment variable and never written anywhere.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -34,6 +33,7 @@ from tooldistill.context import ContextPolicy, DoesNotFit, fitter_for, summarize
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.match.parse import Parsed, parse_message
 from tooldistill.match.stats import aggregate
+from tooldistill.request import build_request
 from tooldistill.schema import Trace, content_hash
 from tooldistill.scoring import check_modes, judge, write_json
 from tooldistill.stage import StageRun, SummaryResult
@@ -67,8 +67,6 @@ EVAL_SCHEMA = pa.schema(
     ]
 )
 store.SCHEMAS.setdefault("evaluation", EVAL_SCHEMA)
-
-_TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True)
@@ -157,68 +155,6 @@ def load_artifact(path: str | None) -> tuple[str | None, list[dict[str, Any]]]:
     if not isinstance(demos, list) or not all(isinstance(d, dict) and "role" in d for d in demos):
         raise ValueError(f"prompt artifact {path}: 'demos' must be a list of chat messages with a 'role'")
     return system, demos
-
-
-def _safe_name(name: str) -> str:
-    return _TOOL_NAME.sub("_", name)[:64]
-
-
-def build_request(
-    trace: Trace,
-    model: str,
-    system: str | None,
-    temperature: float,
-    max_tokens: int,
-    demos: Sequence[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The chat-completions request for one trace (tool names made API-safe: dots → ``_``);
-    ``demos`` (few-shot chat messages) go after the system prompt, before the conversation."""
-    messages: list[dict[str, Any]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    conversation_start = len(messages)
-    for message in trace.messages:
-        item: dict[str, Any] = {"role": message.role, "content": message.content}
-        if message.role == "system" and system:
-            messages[0]["content"] = f"{system}\n\n{message.content}"
-            continue
-        if message.tool_calls:
-            item["tool_calls"] = [
-                {
-                    "id": call.id or f"call_{index}",
-                    "type": "function",
-                    "function": {"name": _safe_name(call.name), "arguments": json.dumps(call.arguments)},
-                }
-                for index, call in enumerate(message.tool_calls)
-            ]
-        if message.role == "tool":
-            item["tool_call_id"] = message.tool_call_id or "call_0"
-        messages.append(item)
-    if demos:
-        # after the trace's own system message (merged into messages[0] above), before its turns
-        at = conversation_start + (1 if not system and trace.messages[0].role == "system" else 0)
-        messages[at:at] = [dict(d) for d in demos]
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": _safe_name(t.name),
-                "description": t.description,
-                "parameters": t.parameters,
-            },
-        }
-        for t in trace.tools
-    ]
-    request: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-    }
-    if tools:
-        request["tools"] = tools
-        request["tool_choice"] = "auto"
-    return request
 
 
 def first_message(response: Any) -> dict[str, Any] | None:

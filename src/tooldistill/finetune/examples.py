@@ -95,7 +95,7 @@ def _is_no_call(trace: Trace, min_consensus: float) -> bool:
 
 
 def _assistant(calls: Sequence[dict[str, Any]], settings: StudentSettings, no_call: str) -> dict[str, Any]:
-    from tooldistill.evaluate import _safe_name
+    from tooldistill.request import safe_tool_name as _safe_name
 
     if not calls:
         return {"role": "assistant", "content": no_call}

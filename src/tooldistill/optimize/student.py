@@ -27,8 +27,10 @@ from typing import Any
 from pydantic import Field
 
 from tooldistill.context import ContextPolicy, DoesNotFit, Fit, fitter_for, summarize_fits
-from tooldistill.evaluate import _safe_name, build_request, first_message, parse_response
+from tooldistill.evaluate import first_message, parse_response
 from tooldistill.match.stats import counts, match_rate
+from tooldistill.request import build_request
+from tooldistill.request import safe_tool_name as _safe_name
 from tooldistill.schema import Trace, trace_from_row, trace_to_row
 from tooldistill.scoring import judge
 from tooldistill.student import EndpointError, EndpointSettings, StudentClient

@@ -92,6 +92,9 @@ class _Server:
         self.lock = threading.Lock()
         #: Called with each chat request's number (from 1) before it is answered.
         self.on_request: Callable[[int], None] | None = None
+        #: Every request body received, in order; ``busy``: answer 429 (a full queue) to everything.
+        self.received: list[dict[str, Any]] = []
+        self.busy = False
         handler.owner = self  # type: ignore[attr-defined]
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
@@ -141,16 +144,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        self._send(200, {"object": "list", "data": [{"id": "student", "object": "model"}]})
+        model = getattr(self.owner, "model", "student")
+        self._send(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.owner.count()
+        self.owner.received.append(body)
         key = getattr(self.owner, "api_key", None)
         if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
             self._send(401, {"error": {"message": "invalid API key", "type": "authentication_error"}})
             return
-        self._send(200, self.answer(body))
+        if getattr(self.owner, "busy", False):
+            self._send(429, {"error": {"message": "the queue is full", "type": "rate_limit_error"}})
+            return
+        answer = self.answer(body)
+        if body.get("stream"):
+            self._stream(answer)
+        else:
+            self._send(200, answer)
+
+    def _stream(self, answer: dict[str, Any]) -> None:
+        """The answer as a chat-completions event stream (what a streaming server sends)."""
+        from tooldistill.serve.upstream import chunks_of
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for chunk in chunks_of(answer):
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
 
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -226,6 +252,29 @@ class _ReflectionHandler(_Handler):
         else:
             text = f"Here is the improved instruction:\n```\n{instruction}\n```"
         return _completion({"role": "assistant", "content": text}, str(body.get("model")), 1000, 100)
+
+
+class _ScriptedHandler(_Handler):
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        script: list[dict[str, Any]] = self.owner.script
+        with self.owner.lock:
+            message = script[min(self.owner.answered, len(script) - 1)]
+            self.owner.answered += 1
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        answer = _completion({"role": "assistant", **message}, str(body.get("model")), 50, 10)
+        answer["choices"][0]["finish_reason"] = finish
+        return answer
+
+
+class ScriptedStudentServer(_Server):
+    """A stand-in student that answers its ``script`` of assistant messages in order (the last one
+    again once the script is done), whatever it is asked; it serves ``model`` and keeps every
+    request it received (``received``)."""
+
+    def __init__(self, script: Sequence[dict[str, Any]], model: str = "student", port: int = 0) -> None:
+        self.script, self.answered, self.model = list(script), 0, model
+        handler = type("ScriptedHandler", (_ScriptedHandler,), {})  # owner is per server, not shared
+        super().__init__(handler, port)
 
 
 class ReflectionServer(_Server):

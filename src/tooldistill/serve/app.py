@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import hmac
 import os
 import re
 from pathlib import Path
@@ -87,29 +86,6 @@ def key_sha256(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _require_key(app: Any, expected_sha256: str) -> None:
-    """Refuse every request whose bearer token does not hash to ``expected_sha256``."""
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
-    @app.middleware("http")
-    async def check_key(request: Request, call_next: Any) -> Any:
-        header = request.headers.get("authorization") or ""
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not token or not hmac.compare_digest(key_sha256(token), expected_sha256):
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "missing or invalid API key",
-                        "type": "authentication_error",
-                        "code": 401,
-                    }
-                },
-                status_code=401,
-            )
-        return await call_next(request)
-
-
 def _replicas(llm: dict[str, Any]) -> int:
     deployment = llm.get("deployment_config") or {}
     scaling = deployment.get("autoscaling_config") or {}
@@ -161,40 +137,71 @@ def resolve_cpu_engine(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def learned_for(args: dict[str, Any], llm_configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gateway's settings (``args["gateway"]``) with the context policy's window and tokenizer
+    filled from the first served model where the profile leaves them out: its ``max_model_len`` and,
+    for a local model folder, that folder's tokenizer and chat template."""
+    gateway = dict(args.get("gateway") or {})
+    learned = dict(gateway.get("learned") or {})
+    policy = dict(learned.get("context") or {})
+    first = llm_configs[0]
+    source = (first.get("model_loading_config") or {}).get("model_source")
+    if policy.get("window") is None:
+        policy["window"] = (first.get("engine_kwargs") or {}).get("max_model_len")
+    if policy.get("tokenizer") is None and isinstance(source, str) and Path(source).is_dir():
+        policy["tokenizer"] = source
+    learned["context"] = policy
+    gateway["learned"] = learned
+    return gateway
+
+
 def build_app(args: dict[str, Any]) -> Any:
-    """The Ray Serve application for ``args`` (see the module docstring)."""
+    """The Ray Serve application for ``args`` (see the module docstring): Ray Serve LLM's engine
+    deployments behind the gateway's ingress (``serve.ingress``), built with Ray's public API."""
+    from fastapi import FastAPI
     from ray import serve
-    from ray.serve.llm import LLMConfig, build_openai_app
+    from ray.serve.llm import LLMConfig, build_llm_deployment
+    from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+    from tooldistill.serve.gateway import GatewaySettings
+    from tooldistill.serve.ingress import ROUTES, GatewayIngress, model_card
 
     args = resolve_cpu_engine(dict(args))
     llm_configs = resolve_model_sources(list(args.get("llm_configs") or []))
     if not llm_configs:
         raise ServeConfigError("a serving profile needs at least one entry in llm_configs")
     expected = args.get("api_key_sha256")
-    ingress_options = dict(args.get("ingress_deployment_config") or {})
-    if not expected:
-        return build_openai_app({"llm_configs": llm_configs, "ingress_deployment_config": ingress_options})
-    if not re.fullmatch(r"[0-9a-f]{64}", str(expected)):
+    if expected and not re.fullmatch(r"[0-9a-f]{64}", str(expected)):
         raise ServeConfigError("api_key_sha256 must be 64 hex characters (the SHA-256 of the key)")
-
-    # Ray Serve LLM has no API-key option: build the same application as build_openai_app, with
-    # an ingress whose FastAPI app checks the key first.  These helpers are Ray's own (the
-    # builder module), pinned by the ray<3 requirement.
-    from ray.llm._internal.serve.core.ingress import builder
-    from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, init, make_fastapi_ingress
-
+    try:
+        settings = GatewaySettings.model_validate(
+            {**learned_for(args, llm_configs), "api_key_sha256": expected or None}
+        )
+    except ValueError as error:
+        raise ServeConfigError(f"gateway: {error}") from None
     configs: list[Any] = [LLMConfig(**c) for c in llm_configs]
-    deployments = {c.model_id: builder.build_llm_deployment(c) for c in configs}
-    cards = {c.model_id: builder.to_model_metadata(c.model_id, c) for c in configs}
-    options = builder.maybe_apply_llm_deployment_config_defaults(
-        OpenAiIngress.get_deployment_options(configs), ingress_options
-    )
-    fastapi_app = init()
-    _require_key(fastapi_app, str(expected))
-    ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
-    deployment: Any = serve.deployment(ingress, **options)
-    # as Ray's builder does: the ingress lists and routes "<model>:<adapter>" for LoRA configs
+    deployments = {c.model_id: build_llm_deployment(c) for c in configs}
+    cards = {c.model_id: model_card(c.model_id) for c in configs}
+    # the ingress lists and routes "<model>:<adapter>" for LoRA configs, as Ray's own builder does
     lora_paths = {
         c.model_id: c.lora_config.dynamic_lora_loading_path for c in configs if c.lora_config is not None
     }
-    return deployment.bind(llm_deployments=deployments, model_cards=cards, lora_paths=lora_paths)
+    options = OpenAiIngress.get_deployment_options(configs)
+    for key, value in (args.get("ingress_deployment_config") or {}).items():
+        if isinstance(value, dict) and isinstance(options.get(key), dict):
+            options[key] = {**options[key], **value}
+        else:
+            options[key] = value
+    fastapi_app = FastAPI(title="tooldistill student")
+    if settings.api_key_sha256:
+        from tooldistill.serve.gateway import install_key_check
+
+        install_key_check(fastapi_app, settings.api_key_sha256)
+    ingress = make_fastapi_ingress(GatewayIngress, endpoint_map=ROUTES, app=fastapi_app)
+    deployment: Any = serve.deployment(ingress, **options)
+    return deployment.bind(
+        llm_deployments=deployments,
+        model_cards=cards,
+        lora_paths=lora_paths,
+        gateway=settings.model_dump(mode="json"),
+    )
