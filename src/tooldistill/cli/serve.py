@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,16 +21,38 @@ from tooldistill.config import StudentSection
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
+    from tooldistill.serve.anthropic import ApiError
+    from tooldistill.serve.learned import LearnedError
     from tooldistill.serve.models import ModelError
     from tooldistill.serve.runner import ServeError
 
-    with user_errors(ServeError, ModelError):
+    with user_errors(ServeError, ModelError, LearnedError, ApiError):
         yield
 
 
 @click.command("serve")
 @click.option(
-    "--config", "profile", required=True, help="Serving profile, e.g. configs/serve/cpu-smollm2.yaml."
+    "--config", "profile", default=None, help="Serving profile, e.g. configs/serve/cpu-smollm2.yaml."
+)
+@click.option(
+    "--student",
+    "run_dir",
+    default=None,
+    help="A finished run folder: serve its best student (fine-tuned weights, exported prompt, context policy).",
+)
+@click.option(
+    "--endpoint",
+    default=None,
+    help="Front a student that is already up (an OpenAI-compatible base URL, .../v1) instead of starting one.",
+)
+@click.option(
+    "--model", "upstream_model", default=None, help="With --endpoint: the model name to ask it for."
+)
+@click.option(
+    "--tokenizer", default=None, help="With --endpoint: the student's model folder, for exact token counts."
+)
+@click.option(
+    "--upstream-key-env", default=None, help="With --endpoint: the variable holding the endpoint's own key."
 )
 @click.option("--port", type=int, default=None, help="HTTP port (default: the profile's, 8000).")
 @click.option("--host", default=None, help="Bind address (default: the profile's, 127.0.0.1).")
@@ -64,7 +87,12 @@ def _user_errors() -> Iterator[None]:
 )
 @click.option("--max-lora-rank", type=int, default=None, help="Largest adapter rank accepted (vLLM: 16).")
 def serve_command(
-    profile: str,
+    profile: str | None,
+    run_dir: str | None,
+    endpoint: str | None,
+    upstream_model: str | None,
+    tokenizer: str | None,
+    upstream_key_env: str | None,
     port: int | None,
     host: str | None,
     replicas: int | None,
@@ -77,16 +105,30 @@ def serve_command(
     adapters: tuple[str, ...],
     max_lora_rank: int | None,
 ) -> None:
-    """Serve the student (vLLM on Ray Serve, OpenAI-compatible with tools) until Ctrl-C.
+    """Serve the student (vLLM on Ray Serve) until Ctrl-C, speaking Claude's Messages API
+    (/v1/messages) and OpenAI's chat completions (/v1/chat/completions) on one port.
 
-    With --lora-store, fine-tuned adapters are served beside the base by the same replicas:
-    ``tooldistill serve --config P --lora-store s3://b/adapters --adapter phase1=runs/x/phase1/adapter``
-    answers model ``<base>:phase1``."""
+    With --student RUN, the run's best student answers with what the run learned applied on the
+    server: ``tooldistill serve --config P --student runs/demo``, then point an agent (or
+    ``claude``) at it with ANTHROPIC_BASE_URL.  With --endpoint, the same gateway fronts a student
+    that is already up instead.  With --lora-store, fine-tuned adapters are served beside the base:
+    ``--lora-store s3://b/adapters --adapter phase1=runs/x/phase1/adapter`` answers ``<base>:phase1``."""
     import os
 
     from tooldistill.serve.runner import start
 
     with _user_errors():
+        if endpoint is not None:
+            _front(endpoint, run_dir, upstream_model, tokenizer, upstream_key_env, host, port, api_key_env)
+            return
+        if profile is None:
+            raise ValueError("say what to serve: --config PROFILE (with --student RUN), or --endpoint URL")
+        gateway, described = None, None
+        if run_dir is not None:
+            gateway, overrides, described = _run_student(profile, run_dir, model_source)
+            model_source = overrides.get("model_source", model_source)
+            lora_store = overrides.get("lora_store", lora_store)
+            max_lora_rank = overrides.get("max_lora_rank", max_lora_rank)
         if detach and not os.environ.get("RAY_ADDRESS"):
             raise ValueError(
                 "--detach needs a running Ray cluster: set RAY_ADDRESS (a local one would stop with us)"
@@ -104,6 +146,8 @@ def serve_command(
             wait_timeout_s=timeout_s,
             lora_store=lora_store,
             max_lora_rank=max_lora_rank,
+            model_id=(gateway or {}).get("model_id"),
+            gateway=(gateway or {}).get("settings"),
         )
         if served.cpu_engine:
             engine = served.cpu_engine
@@ -117,6 +161,13 @@ def serve_command(
             + (" (API key required)" if served.api_key else ""),
             highlight=False,
         )
+        if described:
+            console.print(described, highlight=False)
+        console.print(
+            f"Claude's clients: ANTHROPIC_BASE_URL={served.url} (Messages API); "
+            f"OpenAI's: {served.base_url} (chat completions)",
+            highlight=False,
+        )
         if detach:
             return
         console.print("Ctrl-C stops it.")
@@ -128,6 +179,107 @@ def serve_command(
 
         console.print("stopping ...")
         serve.shutdown()
+
+
+def _describe(run_dir: str, learned: object, model: str) -> str:
+    from tooldistill.serve.learned import Learned
+
+    assert isinstance(learned, Learned)
+    return (
+        f"run {run_dir}: best phase {learned.phase or '?'}, model {model}, learned prompt "
+        f"{len(learned.system):,} characters and {len(learned.demos)} demonstration messages, "
+        f"context window {learned.context.window or 'none'} (applied on the server, both APIs)"
+    )
+
+
+def _run_student(
+    profile: str, run_dir: str, model_source: str | None
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The gateway's settings and the profile overrides that serve ``run_dir``'s best student."""
+    import json
+    from pathlib import Path
+
+    from tooldistill.serve.app import expand_path
+    from tooldistill.serve.learned import from_run
+    from tooldistill.serve.runner import load_profile
+
+    llms = (load_profile(profile)["applications"][0].get("args") or {}).get("llm_configs") or [{}]
+    base = model_source or (llms[0].get("model_loading_config") or {}).get("model_source")
+    base_folder = expand_path(base) if isinstance(base, str) and "://" not in base else None
+    _, student = from_run(run_dir)
+    tokenizer = str(student.merged) if student.merged else base_folder
+    learned, student = from_run(run_dir, tokenizer=tokenizer)
+    overrides: dict[str, Any] = {}
+    model_id = None
+    if student.merged is not None:
+        overrides["model_source"] = str(student.merged)
+        model_id = student.model
+    elif student.adapter_uri:
+        overrides["lora_store"] = student.adapter_uri.rstrip("/").rsplit("/", 1)[0]
+        if student.adapter is not None and (Path(student.adapter) / "adapter_config.json").is_file():
+            config = json.loads((Path(student.adapter) / "adapter_config.json").read_text())
+            overrides["max_lora_rank"] = int(config.get("r") or 16)
+    gateway = {
+        "model_id": model_id,
+        "settings": {
+            "learned": learned.model_dump(mode="json"),
+            "routing": {"default": student.model},
+        },
+    }
+    return gateway, overrides, _describe(run_dir, learned, student.model)
+
+
+def _front(
+    endpoint: str,
+    run_dir: str | None,
+    model: str | None,
+    tokenizer: str | None,
+    upstream_key_env: str | None,
+    host: str | None,
+    port: int | None,
+    api_key_env: str,
+) -> None:
+    """The gateway in front of a student that is already up, until Ctrl-C."""
+    import os
+
+    from tooldistill.serve.app import key_sha256
+    from tooldistill.serve.gateway import GatewaySettings, Routing
+    from tooldistill.serve.learned import Learned, from_run
+    from tooldistill.serve.upstream import start_gateway
+
+    learned, described = Learned(), None
+    if run_dir is not None:
+        _, student = from_run(run_dir)
+        learned, _ = from_run(
+            run_dir, tokenizer=tokenizer or (str(student.merged) if student.merged else None)
+        )
+        model = model or student.model
+        described = _describe(run_dir, learned, model)
+    elif tokenizer:
+        learned = Learned(context=learned.context.model_copy(update={"tokenizer": tokenizer}))
+    key = os.environ.get(api_key_env) if api_key_env else None
+    settings = GatewaySettings(
+        learned=learned,
+        routing=Routing(default=model),
+        api_key_sha256=key_sha256(key) if key else None,
+    )
+    upstream_key = os.environ.get(upstream_key_env) if upstream_key_env else None
+    running = start_gateway(
+        endpoint, settings, host=host or "127.0.0.1", port=port or 8000, api_key=upstream_key
+    )
+    if described:
+        console.print(described, highlight=False)
+    console.print(
+        f"gateway for {endpoint} at {running.url}: ANTHROPIC_BASE_URL={running.url} (Messages API), "
+        f"{running.base_url} (chat completions)" + (" (API key required)" if key else ""),
+        highlight=False,
+    )
+    console.print("Ctrl-C stops it.")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    running.stop()
 
 
 def _publish_adapters(

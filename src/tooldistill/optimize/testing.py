@@ -258,7 +258,8 @@ class _ScriptedHandler(_Handler):
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         script: list[dict[str, Any]] = self.owner.script
         with self.owner.lock:
-            message = script[min(self.owner.answered, len(script) - 1)]
+            chosen = self.owner.choose(body, self.owner.answered) if self.owner.choose else self.owner.answered
+            message = script[min(chosen, len(script) - 1)]
             self.owner.answered += 1
         finish = "tool_calls" if message.get("tool_calls") else "stop"
         answer = _completion({"role": "assistant", **message}, str(body.get("model")), 50, 10)
@@ -268,11 +269,17 @@ class _ScriptedHandler(_Handler):
 
 class ScriptedStudentServer(_Server):
     """A stand-in student that answers its ``script`` of assistant messages in order (the last one
-    again once the script is done), whatever it is asked; it serves ``model`` and keeps every
-    request it received (``received``)."""
+    again once the script is done), or the one ``choose(request, answered so far)`` picks; it
+    serves ``model`` and keeps every request it received (``received``)."""
 
-    def __init__(self, script: Sequence[dict[str, Any]], model: str = "student", port: int = 0) -> None:
-        self.script, self.answered, self.model = list(script), 0, model
+    def __init__(
+        self,
+        script: Sequence[dict[str, Any]],
+        model: str = "student",
+        port: int = 0,
+        choose: Callable[[dict[str, Any], int], int] | None = None,
+    ) -> None:
+        self.script, self.answered, self.model, self.choose = list(script), 0, model, choose
         handler = type("ScriptedHandler", (_ScriptedHandler,), {})  # owner is per server, not shared
         super().__init__(handler, port)
 

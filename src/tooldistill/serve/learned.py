@@ -64,12 +64,14 @@ class Learned(BaseModel):
         if fitter is None:
             return Prepared(request)
         asked = int(request.get("max_tokens") or self.answer_tokens)
-        reserve = min(asked, self.answer_tokens)
+        # never more than half the window for the answer: the prompt is what the student needs
+        reserve = min(asked, self.answer_tokens, fitter.window // 2)
         fit = fitter.fit(request, reserve=reserve)
         fitted = dict(fit.request)
-        tokens = fit.tokens_after
-        if asked > reserve or tokens is None:
-            tokens = fitter.count(fitted)
+        if asked <= reserve:  # the fit kept room for all of it
+            fitted["max_tokens"] = asked
+            return Prepared(fitted, fit.tokens_after, fit.record())
+        tokens = fit.tokens_after if fit.tokens_after is not None else fitter.count(fitted)
         left = fitter.window - tokens - fitter.policy.margin
         if left < 1:
             raise DoesNotFit(tokens, fitter.window - reserve - fitter.policy.margin, fitter.window)

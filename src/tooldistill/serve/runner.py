@@ -188,9 +188,13 @@ def start(
     model_id: str | None = None,
     lora_store: str | None = None,
     max_lora_rank: int | None = None,
+    gateway: dict[str, Any] | None = None,
 ) -> Served:
     """Deploy the profile on the Ray cluster this process is connected to (starting a local one
-    when none is); returns once the application is running (and, with ``wait``, answering)."""
+    when none is); returns once the application is running (and, with ``wait``, answering).
+
+    ``gateway``: the gateway's settings (``serve.gateway.GatewaySettings`` as JSON: the learned
+    prompt and context policy, the model routing) over the profile's ``args.gateway``."""
 
     from ray import serve
 
@@ -209,6 +213,11 @@ def start(
         max_lora_rank=max_lora_rank,
     )
     application = profile["applications"][0]
+    if gateway is not None:  # what a run learned (``serve.learned``), over the profile's own
+        application.setdefault("args", {})["gateway"] = {
+            **(application["args"].get("gateway") or {}),
+            **gateway,
+        }
     # the CPU engine's dtype and threads are chosen once, here, and travel resolved
     args = application["args"] = resolve_cpu_engine(dict(application.get("args") or {}))
     models = [c["model_loading_config"]["model_id"] for c in args.get("llm_configs") or []]
