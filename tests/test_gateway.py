@@ -408,3 +408,106 @@ def test_claude_code_runs_on_the_student_and_its_log_ingests_back(tmp_path: Path
     assert decided, "no decision point in the session log"
     assert decided[0].reference_calls[0].name == "Read"
     assert decided[0].reference_calls[0].arguments == {"file_path": str(notes)}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_finished_run_served_through_the_gateway_answers_as_it_was_measured(tmp_path: Path) -> None:
+    """``tooldistill run`` with a stand-in student, then ``tooldistill serve --endpoint --student
+    RUN``: a test trace sent as a client would (no learned prompt) gets the calls the run recorded
+    for it, on both APIs; the same request straight to the student does not always (the learned
+    prompt is what makes the difference)."""
+    import sys
+    import time
+
+    from test_pipeline import invoke, write_config
+    from tooldistill.layout import RunLayout
+    from tooldistill.optimize.testing import ReflectionServer, StudentServer
+    from tooldistill.request import safe_tool_name
+    from tooldistill.store import Dataset
+    from tooldistill.student import StudentClient
+
+    with StudentServer() as student, ReflectionServer() as reflection:
+        config = write_config(tmp_path, (student, reflection))
+        run = tmp_path / "run"
+        result = invoke("run", config, "--out", run)
+        assert result.exit_code == 0, result.output
+        hint = f"tooldistill serve --endpoint {student.url} --student {run}"
+        assert hint in result.output.replace("\n", "")
+        best = json.loads((run / "optimize" / "summary.json").read_text())["best_phase"]
+        outcomes = json.loads((run / "optimize" / best / "test.json").read_text())["outcomes"]
+        recorded = {o["trace_id"]: o for o in outcomes}
+        settings = json.loads((run / "optimize" / "config.json").read_text())["student"]
+        traces = [
+            t for t in Dataset.open(RunLayout(str(run)).curate.split_part("test")).to_traces() if t.id in recorded
+        ]
+        assert traces
+        port = _free_port()
+        tooldistill = Path(sys.executable).with_name("tooldistill")
+        command = [
+            str(tooldistill),
+            "serve",
+            "--endpoint",
+            student.url,
+            "--student",
+            str(run),
+            "--port",
+            str(port),
+        ]
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    server.stdout.read() if server.stdout else ""
+                )
+                time.sleep(0.5)
+            chat = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+            claude = anthropic.Anthropic(base_url=url, api_key="unused")
+            direct, differs = StudentClient(student.url), 0
+            for trace in traces:
+                request = trace_request(
+                    trace, "claude-opus-4-5", settings["temperature"], settings["max_tokens"]
+                )
+                expected = [
+                    (safe_tool_name(c["name"]), c.get("arguments") or {}) for c in recorded[trace.id]["calls"]
+                ]
+                answer = chat.chat.completions.create(**request).choices[0].message
+                got = [(c.function.name, json.loads(c.function.arguments)) for c in answer.tool_calls or []]
+                assert got == expected, trace.id
+                message = claude.messages.create(
+                    model="claude-opus-4-5",
+                    max_tokens=settings["max_tokens"],
+                    tools=[
+                        {
+                            "name": t["function"]["name"],
+                            "description": t["function"]["description"],
+                            "input_schema": t["function"]["parameters"],
+                        }
+                        for t in request["tools"]
+                    ],
+                    messages=[{"role": "user", "content": trace.messages[-1].content}],
+                    extra_body={"temperature": settings["temperature"]},
+                )
+                assert [(b.name, b.input) for b in message.content if b.type == "tool_use"] == expected
+                plain, _ = direct.chat({**request, "model": "student"})
+                plain_calls = plain["choices"][0]["message"].get("tool_calls") or []
+                differs += [
+                    (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in plain_calls
+                ] != expected
+            assert differs, "the learned prompt made no difference: the test proves nothing"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

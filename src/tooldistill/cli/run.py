@@ -3,6 +3,8 @@ Ray job, and its report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.table import Table
 
@@ -55,6 +57,18 @@ def run_command(config_path: str, out: str | None, start_from: str | None, until
         say(f"[bold]run folder:[/] {result.run_dir}")
         if result.report:
             say(f"[bold]report:[/] {result.report}")
+        from tooldistill.layout import RunLayout
+        from tooldistill.serve.learned import serve_hint
+        from tooldistill.staging import is_remote
+
+        student = config.student.model_dump(mode="json") if config.student is not None else {}
+        hint = serve_hint(student, str(result.run_dir))
+        if (
+            hint
+            and not is_remote(str(result.run_dir))
+            and Path(RunLayout(str(result.run_dir)).optimize.best_prompt).exists()
+        ):
+            say(f"[bold]serve it in Claude's place:[/] {hint}")
 
 
 @click.command("submit", context_settings={"ignore_unknown_options": True})

@@ -258,7 +258,9 @@ class _ScriptedHandler(_Handler):
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         script: list[dict[str, Any]] = self.owner.script
         with self.owner.lock:
-            chosen = self.owner.choose(body, self.owner.answered) if self.owner.choose else self.owner.answered
+            chosen = (
+                self.owner.choose(body, self.owner.answered) if self.owner.choose else self.owner.answered
+            )
             message = script[min(chosen, len(script) - 1)]
             self.owner.answered += 1
         finish = "tool_calls" if message.get("tool_calls") else "stop"

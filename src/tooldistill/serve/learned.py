@@ -178,3 +178,13 @@ def _existing(path: str, run: Path, what: str) -> Path:
         if moved.is_dir() and "optimize" in parts[index:]:
             return moved
     raise LearnedError(f"the run's {what} {path} is not there (nor under {run})")
+
+
+def serve_hint(student: dict[str, Any], run: str) -> str | None:
+    """The command that serves ``run``'s best student in Claude's place, from the run config's
+    ``student`` section (None when it names neither a profile nor an endpoint)."""
+    if student.get("serve"):
+        return f"tooldistill serve --config {student['serve']} --student {run}"
+    if student.get("endpoint"):
+        return f"tooldistill serve --endpoint {student['endpoint']} --student {run}"
+    return None

@@ -22,6 +22,7 @@ from tooldistill.report.sections.format import (
     rate_text,
 )
 from tooldistill.report.sections.reading import LAYOUT, Unreadable
+from tooldistill.serve.learned import serve_hint
 
 
 def stage_detail(detail: Any, shared: Shared) -> str:
@@ -131,6 +132,18 @@ def prompt_section(ctx: Context) -> Section:
             f"({shots} demonstrations). tooldistill evaluate --prompt and the student take this file as it is."
         )
     )
+    info = ctx.run.json(LAYOUT.run_record)
+    config = info.get("config") if isinstance(info, dict) else None
+    student = config.get("student") if isinstance(config, dict) else None
+    hint = serve_hint(student, "RUN") if isinstance(student, dict) else None
+    if hint:
+        section.add(
+            Text(
+                f"Serve it in Claude's place, with this prompt and the context policy applied on the server "
+                f"(Claude's Messages API and OpenAI's chat completions on one port; RUN is this run's folder): "
+                f"{hint}, then point the agent at it with ANTHROPIC_BASE_URL (docs/serving.md)."
+            )
+        )
     section.add(Heading("System text"), Code(system))
     section.add(Heading("Few-shot messages"))
     section.add(Code(_demo_text(demos)) if demos else Text("None."))
