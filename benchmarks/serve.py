@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any
 import yaml
 
 from tooldistill.serve.cpu import capabilities as cpu_capabilities
-from tooldistill.serve.cpu import choose_dtype, native_bf16, usable_cores
+from tooldistill.serve.cpu import choose_dtype, machine_record, native_bf16, usable_cores
 from tooldistill.serve.models import models_home, prepare
 
 RESULTS = Path(__file__).parent / "results"
@@ -398,14 +397,7 @@ def main() -> int:
     caps = cpu_capabilities()
     result: dict[str, Any] = {
         "benchmark": "serve",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "usable_cores": usable_cores(),
-            "cpu": caps.get("cpu_name"),
-            "flags": {k: bool(caps.get(k)) for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "bf16")},
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_record(),
         "model": MODEL,
         "chosen": choose_dtype().to_json(),
     }

@@ -445,7 +445,9 @@ def test_a_finished_run_served_through_the_gateway_answers_as_it_was_measured(tm
         recorded = {o["trace_id"]: o for o in outcomes}
         settings = json.loads((run / "optimize" / "config.json").read_text())["student"]
         traces = [
-            t for t in Dataset.open(RunLayout(str(run)).curate.split_part("test")).to_traces() if t.id in recorded
+            t
+            for t in Dataset.open(RunLayout(str(run)).curate.split_part("test")).to_traces()
+            if t.id in recorded
         ]
         assert traces
         port = _free_port()

@@ -239,6 +239,54 @@ def test_api_key_is_required(student: Any) -> None:
     assert post(url, body)[0] == 200
 
 
+def test_claudes_messages_api_on_the_real_student(student: Any) -> None:
+    """The same application answers Claude's Messages API: the ``anthropic`` SDK with tools, a
+    stream, ``count_tokens`` equal to the engine's own prompt count, a malformed request, and a
+    Claude Code-sized conversation fitted into the window by the context policy."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=student.url, api_key=KEY, max_retries=0, timeout=300)
+    tool = {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "input_schema": WEATHER["function"]["parameters"],
+    }
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    message = client.messages.create(
+        model="claude-opus-4-5", max_tokens=64, tools=[tool], tool_choice={"type": "tool", "name": "get_weather"},
+        messages=ask, extra_body={"temperature": 0},
+    )  # fmt: skip
+    use = message.content[-1]
+    assert use.type == "tool_use" and use.name == "get_weather" and use.id.startswith("toolu_")
+    assert isinstance(use.input, dict) and message.stop_reason == "tool_use"
+    counted = client.messages.count_tokens(
+        model="claude-opus-4-5",
+        messages=ask,
+        tools=[tool],
+        tool_choice={"type": "tool", "name": "get_weather"},
+    )
+    assert counted.input_tokens == message.usage.input_tokens  # the student's tokenizer and template
+    with client.messages.stream(model="claude-haiku-4-5", max_tokens=16, messages=ask) as stream:
+        kinds = {event.type for event in stream}
+        final = stream.get_final_message()
+    assert {"message_start", "content_block_delta", "message_stop"} <= kinds
+    assert final.stop_reason in ("end_turn", "max_tokens") and final.usage.output_tokens > 0
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(model="claude-x", max_tokens=8, messages=[{"role": "user"}])  # type: ignore[typeddict-item]
+    # ~12k tokens of history (Claude Code's size) against an 8,192-token window: cut, then answered
+    history: list[Any] = []
+    for turn in range(6):
+        history += [
+            {"role": "user", "content": f"Step {turn}: read the log."},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{turn}", "name": "get_weather", "input": {"city": "Oslo"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{turn}", "content": "sunny and mild " * 500}]},
+        ]  # fmt: skip
+    history.append({"role": "user", "content": "Now the weather in Rome?"})
+    assert client.messages.count_tokens(model="x", messages=history, tools=[tool]).input_tokens > 8192
+    long = client.messages.create(model="claude-opus-4-5", max_tokens=32000, tools=[tool], messages=history)
+    assert long.usage.input_tokens < 8192 and long.content
+
+
 def test_evaluate_against_the_served_student(
     student: Any, bfcl_dataset: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,11 +327,12 @@ def test_a_session_longer_than_the_window_is_cut_and_served_not_refused(
     common = dict(
         endpoint=student.base_url, model=MODEL, max_tokens=64, api_key_env="STUDENT_KEY", timeout_s=300
     )
-    # as it is, the engine refuses it (HTTP 400: longer than max_model_len)
+    # sent as it is, the server fits it itself (the gateway's context policy, from the profile's
+    # window and the model folder's tokenizer) instead of the engine refusing it with a 400
     plain = evaluate(
         EvaluateConfig(dataset, out=str(tmp_path / "plain"), **common), show_progress=False
     ).summary
-    assert plain["errors"] == 1 and "400" in plain["first_error"]
+    assert plain["errors"] == 0 and plain["modes"]["chain"]["n"] == 1
     # fitted with the student's own tokenizer it is served and scored
     policy = ContextPolicy(window=8192, tokenizer=str(model_folder))
     evaluated = evaluate(

@@ -108,3 +108,17 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def machine_record() -> dict[str, Any]:
+    """What a benchmark result says about the machine it ran on: cores, the CPU's name and the
+    flags that decide the student's speed (no path, no host name)."""
+    caps = capabilities()
+    return {
+        "cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "cpu": caps.get("cpu_name"),
+        "flags": {k: bool(caps.get(k)) for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "bf16")},
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
