@@ -513,3 +513,18 @@ def test_a_finished_run_served_through_the_gateway_answers_as_it_was_measured(tm
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_model_names_resolve_to_served_students() -> None:
+    served = ["smollm2", "other"]
+    routing = Routing(aliases={"claude-haiku-*": "other"}, default="smollm2")
+    assert routing.resolve("other", served) == "other"
+    assert routing.resolve("smollm2:phase1-1a2b3c4d", served) == "smollm2:phase1-1a2b3c4d"  # an adapter
+    assert routing.resolve("claude-haiku-4-5-20251001", served) == "other"
+    assert routing.resolve("claude-opus-4-5", served) == "smollm2"
+    assert Routing().resolve("claude-opus-4-5", served) == "smollm2"  # the first served model
+    from tooldistill.serve.anthropic import ApiError
+
+    with pytest.raises(ApiError) as refused:
+        Routing(default="").resolve("claude-opus-4-5", served)
+    assert refused.value.status == 404 and "smollm2, other" in refused.value.message

@@ -554,6 +554,23 @@ def test_a_fine_tuned_student_is_trained_resumed_and_served_as_an_adapter(
     # the same replicas still answer as the base under the base's name: the adapter made the change
     again = ask(tuned.base_url, MODEL)
     assert not any(json.loads(c["function"]["arguments"]) == expected for c in again), again
+    # Claude's Messages API reaches the adapter too, by its name
+    import anthropic
+
+    chat = build_request(trace, MODEL, None, 0.0, 64)
+    message = anthropic.Anthropic(base_url=tuned.url, api_key=KEY, max_retries=0, timeout=300).messages.create(
+        model=f"{MODEL}:{name}",
+        max_tokens=64,
+        messages=[{"role": "user", "content": trace.messages[-1].content}],
+        tools=[
+            {"name": t["function"]["name"], "description": t["function"]["description"], "input_schema": t["function"]["parameters"]}
+            for t in chat["tools"]
+        ],
+        extra_body={"temperature": 0},
+    )  # fmt: skip
+    assert [(b.name, b.input) for b in message.content if b.type == "tool_use"] == [
+        ("weather_current", expected)
+    ]
 
     # the merged folder (the other way to serve it) is the adapter folded in: same greedy answer
     import torch
