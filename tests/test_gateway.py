@@ -528,3 +528,45 @@ def test_model_names_resolve_to_served_students() -> None:
     with pytest.raises(ApiError) as refused:
         Routing(default="").resolve("claude-opus-4-5", served)
     assert refused.value.status == 404 and "smollm2, other" in refused.value.message
+
+
+def test_tools_too_long_for_the_window_are_shortened_not_refused(student: ScriptedStudentServer) -> None:
+    """Claude Code's 12 tools alone overflow the CPU student's window: the gateway keeps the names
+    and schemas and shortens the descriptions as little as needed, and says so in a header."""
+    tools = [
+        {
+            "name": f"Tool{i}",
+            "description": "Does a thing. " + "Long explanation of the tool. " * 60,
+            "input_schema": {
+                "type": "object",
+                "properties": {"path": {"type": "string", "description": "Where. " + "More detail. " * 30}},
+                "required": ["path"],
+            },
+        }
+        for i in range(8)
+    ]
+    running = gateway_for(student, learned=Learned(context=ContextPolicy(window=4096)))
+    try:
+        body = {
+            "model": "claude-x",
+            "max_tokens": 64000,
+            "tools": tools,
+            "messages": [{"role": "user", "content": "go"}],
+        }
+        r = httpx.post(f"{running.url}/v1/messages", json=body)
+        assert r.status_code == 200, r.text
+        assert r.headers["tooldistill-tools-shortened"]
+        sent = student.received[-1]
+        assert [t["function"]["name"] for t in sent["tools"]] == [t["name"] for t in tools]
+        assert all(t["function"]["parameters"]["required"] == ["path"] for t in sent["tools"])
+        assert len(json.dumps(sent["tools"])) < len(json.dumps(tools)) // 3
+        assert 0 < sent["max_tokens"] < 4096  # what the window leaves, not the 64,000 asked
+        # a request that fits is sent with its tools as they are
+        small = {**body, "tools": tools[:1], "max_tokens": 32}
+        r = httpx.post(
+            f"{running.url}/v1/messages", json={**small, "tools": [{**tools[0], "description": "Short."}]}
+        )
+        assert r.status_code == 200 and "tooldistill-tools-shortened" not in r.headers
+        assert student.received[-1]["tools"][0]["function"]["description"] == "Short."
+    finally:
+        running.stop()

@@ -143,7 +143,8 @@ class Gateway:
     async def _served(self) -> list[str]:
         return [str(m["id"]) for m in await self.backend.models()]
 
-    async def _prepare(self, chat: dict[str, Any]) -> dict[str, Any]:
+    async def _prepare(self, chat: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The request the student is sent, and response headers that say what was changed."""
         chat = dict(chat)
         chat["model"] = self.settings.routing.resolve(chat.get("model"), await self._served())
         try:
@@ -155,13 +156,24 @@ class Gateway:
                 f"the request does not fit the student's window: {error.tokens:,} prompt tokens after "
                 f"every cut of the context policy, {error.budget:,} allowed ({error.window:,}-token window)",
             ) from None
+        if prepared.tools_shortened:
+            log.info(
+                "tool descriptions shortened to %s characters to fit the window", prepared.tools_shortened
+            )
         if prepared.cut:
             log.info(
                 "context policy cut %s of %s tokens",
                 prepared.cut["tokens_before"] - prepared.cut["tokens_after"],
                 prepared.cut["tokens_before"],
             )
-        return prepared.request
+        headers = {}
+        if prepared.tools_shortened:
+            headers["tooldistill-tools-shortened"] = "/".join(str(n) for n in prepared.tools_shortened)
+        if prepared.cut:
+            headers["tooldistill-context-cut"] = str(
+                prepared.cut["tokens_before"] - prepared.cut["tokens_after"]
+            )
+        return prepared.request, headers
 
     # routes -----------------------------------------------------------------------------------
 
@@ -169,8 +181,7 @@ class Gateway:
         try:
             body = await _json_body(request)
             translation = to_chat(body, vllm=self.backend.vllm)
-            chat = await self._prepare(translation.chat)
-            headers = {}
+            chat, headers = await self._prepare(translation.chat)
             if translation.placeholders:
                 headers["tooldistill-placeholders"] = str(sum(translation.placeholders.values()))
             if translation.ignored:
@@ -202,11 +213,11 @@ class Gateway:
             body = await _json_body(request)
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
                 raise ApiError(400, "a chat-completions request needs a 'messages' list")
-            chat = await self._prepare(body)
+            chat, headers = await self._prepare(body)
             answer = await self.backend.chat(chat, request)
             if isinstance(answer, dict):
-                return JSONResponse(answer)
-            return StreamingResponse(_passthrough(answer), media_type="text/event-stream")
+                return JSONResponse(answer, headers=headers)
+            return StreamingResponse(_passthrough(answer), media_type="text/event-stream", headers=headers)
         except ApiError as error:
             return _error_response("/v1/chat/completions", error)
 

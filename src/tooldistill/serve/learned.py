@@ -21,7 +21,7 @@ fitted as if it asked for ``answer_tokens``, then given whatever the window leav
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +66,27 @@ class Learned(BaseModel):
         asked = int(request.get("max_tokens") or self.answer_tokens)
         # never more than half the window for the answer: the prompt is what the student needs
         reserve = min(asked, self.answer_tokens, fitter.window // 2)
-        fit = fitter.fit(request, reserve=reserve)
+        shortened = None
+        try:
+            fit = fitter.fit(request, reserve=reserve)
+        except DoesNotFit as refused:
+            fit, shortened = _with_shorter_tools(fitter, request, reserve, refused)
         fitted = dict(fit.request)
         if asked <= reserve:  # the fit kept room for all of it
             fitted["max_tokens"] = asked
-            return Prepared(fitted, fit.tokens_after, fit.record())
+            return Prepared(fitted, fit.tokens_after, fit.record(), tools_shortened=shortened)
         tokens = fit.tokens_after if fit.tokens_after is not None else fitter.count(fitted)
         left = fitter.window - tokens - fitter.policy.margin
         if left < 1:
             raise DoesNotFit(tokens, fitter.window - reserve - fitter.policy.margin, fitter.window)
         fitted["max_tokens"] = min(asked, left)
-        return Prepared(fitted, tokens, fit.record(), clamped_from=asked if asked > left else None)
+        return Prepared(
+            fitted,
+            tokens,
+            fit.record(),
+            clamped_from=asked if asked > left else None,
+            tools_shortened=shortened,
+        )
 
     def count(self, request: dict[str, Any]) -> int:
         """The prompt tokens of ``request`` once the learned prompt is applied, before any cut
@@ -99,7 +109,69 @@ class Prepared:
     cut: dict[str, Any] | None = None
     #: The client's ``max_tokens`` when it was lowered to fit the window.
     clamped_from: int | None = None
-    notes: list[str] = field(default_factory=list)
+    #: When the tools' texts had to be shortened to fit: (description, parameter description)
+    #: characters kept (see ``TOOL_TEXT_LEVELS``).
+    tools_shortened: tuple[int, int] | None = None
+
+
+#: The last resort of the gateway, for a request whose system prompt, tools and latest message
+#: alone overflow the window (Claude Code's 12 tools take ~8,200 of the CPU student's 8,192
+#: tokens): the tools' descriptions kept to this many characters, then their parameters'
+#: descriptions too, then names and schemas only.  Evaluation never does this (it skips such a
+#: trace), so a request it measured is never changed by it.
+TOOL_TEXT_LEVELS: tuple[tuple[int, int], ...] = ((600, 160), (240, 60), (120, 0), (0, 0))
+
+
+def shorten_tool_texts(request: dict[str, Any], description: int, parameter: int) -> dict[str, Any]:
+    """``request`` with each tool's description cut to ``description`` characters and every
+    ``description`` inside its parameters' schema to ``parameter`` characters (``…`` marks a cut;
+    0 drops the text).  Names, types, enums and required keys stay."""
+
+    def cut(text: Any, keep: int) -> Any:
+        if not isinstance(text, str) or len(text) <= keep:
+            return text
+        return f"{text[:keep].rstrip()}…" if keep else None
+
+    def schema(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if key == "description" and isinstance(item, str):
+                    item = cut(item, parameter)
+                    if item is None:
+                        continue
+                out[key] = schema(item) if key != "description" else item
+            return out
+        if isinstance(value, list):
+            return [schema(v) for v in value]
+        return value
+
+    tools = []
+    for tool in request.get("tools") or []:
+        function = dict(tool.get("function") or {})
+        text = cut(function.get("description"), description)
+        if text is None:
+            function.pop("description", None)
+        else:
+            function["description"] = text
+        if "parameters" in function:
+            function["parameters"] = schema(function["parameters"])
+        tools.append({**tool, "function": function})
+    return {**request, "tools": tools}
+
+
+def _with_shorter_tools(
+    fitter: Fitter, request: dict[str, Any], reserve: int, refused: DoesNotFit
+) -> tuple[Any, tuple[int, int]]:
+    """The fit of ``request`` with its tools' texts shortened as little as needed, or ``refused``."""
+    if not request.get("tools"):
+        raise refused
+    for level in TOOL_TEXT_LEVELS:
+        try:
+            return fitter.fit(shorten_tool_texts(request, *level), reserve=reserve), level
+        except DoesNotFit as again:
+            refused = again
+    raise refused
 
 
 @dataclass(frozen=True)
