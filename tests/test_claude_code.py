@@ -613,3 +613,130 @@ def test_a_changed_prompt_sidecar_rebuilds_the_dataset(tmp_path):
         if t.metadata.get("prompt_source") == "sidecar"
     }
     assert "Another prompt, given on the command line this time." in prompts
+
+
+def _request_log(tmp_path, drop_blob=False):
+    """A session log in today's shape (Claude Code 2.1.3xx) with invented content: the request
+    lines (shape, two chained requests, message blobs) beside the transcript, two replies with calls."""
+    session = "5f0e1d2c-0000-4000-8000-00000000aaaa"
+    common = {"sessionId": session, "cwd": "/home/ana/shop", "version": "2.1.328", "userType": "external"}
+    shape = {
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.328; cch=00000;"},
+            {
+                "type": "text",
+                "text": "You are a careful shop assistant. Token ghp_" + "a1B2" * 9 + " is private.",
+            },
+        ],
+        "tools": [
+            {
+                "name": "Read",
+                "description": "Read a file from disk.",
+                "input_schema": {
+                    "type": "object",
+                    "properties": {"file_path": {"type": "string"}},
+                    "required": ["file_path"],
+                },
+            },
+            {
+                "name": "Grep",
+                "description": "Search file contents.",
+                "input_schema": {"type": "object", "properties": {"pattern": {"type": "string"}}},
+            },
+        ],
+    }
+    blobs = {
+        "b1": {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "<system-reminder>Today is Friday.</system-reminder>"},
+                {"type": "text", "text": "What is in prices.csv?"},
+            ],
+        },
+        "b2": {
+            "role": "system",
+            "content": [{"type": "text", "text": "# Environment\nPrimary working directory: /home/ana/shop"}],
+        },
+        "b3": {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01R",
+                    "name": "Read",
+                    "input": {"file_path": "/home/ana/shop/prices.csv"},
+                }
+            ],
+        },
+        "b4": {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_01R", "content": "apple,3\npear,4"}],
+        },
+    }
+    lines = [
+        {"type": "queue-operation", "operation": "enqueue", "timestamp": "2026-12-05T08:00:00Z", "sessionId": session},
+        {"type": "user", "uuid": "u1", "parentUuid": None, "message": {"role": "user", "content": "What is in prices.csv?"}, **common},
+        {"type": "attachment", "uuid": "a1", "parentUuid": "u1", "attachment": {"type": "x"}, "rendered": "Today is Friday.", "renderedRole": "user", **common},
+        {"type": "api-request-shape", "sessionId": session, "shapeHash": "s1", "version": "2.1.328", "shape": shape},
+        *[{"type": "api-request-blob", "sessionId": session, "hash": h, "message": m} for h, m in blobs.items() if not (drop_blob and h == "b4")],
+        {"type": "api-request", "sessionId": session, "id": "r1", "version": "2.1.328", "shapeHash": "s1", "keep": 0, "tail": ["b1", "b2"],
+         "params": {"model": "claude-opus-5-5", "betas": ["claude-code-20250219"], "max_tokens": 128000}, "requestDigest": "0" * 64},
+        {"type": "atis-latch", "atis": True, "sessionId": session},
+        {"type": "tools-used", "tools": ["Read"], "sessionId": session},
+        {"type": "assistant", "uuid": "m1", "parentUuid": "a1", "requestRef": "r1", "requestedModel": "claude-opus-5-5", "apiBlockIndex": 0,
+         "message": {"id": "msg_01Req1", "role": "assistant", "model": "claude-opus-5-5", "content": [blobs["b3"]["content"][0]]}, **common},
+        {"type": "user", "uuid": "u2", "parentUuid": "m1", "message": blobs["b4"], **common},
+        {"type": "api-request", "sessionId": session, "id": "r2", "version": "2.1.328", "shapeHash": "s1", "base": "r1", "keep": 2, "tail": ["b3", "b4"],
+         "params": {"model": "claude-opus-5-5", "betas": [], "max_tokens": 128000}, "requestDigest": "1" * 64},
+        {"type": "assistant", "uuid": "m2", "parentUuid": "u2", "requestRef": "r2", "requestedModel": "claude-opus-5-5", "apiBlockIndex": 0,
+         "message": {"id": "msg_01Req2", "role": "assistant", "model": "claude-opus-5-5", "content": [{"type": "tool_use", "id": "toolu_02G", "name": "Grep", "input": {"pattern": "apple"}}]}, **common},
+        {"type": "cost-state", "sessionId": session, "totalCostUSD": 0.01},
+    ]  # fmt: skip
+    path = tmp_path / "projects" / "-home-ana-shop" / f"{session}.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_the_exact_request_claude_saw_is_read_from_todays_logs(tmp_path):
+    traces, quarantined, ignored = read_all(_request_log(tmp_path))
+    assert not quarantined
+    unknown = {kind for kind, (_, known) in ignored.items() if not known}
+    assert not unknown, unknown  # every line kind of today's logs is handled on purpose
+    first, second = traces["msg_01Req1"], traces["msg_01Req2"]
+    assert first.metadata["request_source"] == "log" and first.metadata["schema_source"] == "request"
+    assert (
+        first.metadata["cli_version"] == "2.1.328" and first.metadata["requested_model"] == "claude-opus-5-5"
+    )
+    assert first.metadata["max_tokens"] == 128000 and first.metadata["betas"] == ["claude-code-20250219"]
+    # the system prompt as sent (billing header left out, the secret in it redacted), the
+    # reminder blocks and the inline system message as Claude saw them, the tools with their schemas
+    assert [m.role for m in first.messages] == ["system", "user", "system"]
+    assert first.messages[0].content.startswith("You are a careful shop assistant.")
+    assert "ghp_" + "a1B2" * 9 not in first.messages[0].content
+    assert (
+        first.messages[1].content
+        == "<system-reminder>Today is Friday.</system-reminder>\nWhat is in prices.csv?"
+    )
+    assert {t.name: t.parameters["required"] for t in first.tools if t.name == "Read"} == {
+        "Read": ["file_path"]
+    }
+    assert [t.name for t in first.tools] == ["Read", "Grep"] and not any(
+        t.schema_missing for t in first.tools
+    )
+    # the second request is the first one's two messages kept, with the call and its result appended
+    assert [m.role for m in second.messages] == ["system", "user", "system", "assistant", "tool"]
+    assert second.messages[3].tool_calls[0].arguments == {"file_path": "/home/ana/shop/prices.csv"}
+    assert second.messages[4].content == "apple,3\npear,4"
+    assert [c.name for c in second.reference_calls] == ["Grep"]
+
+
+def test_a_request_with_a_missing_link_falls_back_to_the_transcript(tmp_path):
+    traces, quarantined, ignored = read_all(_request_log(tmp_path, drop_blob=True))
+    assert not quarantined
+    assert ignored["logged request incomplete (transcript used)"] == (1, True)
+    first, second = traces["msg_01Req1"], traces["msg_01Req2"]
+    assert first.metadata["request_source"] == "log"  # its own chain is whole
+    assert second.metadata["request_source"] == "transcript"
+    assert "not in the file" in second.metadata["request_fallback"]
+    assert [m.role for m in second.messages] == ["user", "assistant", "tool"]  # today's reconstruction

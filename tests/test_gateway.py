@@ -408,6 +408,35 @@ def test_claude_code_runs_on_the_student_and_its_log_ingests_back(tmp_path: Path
     assert decided, "no decision point in the session log"
     assert decided[0].reference_calls[0].name == "Read"
     assert decided[0].reference_calls[0].arguments == {"file_path": str(notes)}
+    # the exact request: the trace rebuilt from the log's request lines is, message for message
+    # and tool for tool, the request the student received for that decision (the gateway's
+    # normalization: one system text, text blocks joined)
+    trace = decided[0]
+    assert trace.metadata["request_source"] == "log" and trace.metadata["cli_version"] == CLAUDE_CODE
+    rebuilt = trace_request(trace, "stand-in", 0.0, 1)
+    received = server.received[0]
+    assert [(m["role"], m.get("content")) for m in rebuilt["messages"]] == [
+        (m["role"], m.get("content")) for m in received["messages"]
+    ]
+    assert [t["function"] for t in rebuilt["tools"]] == [
+        {k: t["function"].get(k) for k in ("name", "description", "parameters")} for t in received["tools"]
+    ]
+    # the same run's stream-json output ingests too (no request lines there: the transcript)
+    stream = tmp_path / "stream" / "run.jsonl"
+    stream.parent.mkdir()
+    stream.write_text(done.stdout)
+    ingest(
+        IngestConfig(
+            sources=(str(stream),),
+            format="claude_code",
+            out=str(tmp_path / "stream-traces"),
+            reader={"prompt": "Show me what is in notes.txt"},
+        )
+    )
+    from_stream = [t for t in Dataset.open(str(tmp_path / "stream-traces")).to_traces() if t.reference_calls]
+    assert [c.model_dump() for c in from_stream[0].reference_calls] == [
+        c.model_dump() for c in trace.reference_calls
+    ]
 
 
 def _free_port() -> int:

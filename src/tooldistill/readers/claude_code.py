@@ -79,8 +79,17 @@ SKIPPED_TYPES = frozenset(
         "stream_event",
         "tool_progress",
         "auth_status",
+        # today's session logs (Claude Code 2.1.3xx): bookkeeping of the CLI's own, no conversation
+        "tools-used",
+        "atis-latch",
+        "cost-state",
     }
 )
+#: The lines that record each request sent to the API (Claude Code 2.1.3xx): read, then used to
+#: rebuild the exact request behind a reply (``requestRef``).
+REQUEST_TYPES = frozenset({"api-request-shape", "api-request", "api-request-blob"})
+#: The system block Claude Code puts first: a per-request billing header, not instructions.
+BILLING_HEADER = "x-anthropic-billing-header"
 #: ``system`` subtypes this reader knows; ``init`` and the two boundaries are also used.
 SYSTEM_SUBTYPES = frozenset(
     {
@@ -313,6 +322,10 @@ class _Log:
         self.subagent_prompts: dict[str, str] = {}  # Task/Agent call id -> its prompt argument
         self.ignored: Counter[str] = Counter()
         self.unrecognized: Counter[str] = Counter()
+        # the requests as sent (REQUEST_TYPES): shapes by hash, requests by id, blobs by hash
+        self.shapes: dict[str, dict[str, Any]] = {}
+        self.api_requests: dict[str, dict[str, Any]] = {}
+        self.blobs: dict[str, dict[str, Any]] = {}
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -323,6 +336,9 @@ class _Log:
             yield from self._add_message(number, record, str(kind))
         elif kind == "system":
             self._add_system(number, record)
+        elif kind in REQUEST_TYPES:
+            self._add_request_part(str(kind), record)
+            self.ignored[str(kind)] += 1
         elif isinstance(kind, str) and kind in SKIPPED_TYPES:
             self._link_other(number, record)
             self.ignored[kind] += 1
@@ -378,6 +394,37 @@ class _Log:
             link = self._link(number, record)
             if link.has_uuid:
                 self._attach(link)
+
+    def _add_request_part(self, kind: str, record: dict[str, Any]) -> None:
+        """One piece of the request log: a shape (system prompt and tools), a request (the one
+        before it, how many of its messages are kept, the blobs appended), or a message blob."""
+        if kind == "api-request-shape":
+            key, shape = record.get("shapeHash"), record.get("shape")
+            if not isinstance(key, str) or not isinstance(shape, dict):
+                raise _BadLine("api-request-shape without a shapeHash and a shape object")
+            if not isinstance(shape.get("system", []), list | str) or not isinstance(
+                shape.get("tools", []), list
+            ):
+                raise _BadLine("api-request-shape's system or tools is not a list")
+            self.shapes[key] = shape
+        elif kind == "api-request":
+            key, keep, tail = record.get("id"), record.get("keep", 0), record.get("tail", [])
+            if not isinstance(key, str) or not isinstance(keep, int) or keep < 0:
+                raise _BadLine("api-request without an id or with a bad keep")
+            if not isinstance(tail, list) or not all(isinstance(h, str) for h in tail):
+                raise _BadLine("api-request's tail is not a list of blob hashes")
+            if record.get("base") is not None and not isinstance(record.get("base"), str):
+                raise _BadLine("api-request's base is not a request id")
+            self.api_requests[key] = record
+        else:
+            key, message = record.get("hash"), record.get("message")
+            if (
+                not isinstance(key, str)
+                or not isinstance(message, dict)
+                or not isinstance(message.get("role"), str)
+            ):
+                raise _BadLine("api-request-blob without a hash and a message with a role")
+            self.blobs[key] = message
 
     def _add_system(self, number: int, record: dict[str, Any]) -> None:
         subtype = record.get("subtype")
@@ -506,6 +553,8 @@ def read_claude_code(source: SourceFile, context: ReadContext) -> Iterator[Trace
             result = Quarantined(source.uri, reply_lines[0].number, f"cannot build trace: {_error(error)}")
         if result is not None:
             yield result
+    if builder.fallbacks:
+        log.ignored["logged request incomplete (transcript used)"] += builder.fallbacks
     yield from count_ignored(source, dict(log.ignored), True)
     yield from count_ignored(source, dict(log.unrecognized), False)
 
@@ -529,6 +578,36 @@ class _Chain:
     missing_parent: bool  # the walk ended at a parent that is not in the file
 
 
+@dataclass
+class _ExactRequest:
+    """A request rebuilt from the log's request lines: what Claude was sent for one reply."""
+
+    messages: list[Message]
+    tools: list[ToolSpec]
+    metadata: dict[str, Any]
+
+
+def _input_schema(tool: dict[str, Any]) -> dict[str, Any]:
+    schema = tool.get("input_schema")
+    return schema if isinstance(schema, dict) else {"type": "object"}
+
+
+def _system_text(value: Any) -> str:
+    """A system prompt (a string or text blocks) as one text, without the billing header block."""
+    if isinstance(value, str):
+        return value
+    parts = [
+        str(block.get("text") or "")
+        for block in value or []
+        if isinstance(block, dict)
+        and block.get("type") == "text"
+        and not str(block.get("text") or "").startswith(BILLING_HEADER)
+    ]
+    # blocks follow each other as written (as vLLM's Messages translation renders them): the CLI
+    # puts its own line breaks at the start of a block
+    return "".join(parts)
+
+
 class _TraceBuilder:
     """Turns the replies of a ``_Log`` into traces; caches what several traces share."""
 
@@ -539,6 +618,9 @@ class _TraceBuilder:
         self.tools: dict[int | None, tuple[list[ToolSpec], set[str]]] = {}
         self.reply_messages: dict[str, list[Message]] = {}
         self._file_prompt: tuple[str | None, str] | None = None
+        self.exact: dict[str, _ExactRequest | str] = {}
+        #: Replies whose logged request had a missing link (rebuilt from the transcript instead).
+        self.fallbacks = 0
 
     def build(self, key: str, reply_lines: list[_Line]) -> Trace | Quarantined | None:
         log = self.log
@@ -577,6 +659,15 @@ class _TraceBuilder:
             messages.insert(0, Message(role="user", content=prompt))
         tools, catalog_names = self._tools(first.init)
         record = first.record
+        exact = self._exact_request(record.get("requestRef"))
+        request_meta: dict[str, Any] = {"request_source": "transcript", "schema_source": "catalog"}
+        if isinstance(exact, _ExactRequest):
+            messages, tools, catalog_names = exact.messages, exact.tools, {t.name for t in exact.tools}
+            request_meta = exact.metadata
+            prompt_source = "log"
+        elif exact is not None:
+            request_meta["request_fallback"] = exact  # why the logged request could not be used
+            self.fallbacks += 1
         message = record.get("message") or {}
         reply_text = "\n".join(
             m.content for line in reply_lines for m in line.messages if m.role == "assistant" and m.content
@@ -603,6 +694,7 @@ class _TraceBuilder:
             "history_incomplete": bool(chain.gaps) or chain.missing_parent,
             "history_gaps": chain.gaps,
             "cleared_tool_results": cleared,
+            **request_meta,
         }
         if any(caller is not None for caller in callers):
             metadata["callers"] = callers  # one per reference call: who made it (direct, code)
@@ -618,6 +710,72 @@ class _TraceBuilder:
         if problem:
             return Quarantined(uri, first.number, problem)
         return trace.with_id()
+
+    def _exact_request(self, ref: Any) -> _ExactRequest | str | None:
+        """The request behind a reply as the log recorded it (``requestRef``); a string says why
+        it cannot be rebuilt (a missing link), None when the reply names no request (older logs)."""
+        if not isinstance(ref, str):
+            return None
+        if ref in self.exact:
+            return self.exact[ref]
+        log, redactor = self.log, self.context.redactor
+        chain: list[dict[str, Any]] = []
+        node: str | None = ref
+        while node is not None:
+            request = log.api_requests.get(node)
+            if request is None or len(chain) > 10_000:
+                self.exact[ref] = f"request {node} is not in the file"
+                return self.exact[ref]
+            chain.append(request)
+            node = request.get("base")
+        raw: list[dict[str, Any]] = []
+        for request in reversed(chain):  # oldest first: each keeps a prefix and appends its tail
+            missing = [h for h in request.get("tail", []) if h not in log.blobs]
+            if missing:
+                self.exact[ref] = f"message blob {missing[0][:16]} is not in the file"
+                return self.exact[ref]
+            raw = raw[: int(request.get("keep") or 0)] + [log.blobs[h] for h in request.get("tail", [])]
+        top = chain[0]
+        shape = log.shapes.get(str(top.get("shapeHash")))
+        if shape is None:
+            self.exact[ref] = f"request shape {str(top.get('shapeHash'))[:16]} is not in the file"
+            return self.exact[ref]
+        messages: list[Message] = []
+        system = _system_text(shape.get("system"))
+        if system:
+            messages.append(Message(role="system", content=redactor.text(system)))
+        for item in raw:
+            role = item.get("role")
+            if role == "system":
+                text = _system_text(item.get("content"))
+                if text:
+                    messages.append(Message(role="system", content=redactor.text(text)))
+            else:
+                messages.extend(
+                    blocks_to_messages(str(role), item.get("content"), redactor, lambda kind: None)
+                )
+        tools = [
+            ToolSpec(
+                name=str(tool["name"]),
+                description=redactor.text(str(tool.get("description") or "")),
+                parameters=_input_schema(tool),
+            )
+            for tool in shape.get("tools") or []
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str) and tool["name"]
+        ]
+        found = top.get("params")
+        params: dict[str, Any] = found if isinstance(found, dict) else {}
+        metadata = {
+            "request_source": "log",
+            "schema_source": "request",
+            "request_id": ref,
+            "cli_version": top.get("version"),
+            "requested_model": params.get("model"),
+            "max_tokens": params.get("max_tokens"),
+            "betas": params.get("betas") or [],
+        }
+        self.exact[ref] = _ExactRequest(messages, tools, metadata)
+        return self.exact[ref]
 
     def _chain(self, start: str | None) -> _Chain:
         """Message lines from the root (or compaction) down to ``start``, in conversation order."""
