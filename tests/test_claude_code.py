@@ -7,7 +7,7 @@ import pytest
 
 from conftest import CLAUDE_CODE
 from tooldistill.readers import Ignored, Quarantined, ReadContext, ReaderOptions, SourceFile
-from tooldistill.readers.claude_code import load_catalog, read_claude_code
+from tooldistill.readers.claude_code import content_digest, load_catalog, read_claude_code
 
 SESSION = CLAUDE_CODE / "projects/-home-ana-shop/6f1c2e1a-3b4d-4c5e-8f90-1a2b3c4d5e6f.jsonl"
 SUBAGENT = (
@@ -615,7 +615,7 @@ def test_a_changed_prompt_sidecar_rebuilds_the_dataset(tmp_path):
     assert "Another prompt, given on the command line this time." in prompts
 
 
-def _request_log(tmp_path, drop_blob=False):
+def _request_log(tmp_path, lose_result=False):
     """A session log in today's shape (Claude Code 2.1.3xx) with invented content: the request
     lines (shape, two chained requests, message blobs) beside the transcript, two replies with calls."""
     session = "5f0e1d2c-0000-4000-8000-00000000aaaa"
@@ -673,20 +673,28 @@ def _request_log(tmp_path, drop_blob=False):
             "content": [{"type": "tool_result", "tool_use_id": "toolu_01R", "content": "apple,3\npear,4"}],
         },
     }
+    digest = {h: content_digest(m) for h, m in blobs.items()}
+    digest["s1"] = content_digest(shape)
+    written = ("b1", "b2")  # the CLI writes as blobs only what the transcript does not hold
+    result_line = (
+        blobs["b4"]
+        if not lose_result
+        else {"role": "user", "content": [{**blobs["b4"]["content"][0], "content": "lost"}]}
+    )
     lines = [
         {"type": "queue-operation", "operation": "enqueue", "timestamp": "2026-12-05T08:00:00Z", "sessionId": session},
         {"type": "user", "uuid": "u1", "parentUuid": None, "message": {"role": "user", "content": "What is in prices.csv?"}, **common},
         {"type": "attachment", "uuid": "a1", "parentUuid": "u1", "attachment": {"type": "x"}, "rendered": "Today is Friday.", "renderedRole": "user", **common},
-        {"type": "api-request-shape", "sessionId": session, "shapeHash": "s1", "version": "2.1.328", "shape": shape},
-        *[{"type": "api-request-blob", "sessionId": session, "hash": h, "message": m} for h, m in blobs.items() if not (drop_blob and h == "b4")],
-        {"type": "api-request", "sessionId": session, "id": "r1", "version": "2.1.328", "shapeHash": "s1", "keep": 0, "tail": ["b1", "b2"],
+        {"type": "api-request-shape", "sessionId": session, "shapeHash": digest["s1"], "version": "2.1.328", "shape": shape},
+        *[{"type": "api-request-blob", "sessionId": session, "hash": digest[h], "message": blobs[h]} for h in written],
+        {"type": "api-request", "sessionId": session, "id": "r1", "version": "2.1.328", "shapeHash": digest["s1"], "keep": 0, "tail": [digest["b1"], digest["b2"]],
          "params": {"model": "claude-opus-5-5", "betas": ["claude-code-20250219"], "max_tokens": 128000}, "requestDigest": "0" * 64},
         {"type": "atis-latch", "atis": True, "sessionId": session},
         {"type": "tools-used", "tools": ["Read"], "sessionId": session},
         {"type": "assistant", "uuid": "m1", "parentUuid": "a1", "requestRef": "r1", "requestedModel": "claude-opus-5-5", "apiBlockIndex": 0,
          "message": {"id": "msg_01Req1", "role": "assistant", "model": "claude-opus-5-5", "content": [blobs["b3"]["content"][0]]}, **common},
-        {"type": "user", "uuid": "u2", "parentUuid": "m1", "message": blobs["b4"], **common},
-        {"type": "api-request", "sessionId": session, "id": "r2", "version": "2.1.328", "shapeHash": "s1", "base": "r1", "keep": 2, "tail": ["b3", "b4"],
+        {"type": "user", "uuid": "u2", "parentUuid": "m1", "message": result_line, **common},
+        {"type": "api-request", "sessionId": session, "id": "r2", "version": "2.1.328", "shapeHash": digest["s1"], "base": "r1", "keep": 2, "tail": [digest["b3"], digest["b4"]],
          "params": {"model": "claude-opus-5-5", "betas": [], "max_tokens": 128000}, "requestDigest": "1" * 64},
         {"type": "assistant", "uuid": "m2", "parentUuid": "u2", "requestRef": "r2", "requestedModel": "claude-opus-5-5", "apiBlockIndex": 0,
          "message": {"id": "msg_01Req2", "role": "assistant", "model": "claude-opus-5-5", "content": [{"type": "tool_use", "id": "toolu_02G", "name": "Grep", "input": {"pattern": "apple"}}]}, **common},
@@ -703,6 +711,7 @@ def test_the_exact_request_claude_saw_is_read_from_todays_logs(tmp_path):
     assert not quarantined
     unknown = {kind for kind, (_, known) in ignored.items() if not known}
     assert not unknown, unknown  # every line kind of today's logs is handled on purpose
+    assert "request hash mismatch (used as written)" not in ignored  # every hash checks out
     first, second = traces["msg_01Req1"], traces["msg_01Req2"]
     assert first.metadata["request_source"] == "log" and first.metadata["schema_source"] == "request"
     assert (
@@ -724,7 +733,8 @@ def test_the_exact_request_claude_saw_is_read_from_todays_logs(tmp_path):
     assert [t.name for t in first.tools] == ["Read", "Grep"] and not any(
         t.schema_missing for t in first.tools
     )
-    # the second request is the first one's two messages kept, with the call and its result appended
+    # the second request is the first one's two messages kept, with the call and its result
+    # appended: those two are named by hash and found in the transcript (no blob lines for them)
     assert [m.role for m in second.messages] == ["system", "user", "system", "assistant", "tool"]
     assert second.messages[3].tool_calls[0].arguments == {"file_path": "/home/ana/shop/prices.csv"}
     assert second.messages[4].content == "apple,3\npear,4"
@@ -732,7 +742,7 @@ def test_the_exact_request_claude_saw_is_read_from_todays_logs(tmp_path):
 
 
 def test_a_request_with_a_missing_link_falls_back_to_the_transcript(tmp_path):
-    traces, quarantined, ignored = read_all(_request_log(tmp_path, drop_blob=True))
+    traces, quarantined, ignored = read_all(_request_log(tmp_path, lose_result=True))
     assert not quarantined
     assert ignored["logged request incomplete (transcript used)"] == (1, True)
     first, second = traces["msg_01Req1"], traces["msg_01Req2"]
@@ -740,3 +750,15 @@ def test_a_request_with_a_missing_link_falls_back_to_the_transcript(tmp_path):
     assert second.metadata["request_source"] == "transcript"
     assert "not in the file" in second.metadata["request_fallback"]
     assert [m.role for m in second.messages] == ["user", "assistant", "tool"]  # today's reconstruction
+
+
+def test_a_blob_whose_hash_does_not_match_is_counted_and_used(tmp_path):
+    path = _request_log(tmp_path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        if line["type"] == "api-request-blob" and line["message"]["role"] == "system":
+            line["message"]["content"][0]["text"] += " (edited)"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    traces, quarantined, ignored = read_all(path)
+    assert not quarantined and ignored["request hash mismatch (used as written)"] == (1, True)
+    assert traces["msg_01Req1"].messages[2].content.endswith("(edited)")

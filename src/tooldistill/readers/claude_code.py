@@ -34,6 +34,7 @@ reply whose trace cannot be built is quarantined, and everything else in the fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -326,6 +327,9 @@ class _Log:
         self.shapes: dict[str, dict[str, Any]] = {}
         self.api_requests: dict[str, dict[str, Any]] = {}
         self.blobs: dict[str, dict[str, Any]] = {}
+        # messages of the transcript by the same content hash (a request's tail names them too)
+        self.transcript_blobs: dict[str, dict[str, Any]] = {}
+        self.reply_content: dict[str, list[Any]] = {}  # message id -> its blocks so far
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -395,6 +399,17 @@ class _Log:
             if link.has_uuid:
                 self._attach(link)
 
+    def _remember_transcript_message(self, role: str, message_id: str | None, content: Any) -> None:
+        """A transcript message under its content hash: a request's ``tail`` names messages the
+        transcript holds (the call and its result) without writing them again as blobs.  An
+        assistant reply written one block per line is hashed as it grows."""
+        if role == "assistant" and message_id and isinstance(content, list):
+            blocks = self.reply_content.setdefault(message_id, [])
+            blocks.extend(content)
+            content = list(blocks)
+        message = {"role": role, "content": content}
+        self.transcript_blobs[content_digest(message)] = message
+
     def _add_request_part(self, kind: str, record: dict[str, Any]) -> None:
         """One piece of the request log: a shape (system prompt and tools), a request (the one
         before it, how many of its messages are kept, the blobs appended), or a message blob."""
@@ -406,6 +421,8 @@ class _Log:
                 shape.get("tools", []), list
             ):
                 raise _BadLine("api-request-shape's system or tools is not a list")
+            if content_digest(shape) != key:
+                self.ignored["request hash mismatch (used as written)"] += 1
             self.shapes[key] = shape
         elif kind == "api-request":
             key, keep, tail = record.get("id"), record.get("keep", 0), record.get("tail", [])
@@ -424,6 +441,8 @@ class _Log:
                 or not isinstance(message.get("role"), str)
             ):
                 raise _BadLine("api-request-blob without a hash and a message with a role")
+            if content_digest(message) != key:
+                self.ignored["request hash mismatch (used as written)"] += 1
             self.blobs[key] = message
 
     def _add_system(self, number: int, record: dict[str, Any]) -> None:
@@ -523,6 +542,8 @@ class _Log:
         self.by_node[line.node] = line
         if role == "assistant":
             self.replies.setdefault(message_id or line.node, []).append(line)
+        if raw_content is not None:
+            self._remember_transcript_message(role, message_id, raw_content)
         for call in calls:
             prompt = call.arguments.get("prompt")
             if call.name in SUBAGENT_TOOLS and call.id and isinstance(prompt, str) and prompt:
@@ -576,6 +597,13 @@ class _Chain:
     nodes: set[str]
     gaps: list[int]  # line numbers of quarantined lines the history skips
     missing_parent: bool  # the walk ended at a parent that is not in the file
+
+
+def content_digest(value: Any) -> str:
+    """How Claude Code names a message blob or a request shape: the SHA-256 of its JSON with
+    sorted keys, no spaces and non-ASCII characters as they are (checked on 2.1.328's logs)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -730,11 +758,14 @@ class _TraceBuilder:
             node = request.get("base")
         raw: list[dict[str, Any]] = []
         for request in reversed(chain):  # oldest first: each keeps a prefix and appends its tail
-            missing = [h for h in request.get("tail", []) if h not in log.blobs]
-            if missing:
-                self.exact[ref] = f"message blob {missing[0][:16]} is not in the file"
-                return self.exact[ref]
-            raw = raw[: int(request.get("keep") or 0)] + [log.blobs[h] for h in request.get("tail", [])]
+            tail: list[dict[str, Any]] = []
+            for digest in request.get("tail", []):
+                blob = log.blobs.get(digest) or log.transcript_blobs.get(digest)
+                if blob is None:
+                    self.exact[ref] = f"message blob {digest[:16]} is not in the file"
+                    return self.exact[ref]
+                tail.append(blob)
+            raw = raw[: int(request.get("keep") or 0)] + tail
         top = chain[0]
         shape = log.shapes.get(str(top.get("shapeHash")))
         if shape is None:
