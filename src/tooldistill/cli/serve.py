@@ -206,9 +206,10 @@ def _run_student(
     llms = (load_profile(profile)["applications"][0].get("args") or {}).get("llm_configs") or [{}]
     base = model_source or (llms[0].get("model_loading_config") or {}).get("model_source")
     base_folder = expand_path(base) if isinstance(base, str) and "://" not in base else None
-    _, student = from_run(run_dir)
-    tokenizer = str(student.merged) if student.merged else base_folder
-    learned, student = from_run(run_dir, tokenizer=tokenizer)
+    learned, student = from_run(run_dir)
+    if learned.context.tokenizer is None and base_folder:  # the base model's own tokenizer
+        context = learned.context.model_copy(update={"tokenizer": base_folder})
+        learned = learned.model_copy(update={"context": context})
     overrides: dict[str, Any] = {}
     model_id = None
     if student.merged is not None:
@@ -249,10 +250,7 @@ def _front(
 
     learned, described = Learned(), None
     if run_dir is not None:
-        _, student = from_run(run_dir)
-        learned, _ = from_run(
-            run_dir, tokenizer=tokenizer or (str(student.merged) if student.merged else None)
-        )
+        learned, student = from_run(run_dir, tokenizer=tokenizer)
         model = model or student.model
         described = _describe(run_dir, learned, model)
     elif tokenizer:

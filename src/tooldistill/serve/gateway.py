@@ -26,7 +26,6 @@ import fnmatch
 import hmac
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -136,7 +135,6 @@ class Gateway:
     def __init__(self, backend: Backend, settings: GatewaySettings) -> None:
         self.backend, self.settings = backend, settings
         self.learned = settings.learned
-        self.served_at = time.time()
 
     # helpers ----------------------------------------------------------------------------------
 

@@ -200,7 +200,7 @@ def from_run(run_dir: str | Path, tokenizer: str | None = None) -> tuple[Learned
     """The learned prompt and student of a finished run (``RUN/optimize/best/prompt.json``).
 
     ``tokenizer``: the served model's folder, for the context policy (the run recorded the policy
-    but not a path another machine could use)."""
+    but not a path another machine could use); by default the run's merged folder, if any."""
     run = Path(run_dir)
     optimize = run / "optimize" if (run / "optimize").is_dir() else run
     prompt = _read_json(optimize / "best" / "prompt.json")
@@ -212,8 +212,18 @@ def from_run(run_dir: str | Path, tokenizer: str | None = None) -> tuple[Learned
     config = _read_json(optimize / "config.json") or {}
     settings = config.get("student") or {}
     note = prompt.get("student") or {}
+    model = str(note.get("model") or settings.get("model") or "student")
+    merged = note.get("merged_model") if note.get("served_as", "merged") == "merged" else None
+    adapter = note.get("adapter") if note.get("served_as") == "adapter" else None
+    student = RunStudent(
+        model=model,
+        merged=_existing(merged, run, "merged model") if merged else None,
+        adapter=_existing(adapter, run, "adapter") if adapter else None,
+        adapter_uri=note.get("adapter_uri"),
+    )
     policy = dict(note.get("context") or settings.get("context") or {})
-    policy["tokenizer"] = tokenizer
+    # a merged folder holds the student's own tokenizer and template
+    policy["tokenizer"] = tokenizer or (str(student.merged) if student.merged else None)
     demos = prompt.get("demos") or []
     if not isinstance(demos, list) or not all(isinstance(d, dict) and "role" in d for d in demos):
         raise LearnedError(f"{optimize / 'best' / 'prompt.json'}: demos must be chat messages with a 'role'")
@@ -226,15 +236,6 @@ def from_run(run_dir: str | Path, tokenizer: str | None = None) -> tuple[Learned
         run=str(run_dir),
         phase=summary.get("best_phase"),
     )
-    model = str(note.get("model") or settings.get("model") or "student")
-    merged = note.get("merged_model") if note.get("served_as", "merged") == "merged" else None
-    adapter = note.get("adapter") if note.get("served_as") == "adapter" else None
-    student = RunStudent(
-        model=model,
-        merged=_existing(merged, run, "merged model") if merged else None,
-        adapter=_existing(adapter, run, "adapter") if adapter else None,
-        adapter_uri=note.get("adapter_uri"),
-    )
     return learned, student
 
 
@@ -243,12 +244,12 @@ def _existing(path: str, run: Path, what: str) -> Path:
     tail under the run folder (a run folder that was moved or copied)."""
     candidate = Path(path)
     if candidate.is_dir():
-        return candidate
+        return candidate.resolve()  # the replicas may not share this process's working folder
     parts = candidate.parts
     for index in range(len(parts)):
         moved = run.joinpath(*parts[index:])
         if moved.is_dir() and "optimize" in parts[index:]:
-            return moved
+            return moved.resolve()
     raise LearnedError(f"the run's {what} {path} is not there (nor under {run})")
 
 
