@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from tooldistill.config import ConfigError, PipelineConfig, load_config
-from tooldistill.curate.car import CarConfig, CarOptions
-from tooldistill.curate.embed import EmbedConfig, EmbedOptions
-from tooldistill.curate.semdedup import SemDedupConfig, SemDedupOptions
-from tooldistill.curate.split import SplitConfig, SplitOptions
+from tooldistill.curate import registry as curate_registry
+from tooldistill.curate.car import CarOptions
+from tooldistill.curate.embed import EmbedOptions
+from tooldistill.curate.semdedup import SemDedupOptions
+from tooldistill.curate.split import SplitOptions
 from tooldistill.optimize.reflection import ReflectionSettings
 from tooldistill.optimize.run import OptimizeError, PhaseConfig, TuneSettings, config_from_dict
 from tooldistill.optimize.student import StudentSettings
@@ -23,7 +24,6 @@ from tooldistill.teacher.options import CaptureOptions
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 RUN = {"dataset": "s3://bucket/in", "out": "s3://bucket/out"}
-CURATE = {"embed": EmbedConfig, "semdedup": SemDedupConfig, "car": CarConfig, "split": SplitConfig}
 INGEST = {"sources": ["logs.jsonl"], "format": "jsonl"}
 STUDENT = {"endpoint": "http://127.0.0.1:9/v1", "model": "student"}
 
@@ -42,10 +42,15 @@ def test_stage_configs_from_typed_sections(path: Path) -> None:
         assert made == before and made.config_hash() == before.config_hash()
         assert made.cache_uri == before.cache_uri
     assert config.curate is not None
-    for name, model in CURATE.items():
-        before = model.model_validate({**raw["curate"].get(name, {}), **RUN})
-        made = getattr(config.curate, name).config(**RUN)
-        assert type(made) is model and made == before and made.config_hash() == before.config_hash()
+    for entry in curate_registry.STAGES:  # every registered stage, its section made into its config
+        options = getattr(config.curate, entry.name)
+        if options is None:  # an optional stage this config leaves off
+            assert entry.optional and entry.name not in raw["curate"]
+            continue
+        made = options.config(**RUN)
+        before = type(made).model_validate({**raw["curate"].get(entry.name, {}), **RUN})
+        assert isinstance(options, entry.options) and made == before
+        assert made.config_hash() == before.config_hash()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

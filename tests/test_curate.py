@@ -18,7 +18,8 @@ from tooldistill.curate.car import CarConfig, car_select, run_car
 from tooldistill.curate.common import CurateError, decisions_of
 from tooldistill.curate.embed import EmbedConfig, Embedder, embed, embedding_array, resolve_model
 from tooldistill.curate.kmeans import gpu_available, spherical_kmeans
-from tooldistill.curate.pipeline import curate_all
+from tooldistill.curate.chain import run_chain
+from tooldistill.curate.registry import StageContext
 from tooldistill.curate.quality import SCORERS, QualityConfig, register_scorer, score
 from tooldistill.curate.runner import LocalRunner, RayRunner
 from tooldistill.curate.semdedup import SemDedupConfig, boundary_groups, run_semdedup, semdedup
@@ -610,20 +611,20 @@ def test_stages_refuse_nan_embeddings_and_missing_embeddings(tmp_path: Path) -> 
 
 def test_curate_all_chain_and_split_subsets(embedded_dataset: store.Dataset, tmp_path: Path) -> None:
     out = str(tmp_path / "run")
-    result = curate_all(
-        embedded_dataset.uri,
-        out,
-        LocalRunner(show_progress=False),
-        car_options={"per_cluster": 2, "top_overall": 5},
-        split_options={"fractions": (0.5, 0.25, 0.25)},
-        show_progress=False,
-    )
-    funnel = result.funnel()
-    assert not result.embedded.ran  # the input already had embeddings
+    options = {"car": {"per_cluster": 2, "top_overall": 5}, "split": {"fractions": (0.5, 0.25, 0.25)}}
+    context = StageContext(LocalRunner(show_progress=False), show_progress=False)
+    result = run_chain(embedded_dataset.uri, out, options, context)
+    assert result is not None
+    funnel = result.funnel
+    assert result.results["embed"].uri == embedded_dataset.uri  # the input already had embeddings
+    assert not (tmp_path / "run" / "embedded").exists() and "length" not in result.results  # optional, off
+    assert [s["stage"] for s in funnel["stages"]] == ["embed", "semdedup", "car", "split"]
+    car = funnel["stages"][2]
+    assert car["in"] == funnel["kept"] and car["kept"] + car["went"]["not_selected"] == car["in"]
     assert funnel["in"] == embedded_dataset.manifest.rows == funnel["duplicates"] + funnel["kept"]
-    assert funnel["selected"] == result.curated.dataset.manifest.rows <= funnel["kept"]
+    assert funnel["selected"] == result.results["car"].dataset.manifest.rows <= funnel["kept"]
     assert funnel["train"] + funnel["val"] + funnel["test"] == funnel["selected"]
-    curated = result.curated.dataset.to_arrow()
+    curated = result.results["car"].dataset.to_arrow()
     assert all(r.startswith("kept: ") for r in curated.column("car_reason").to_pylist())
     reasons = decisions_of(store.join(out, "curated")).column("reason").to_pylist()
     assert (
@@ -636,20 +637,13 @@ def test_curate_all_chain_and_split_subsets(embedded_dataset: store.Dataset, tmp
         assert set(subset.column("split").to_pylist()) <= {name}
         ids |= set(subset.column("id").to_pylist())
     assert ids == set(curated.column("id").to_pylist())
-    again = curate_all(
-        embedded_dataset.uri,
-        out,
-        LocalRunner(show_progress=False),
-        car_options={"per_cluster": 2, "top_overall": 5},
-        split_options={"fractions": (0.5, 0.25, 0.25)},
-        show_progress=False,
-    )
-    assert again.deduped.skipped and again.curated.skipped and again.split.skipped
+    again = run_chain(embedded_dataset.uri, out, options, context)
+    assert again is not None and again.skipped == ["embed", "semdedup", "car", "split"]
     with pytest.raises(ValueError, match="sum to 1"):
         SplitConfig(dataset="x", out="y", fractions=(0.5, 0.5, 0.5))
     assert (
         run_split(
-            SplitConfig(dataset=result.curated.dataset.uri, out=str(tmp_path / "s2")), show_progress=False
+            SplitConfig(dataset=result.results["car"].dataset.uri, out=str(tmp_path / "s2")), show_progress=False
         ).stats["cluster_column"]
         == "car_cluster"
     )
@@ -672,7 +666,7 @@ def test_cli_curate_all_embeds_first_and_reports_the_funnel(tmp_path: Path) -> N
     ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "duplicates (ε=0.05)" in result.output and "selected (CaR)" in result.output
+    assert "duplicates removed" in result.output and "selected (car)" in result.output
     deduped = json.loads((tmp_path / "run" / "deduped" / "manifest.json").read_text())
     assert deduped["stats"]["duplicates"] >= 4  # the four exact re-asks
     assert (tmp_path / "run" / "embedded" / "manifest.json").exists()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tooldistill.curate import registry
 from tooldistill.layout import CurateLayout, RunLayout, TeacherLayout, join, manifest, parent_and_name
 from tooldistill.runlock import LOCK_NAME
 
@@ -116,5 +117,12 @@ def test_groups_and_immutability() -> None:
         f"run/optimize/phase1/{name}" for name in ("gepa", "checkpoints", "adapter", "merged", "ray")
     )
     assert len(set(layout.report.figures)) == 6
+    # the registry's stages, optional ones too: what a standalone command must not be writing
+    assert layout.curate.outputs == tuple(f"run/curate/{entry.folder}" for entry in registry.STAGES)
+    assert {"run/curate/embedded", "run/curate/deduped", "run/curate/curated", "run/curate/split"} <= set(
+        layout.curate.outputs
+    )
+    assert layout.stage_outputs == ("run/traces", "run/teacher", *layout.curate.outputs, "run/optimize")
+    assert layout.curate.output("semdedup") == layout.curate.deduped
     with pytest.raises(FrozenInstanceError):
         layout.root = "other"  # type: ignore[misc]

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from conftest import FIXTURES
 from tooldistill.cli import main
+from tooldistill.curate import registry
 from tooldistill.optimize.testing import ReflectionServer, StudentServer, make_traces
 from tooldistill.pipeline import STAGES as PIPELINE_STAGES
 from tooldistill.schema import trace_to_json
@@ -92,6 +93,7 @@ def test_run_every_stage_then_skip_what_is_up_to_date(tmp_path: Path, servers: A
     assert statuses(run) == {
         **dict.fromkeys(STAGES, "ran"),
         "teacher": "disabled",  # no key: the traces' own calls are the teacher's
+        **{e.name: "disabled" for e in registry.STAGES if e.optional},  # this config leaves them off
     }
     assert "TD_TEST_NO_KEY is not set" in result.output
     assert Dataset.open(str(run / "traces")).manifest.quarantine.total == 1

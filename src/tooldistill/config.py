@@ -11,15 +11,20 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from tooldistill.curate.car import CarOptions
-from tooldistill.curate.embed import EmbedOptions
-from tooldistill.curate.semdedup import SemDedupOptions
-from tooldistill.curate.split import SplitOptions
+from tooldistill.curate import registry as curate_registry
 from tooldistill.optimize.reflection import ReflectionSettings
 from tooldistill.optimize.run import (
     OptimizeConfig,
@@ -96,13 +101,26 @@ class TeacherSection(_Section):
         return self.mode
 
 
-class CurateSection(_Section):
-    """Options of each curation stage (the fields of its config, without ``dataset``/``out``)."""
+class CurateSectionBase(_Section):
+    """Options of each curation stage (the fields of its config, without ``dataset``/``out``), one
+    field per entry of ``tooldistill.curate.registry.STAGES``: a stage's options default to its
+    model's defaults, and an optional stage is off (None) unless its field is written."""
 
-    embed: EmbedOptions = Field(default_factory=EmbedOptions)
-    semdedup: SemDedupOptions = Field(default_factory=SemDedupOptions)
-    car: CarOptions = Field(default_factory=CarOptions)
-    split: SplitOptions = Field(default_factory=SplitOptions)
+
+def _curate_section() -> type[CurateSectionBase]:
+    fields: dict[str, Any] = {
+        entry.name: (entry.options | None, None)
+        if entry.optional
+        else (entry.options, Field(default_factory=entry.options))
+        for entry in curate_registry.STAGES
+    }
+    return create_model("CurateSection", __base__=CurateSectionBase, **fields)
+
+
+if TYPE_CHECKING:
+    CurateSection = CurateSectionBase
+else:
+    CurateSection = _curate_section()
 
 
 class StudentSection(_Section):

@@ -12,7 +12,7 @@ of literals they replaced, and a run folder written before the layout still read
     RUN/run.json, run.log, student.json, .lock          the run's record, log, student, lock
     RUN/traces/                                           ingest output (+ quarantine-*.jsonl)
     RUN/teacher/ (+ summary.json, requests/)              teacher capture, its cache (TeacherLayout)
-    RUN/curate/embedded|deduped|curated|split/ ...        curation (CurateLayout)
+    RUN/curate/embedded|deduped|fitting|curated|split/ ... curation, one dataset per stage (CurateLayout)
     RUN/curate/funnel.json                                the data funnel in numbers
     RUN/optimize/ (config, baseline, summary, best/, <phase>/)   OptimizeLayout, PhaseLayout
     RUN/adapters/                                         LoRA adapters served from a cloud run folder
@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tooldistill.curate import registry
 from tooldistill.store import MANIFEST
 
 
@@ -80,6 +81,15 @@ class CurateLayout:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", _root(self.root))
+
+    def output(self, stage: str) -> str:
+        """The output dataset of the curation stage called ``stage`` (``curate.registry``)."""
+        return join(self.root, registry.stage(stage).folder)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Every curation stage's output, in the registry's order (optional stages included)."""
+        return tuple(self.output(entry.name) for entry in registry.STAGES)
 
     @property
     def embedded(self) -> str:
@@ -472,6 +482,12 @@ class RunLayout:
     def report(self) -> ReportLayout:
         """The report folder ``tooldistill report RUN`` writes by default."""
         return ReportLayout(join(self.root, "report"))
+
+    @property
+    def stage_outputs(self) -> tuple[str, ...]:
+        """Every dataset a stage of the run writes (ingest, teacher, each curation stage) and the
+        optimize folder: what a standalone command must not be writing while the run runs."""
+        return (self.traces, self.teacher, *self.curate.outputs, self.optimize.root)
 
     @property
     def plain_files(self) -> tuple[str, ...]:

@@ -1,25 +1,12 @@
 """``tooldistill run``: every stage from one config, in order, into one run folder.
 
-Stages, in order (``STAGES``)::
+Stages, in order (``STAGES``): ``ingest``, ``teacher``, the curation stages of
+``tooldistill.curate.registry`` (``embed``, ``semdedup``, the optional ``length``, ``car``,
+``split``), then ``student``, ``baseline``, ``optimize`` (``tooldistill.student_stages``) and
+``report``.  The run folder's paths are ``tooldistill.layout.RunLayout``'s.
 
-    ingest → teacher → embed → semdedup → car → split → student → baseline → optimize → report
-
-Run folder (local path or ``s3://``)::
-
-    RUN/traces/                      ingested traces (quarantined records beside them)
-    RUN/teacher/                     Claude's sampled answers per trace + summary.json (teacher: claude)
-    RUN/curate/embedded|deduped|curated|split/{train,val,test}   curation datasets (+ decisions/)
-    RUN/curate/funnel.json           the data funnel in numbers
-    RUN/student.json                 the endpoint used, replicas, serving time and GPU hours
-    RUN/optimize/                    baseline.json, phaseN/ (prompt, program, GEPA state, Tune trials,
-                                     test evaluation), best/prompt.json (the exported prompt), summary.json
-    RUN/report/report.md|html        the report, with its plots
-    RUN/run.json, RUN/run.log        what each stage did this time (ran, skipped, disabled) and how long
-    RUN/.lock                        while a run is using the folder: its pid, host, start and command
-
-Each dataset stage is skipped when its output manifest matches its inputs and config (the stage's own
-fingerprint).  The student is started only when the baseline or a phase has work to do, and stopped
-when the run ends.  Optimization files are written by GEPA and Ray Tune as plain files, so for an
+Each dataset stage is skipped when its output manifest matches its inputs and config (the stage's
+own fingerprint).  Optimization files are written by GEPA and Ray Tune as plain files, so for an
 ``s3://`` run folder they are written to a local staging folder (``staging``): the run's record and
 log are copied to the run folder after every stage, the optimize folder after the optimize stage
 (and when the run ends, however it ends), and both come back at the start, so a run resumes from
@@ -28,47 +15,27 @@ another machine.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tooldistill import raycluster, runlock, staging, store
+from tooldistill import raycluster, runlock, staging, store, student_stages
 from tooldistill.config import PipelineConfig
 from tooldistill.console import chatter_to
+from tooldistill.curate import registry as curate_registry
+from tooldistill.curate.registry import CurateStage, StageContext
 from tooldistill.executor import Executor, make_executor
 from tooldistill.ingest import IngestConfig, IngestResult, ingest
 from tooldistill.layout import RunLayout
-from tooldistill.progress import optimize_progress, rate_text
 from tooldistill.runlog import RunLog, Say, StageRecord
-from tooldistill.schema import content_hash
-from tooldistill.serve.host import ServeHost, Student, start_student
-from tooldistill.stage import PipelineError, StageResult, kept
+from tooldistill.stage import PipelineError, StageResult, earlier_result
 from tooldistill.staging import is_remote
-from tooldistill.tracking import tracking
 
 __all__ = ["STAGES", "PipelineError", "RunResult", "run_pipeline", "select_stages"]
 
-STAGES = (
-    "ingest",
-    "teacher",
-    "embed",
-    "semdedup",
-    "car",
-    "split",
-    "student",
-    "baseline",
-    "optimize",
-    "report",
-)
-#: The curate stages, run in this order on the teacher's (or the ingested) traces.
-CURATE = ("embed", "semdedup", "car", "split")
-#: The stages that share the student: started for the baseline and the phases, stopped after.
-STUDENT = ("student", "baseline", "optimize")
+STAGES: tuple[str, ...] = ("ingest", "teacher", *curate_registry.NAMES, *student_stages.NAMES, "report")
 
 
 @dataclass
@@ -107,7 +74,7 @@ class _Run:
         staging.restore(run_dir, self.workdir)
         # after every stage, an s3:// run folder gets the run's record and log
         self.log = RunLog(config, run_dir, self.workdir, say, on_record=self.sync_files)
-        self.student: Student | None = None
+        self.students = student_stages.StudentStages(config, run_dir, self.local, self.log, say)
         self.result = RunResult(run_dir=run_dir, stages=self.log.records)
 
     def after_until(self, stage: str) -> bool:
@@ -130,7 +97,7 @@ class _Run:
             self.log.skip(name, "not selected", "--until stops before it")
             return None
         if name not in self.selected:
-            earlier = kept(out, self.require(out, name).manifest)
+            earlier = earlier_result(out, self.require(out, name).manifest)
             self.log.skip(name, "not selected", "kept the earlier output")
             return earlier
         with self.log.stage(name) as record:
@@ -150,22 +117,11 @@ class _Run:
         out, section = self.layout.traces, self.config.ingest
 
         def run(record: StageRecord) -> StageResult:
-            result = ingest(
-                IngestConfig(
-                    sources=section.sources,
-                    format=section.format,
-                    out=out,
-                    reader=section.reader,
-                    strict=section.strict,
-                ),
-                self.executor,
-            )
+            result = ingest(IngestConfig(out=out, **dict(section)), self.executor)
             manifest = result.dataset.manifest
-            record.detail = {
-                "traces": manifest.rows,
-                "quarantined": manifest.quarantine.total,
-                "note": f"{manifest.rows} traces, {manifest.quarantine.total} quarantined",
-            }
+            rows, quarantined = manifest.rows, manifest.quarantine.total
+            note = f"{rows} traces, {quarantined} quarantined"
+            record.detail = {"traces": rows, "quarantined": quarantined, "note": note}
             self.result.ingest = result
             return StageResult(result.dataset, result.skipped, dict(manifest.stats))
 
@@ -178,13 +134,8 @@ class _Run:
             self.log.skip("teacher", "disabled", "no teacher section: the traces' calls are the teacher's")
             return traces
         if section.resolved_mode() == "data":
-            self.log.skip(
-                "teacher",
-                "disabled",
-                f"{section.key_env()} is not set: the traces' own calls are the teacher's"
-                if section.mode == "auto"
-                else "mode data: the traces' own calls are the teacher's",
-            )
+            why = f"{section.key_env()} is not set" if section.mode == "auto" else "mode data"
+            self.log.skip("teacher", "disabled", f"{why}: the traces' own calls are the teacher's")
             return traces
 
         def run(record: StageRecord) -> StageResult:
@@ -212,206 +163,46 @@ class _Run:
         return out
 
     def curate(self, source: str) -> dict[str, str] | None:
+        """The registry's curation stages on ``source``; the split's parts and the curated set."""
         section = self.config.curate
         if section is None:
-            for name in CURATE:
+            for name in curate_registry.NAMES:
                 self.log.skip(name, "disabled", "no curate section")
             return None
-        if self.after_until("embed"):
-            for name in CURATE:
-                self.log.skip(name, "not selected", "--until stops before it")
-            return None
-        from tooldistill.curate.car import run_car
-        from tooldistill.curate.pipeline import ensure_embedded, funnel, write_funnel
+        from tooldistill.curate.chain import run_chain
         from tooldistill.curate.runner import make_runner
-        from tooldistill.curate.semdedup import run_semdedup
-        from tooldistill.curate.split import run_split
 
-        runner = make_runner(
-            self.config.ray.executor, address=self.config.ray.address, num_cpus=self.config.ray.num_cpus
-        )
-        curate = self.layout.curate
-        uris = dict(
-            zip(
-                CURATE,
-                (curate.embedded, curate.deduped, curate.curated, curate.split),
-                strict=True,
-            )
-        )
-        stats: dict[str, dict[str, Any]] = {}
-        inputs = {"embed": source}
+        ray = self.config.ray
+        runner = make_runner(ray.executor, address=ray.address, num_cpus=ray.num_cpus)
 
-        def stage(name: str, run: Callable[[], StageResult], then: str | None) -> None:
+        def step(entry: CurateStage, out: str, work: Callable[[], StageResult]) -> StageResult | None:
             def recorded(record: StageRecord) -> StageResult:
-                result = run()
-                rows = result.rows
-                record.detail = {"rows": rows, "note": f"{rows} traces"}
+                result = work()
+                record.detail = {"rows": result.rows, "note": f"{result.rows} traces"}
                 return result
 
-            result = self.step(name, uris[name], recorded)
-            if result is not None:
-                stats[name] = dict(result.stats)
-            if then is not None:
-                inputs[then] = result.uri if result is not None else uris[name]
+            return self.step(entry.name, out, recorded)
 
-        def embed() -> StageResult:
-            return ensure_embedded(inputs["embed"], uris["embed"], section.embed, runner)
+        def left_out(entry: CurateStage) -> None:
+            self.log.skip(entry.name, "disabled", f"optional, off: no curate.{entry.name} section")
 
-        def semdedup() -> StageResult:
-            config = section.semdedup.config(dataset=inputs["semdedup"], out=uris["semdedup"])
-            return run_semdedup(config, runner, self.show_progress)
-
-        def car() -> StageResult:
-            config = section.car.config(dataset=inputs["car"], out=uris["car"])
-            return run_car(config, self.show_progress)
-
-        def split() -> StageResult:
-            config = section.split.config(dataset=inputs["split"], out=uris["split"])
-            return run_split(config, self.show_progress)
-
-        stage("embed", embed, "semdedup")
-        stage("semdedup", semdedup, "car")
-        stage("car", car, "split")
-        stage("split", split, None)
-        if self.after_until("split"):  # the funnel needs every curate stage
-            return None
-        numbers = funnel(
-            store.Dataset.open(inputs["semdedup"]).manifest, stats["semdedup"], stats["car"], stats["split"]
+        chain = run_chain(
+            source,
+            self.layout.curate.root,
+            section,
+            StageContext(runner, self.show_progress),
+            step=step,
+            left_out=left_out,
         )
-        write_funnel(curate.root, numbers)
+        if chain is None:  # --until stopped inside curation
+            return None
+        curate = self.layout.curate
         return {
             "train": curate.train,
             "val": curate.val,
             "test": curate.test,
-            "curated": inputs["split"],
+            "curated": chain.inputs["split"],
         }
-
-    def optimize(self, data: dict[str, str] | None) -> None:
-        section, student_section = self.config.optimize, self.config.student
-        if self.after_until("student"):
-            for name in STUDENT:
-                self.log.skip(name, "not selected", "--until stops before it")
-            return
-        if section is None or student_section is None or data is None:
-            why = "no optimize section" if section is None else "no student or no curated split"
-            for name in STUDENT:
-                self.log.skip(name, "disabled", why)
-            return
-        layout = self.local.optimize
-        folder = Path(layout.root)
-        splits = {name: store.Dataset.open(uri).manifest.fingerprint for name, uri in data.items()}
-        stamp = content_hash(
-            {
-                "optimize": section.model_dump(mode="json"),
-                "student": student_section.model_dump(mode="json"),
-                "data": splits,
-                "reflection_key": self._reflection_key_set(section),
-            },
-            16,
-        )
-        done = _read_json(Path(layout.stamp))
-        wanted = set(STUDENT) & self.selected
-        if not wanted or (done and done.get("stamp") == stamp and Path(layout.summary).exists()):
-            note = "--from/--until leave them out" if not wanted else "up to date"
-            for name in STUDENT:
-                self.log.skip(name, "skipped" if wanted else "not selected", note)
-            self.result.optimize = _read_json(Path(layout.summary))
-            return
-        with self.log.stage("student") as record:
-            self.student = start_student(student_section, self.say)
-            record.detail = {
-                "endpoint": self.student.endpoint,
-                "model": self.student.model,
-                **self.student.info,
-            }
-            record.detail["note"] = f"{self.student.model} at {self.student.endpoint}"
-        self._write_student()
-        served = {
-            "endpoint": self.student.endpoint,
-            "model": self.student.model,
-            "api_key_env": self.student.api_key_env or "OPENAI_API_KEY",
-            "context": self.student.context(section.student.context.model_dump()),
-            "served_by": self.student.info.get("profile_sha256"),
-        }
-        config = section.config(
-            str(folder), data, student=served, reflection=self._reflection(section, section.reflection)
-        )
-        from tooldistill.optimize.run import ensure_baseline, optimize, start_prompt
-        from tooldistill.optimize.student import check_endpoint
-
-        if "baseline" in self.selected:
-            with self.log.stage("baseline") as record:
-                check_endpoint(config.student)
-                folder.mkdir(parents=True, exist_ok=True)
-                baseline, skipped = ensure_baseline(config, start_prompt(config))
-                test = baseline["test"]
-                record.status = "skipped" if skipped else "ran"
-                record.detail = {"test": test, "note": rate_text(test)}
-        if "optimize" not in self.selected:
-            self.log.skip("optimize", "not selected", "--until stops before it")
-            return
-        tune_callbacks, finish_tracking = tracking(self.config, self.run_dir, folder)
-        with self.log.stage("optimize") as record:
-            progress = optimize_progress(self.say, self.log.line)
-            host = (
-                ServeHost(student_section, self.student, self.say, self.run_dir)
-                if student_section.serve
-                else None
-            )
-            summary = optimize(config, progress=progress, tune_callbacks=tune_callbacks, host=host)
-            self._write_student()
-            record.detail = {
-                "best_phase": summary["best_phase"],
-                "phases": {p["phase"]: p["test"].get("rate") for p in summary["phases"]},
-                "note": f"best {summary['best_phase']}: "
-                + rate_text(
-                    next(p["test"] for p in summary["phases"] if p["phase"] == summary["best_phase"])
-                ),
-            }
-            self.result.optimize = summary
-            finish_tracking(summary)
-        Path(layout.stamp).write_text(json.dumps({"stamp": stamp}) + "\n")
-
-    def _reflection_key_set(self, section: Any) -> bool:
-        key_env = section.reflection.api_key_env or "ANTHROPIC_API_KEY"
-        return bool(os.environ.get(key_env))
-
-    def _reflection(self, section: Any, reflection: Any) -> Any:
-        """Claude when its key is set; otherwise the student itself (or an error, as configured)."""
-        from tooldistill.optimize.reflection import ReflectionSettings
-
-        if reflection.kind != "anthropic" or self._reflection_key_set(section):
-            return reflection
-        if section.reflection_without_key == "error":
-            raise PipelineError(
-                f"reflection by Claude needs {reflection.api_key_env or 'ANTHROPIC_API_KEY'}; "
-                "set it, or set optimize.reflection_without_key: student"
-            )
-        assert self.student is not None
-        self.say("reflection: no Claude key, so the student reflects on its own failures")
-        keep = reflection.model_dump(
-            include={"max_tokens", "temperature", "timeout_s", "retries", "concurrency"}
-        )
-        return ReflectionSettings(
-            **keep,
-            kind="openai",
-            model=self.student.model,
-            endpoint=self.student.endpoint,
-            api_key_env=self.student.api_key_env,
-        )
-
-    def _write_student(self, stopped: float | None = None) -> None:
-        if self.student is not None:
-            record = self.student.record(stopped)
-            Path(self.local.student_record).write_text(json.dumps(record, indent=2) + "\n")
-
-    def stop_student(self) -> None:
-        if self.student is None:
-            return
-        try:
-            self.student.stop()
-        finally:
-            self._write_student(stopped=time.time())
 
     def report(self) -> None:
         if not self.config.report.enabled:
@@ -431,13 +222,6 @@ class _Run:
                 "note": str(paths.html),
             }
             self.result.report = str(paths.html) if not is_remote(self.run_dir) else self.layout.report.html
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def select_stages(start_from: str | None = None, until: str | None = None) -> set[str]:
@@ -487,9 +271,7 @@ def run_pipeline(
 def _check_outputs_free(layout: RunLayout) -> None:
     """Stop when a standalone command (``tooldistill curate embed --out RUN/curate/embedded``, ...)
     is writing one of the run's stage outputs; it checks the run's lock the other way round."""
-    c = layout.curate
-    outputs = [layout.traces, layout.teacher, c.embedded, c.deduped, c.curated, c.split, layout.optimize.root]
-    found = runlock.held_inside(outputs)
+    found = runlock.held_inside(list(layout.stage_outputs))
     if found is not None:
         folder, holder = found
         raise PipelineError(
@@ -504,9 +286,12 @@ def _run_stages(run: _Run) -> RunResult:
         source = run.teacher(traces)
         data = run.curate(source)
         try:
-            run.optimize(data)
+            if run.after_until("student"):
+                run.students.skip_all("not selected", "--until stops before it")
+            else:
+                run.result.optimize = run.students.run(data, run.selected)
         finally:
-            run.stop_student()
+            run.students.stop()
             run.sync()  # the phases' files, before the report (which may take a while)
         run.report()
     finally:

@@ -69,7 +69,7 @@ def up_to_date(
     return manifest
 
 
-def kept(out: str, manifest: store.Manifest) -> StageResult:
+def earlier_result(out: str, manifest: store.Manifest) -> StageResult:
     """The result of a stage skipped because its output at ``out`` is up to date."""
     return StageResult(store.Dataset(out, manifest), skipped=True, stats=dict(manifest.stats))
 
@@ -109,7 +109,7 @@ class StageRun:
     def existing(self, *, also: Iterable[str] = (), force: bool = False) -> StageResult | None:
         """The earlier output when it is up to date (and so is each side dataset in ``also``)."""
         manifest = up_to_date(self.out, self.fingerprint, also=also, force=force)
-        return kept(self.out, manifest) if manifest is not None else None
+        return earlier_result(self.out, manifest) if manifest is not None else None
 
     def manifest(
         self,

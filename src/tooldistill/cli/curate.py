@@ -131,11 +131,13 @@ def _embedded(
 ) -> tuple[Any, str]:
     """The runner, and DATASET's embedded traces: DATASET itself when it has embeddings, else
     OUT/embedded, made with the ``_embedding`` flags in ``kwargs``."""
-    from tooldistill.curate.pipeline import ensure_embedded
+    from tooldistill.curate.embed import ensure_embedded
 
     runner = _runner(executor, ray_address)
-    embedded = ensure_embedded(dataset, store.join(out, "embedded"), _embed_options(kwargs), runner, force)
-    return runner, embedded.dataset.uri
+    config = EmbedConfig(
+        dataset=dataset, out=store.join(out, "embedded"), force=force, **_embed_options(kwargs)
+    )
+    return runner, ensure_embedded(config, runner).uri
 
 
 def _quality_config(text: str) -> QualityConfig:
@@ -400,6 +402,14 @@ def split_command(dataset: str, out: str, force: bool, fractions: str, seed: int
 @_quality
 @_split_fractions
 @_seed(SemDedupConfig)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="STAGE.FIELD=VALUE",
+    help="Any stage option (a YAML value), e.g. --set length.window=8192 turns the optional length "
+    "stage on; repeat for more.",
+)
 @_embedding
 @_executor
 def all_command(
@@ -419,60 +429,73 @@ def all_command(
     seed: int,
     executor: str,
     ray_address: str | None,
+    settings: tuple[str, ...],
     **kwargs: Any,
 ) -> None:
     """Embed, SemDeDup, CaR and split into OUT/{embedded,deduped,curated,split}."""
-    from tooldistill.curate.pipeline import curate_all
+    from tooldistill.curate.chain import run_chain
+    from tooldistill.curate.registry import StageContext
 
+    quality = _quality_config(quality_weights)
+    options: dict[str, dict[str, Any]] = {
+        "embed": _embed_options(kwargs),
+        "semdedup": {"eps": eps, "k": dedup_k, "cluster_size": cluster_size, "halo": halo, "rank": rank,
+                     "quality": quality, "seed": seed},
+        "car": {"k": car_k, "per_cluster": per_cluster, "top_overall": top_overall, "quality": quality,
+                "seed": seed},
+        "split": {"fractions": _fractions(fractions), "seed": seed},
+    }  # fmt: skip
+    for setting in settings:
+        stage, field, value = _setting(setting)
+        options.setdefault(stage, {})[field] = value
     with writing(out):
-        quality = _quality_config(quality_weights)
-        result = curate_all(
-            dataset,
-            out,
-            _runner(executor, ray_address),
-            embed_options=_embed_options(kwargs),
-            semdedup_options={
-                "eps": eps,
-                "k": dedup_k,
-                "cluster_size": cluster_size,
-                "halo": halo,
-                "rank": rank,
-                "quality": quality,
-                "seed": seed,
-            },
-            car_options={
-                "k": car_k,
-                "per_cluster": per_cluster,
-                "top_overall": top_overall,
-                "quality": quality,
-                "seed": seed,
-            },
-            split_options={"fractions": _fractions(fractions), "seed": seed},
-            force=force,
-        )
-        funnel = result.funnel()
-        skipped = [
-            name
-            for name, stage in (
-                ("embed", result.embedded),
-                ("semdedup", result.deduped),
-                ("car", result.curated),
-                ("split", result.split),
-            )
-            if stage.skipped
-        ]
+        chain = run_chain(dataset, out, options, StageContext(_runner(executor, ray_address)), force=force)
+        assert chain is not None  # no step hook: every stage runs
+        skipped = chain.skipped
         _print_funnel(
             f"curate → {out}" + (f" (up to date, skipped: {', '.join(skipped)})" if skipped else ""),
-            [
-                ("in", funnel["in"]),
-                ("embedded", funnel["embedded"]),
-                (f"duplicates (ε={eps})", funnel["duplicates"]),
-                ("kept", funnel["kept"]),
-                ("selected (CaR)", funnel["selected"]),
-                ("train / val / test", f"{funnel['train']} / {funnel['val']} / {funnel['test']}"),
-            ],
+            _funnel_rows(chain.funnel),
         )
-        _print_rates(result.deduped.stats)
+        _print_rates(chain.results["semdedup"].stats)
+
+
+def _setting(text: str) -> tuple[str, str, Any]:
+    """``STAGE.FIELD=VALUE`` of ``--set``: the stage (checked against the registry), the field and
+    the value read as YAML."""
+    import yaml
+
+    from tooldistill.curate.registry import NAMES
+
+    name, sep, raw = text.partition("=")
+    stage, dot, field = name.partition(".")
+    if not sep or not dot or not field:
+        raise click.BadParameter(f"{text!r}: expected STAGE.FIELD=VALUE", param_hint="--set")
+    if stage not in NAMES:
+        raise click.BadParameter(
+            f"{text!r}: no stage {stage!r}; stages: {', '.join(NAMES)}", param_hint="--set"
+        )
+    return stage, field, yaml.safe_load(raw)
+
+
+def _funnel_rows(funnel: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The funnel's rows from its per-stage figures: what came in, what each stage kept, and each
+    reason traces went."""
+    from tooldistill.curate.registry import stage
+
+    rows: list[tuple[str, Any]] = []
+    for record in funnel["stages"]:
+        entry = stage(record["stage"])
+        if not rows:
+            rows.append(("in", record["in"]))
+        for went in entry.went:
+            count = record["went"].get(went.key)
+            if count or (went.always and count is not None):
+                rows.append((f"  {went.label.lower()}", count))
+        if entry.parts:
+            rows.append((" / ".join(entry.parts), " / ".join(str(record.get(p)) for p in entry.parts)))
+        else:
+            rows.append((entry.label.lower(), record["kept"]))
+    return rows
 
 
 COMMANDS: tuple[click.Command, ...] = (curate,)

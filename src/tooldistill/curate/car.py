@@ -221,6 +221,7 @@ def run_car(config: CarConfig, show_progress: bool = True) -> StageResult:
         "in": len(ids),
         "repeated_ids_dropped": repeated,
         "selected": int(result.selected.sum()),
+        "not_selected": int((~result.selected).sum()),
         "k": result.k,
         "per_cluster": config.per_cluster,
         "top_overall": config.top_overall,

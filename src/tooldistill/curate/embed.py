@@ -18,7 +18,6 @@ the model loads; a model is always a local folder).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -32,10 +31,12 @@ from tooldistill import store
 from tooldistill.curate.common import (
     EMBED_COLUMNS,
     CurateError,
+    has_column,
     input_stamp,
     open_traces,
     read_part,
 )
+from tooldistill.curate.rows import row_shards
 from tooldistill.curate.runner import LocalRunner, Runner
 from tooldistill.curate.text import TextView, texts_of
 from tooldistill.executor import DEFAULT_RETRIES
@@ -219,26 +220,6 @@ class EmbedShard:
         }
 
 
-def _shards(dataset: store.Dataset, rows_per_shard: int | None, workers: int) -> list[dict[str, Any]]:
-    total = dataset.manifest.rows
-    if rows_per_shard is None:
-        # About eight shards per actor, so the last wave is short; bounded so a shard stays a
-        # reasonable part size and a task a reasonable length.
-        rows_per_shard = max(256, min(16_384, math.ceil(total / max(1, workers * 8))))
-    shards: list[dict[str, Any]] = []
-    for index, part in enumerate(dataset.manifest.parts):
-        for start in range(0, part.rows, rows_per_shard):
-            shards.append(
-                {
-                    "index": len(shards),
-                    "part": index,
-                    "start": start,
-                    "stop": min(part.rows, start + rows_per_shard),
-                }
-            )
-    return shards
-
-
 def embed(config: EmbedConfig, runner: Runner | None = None) -> StageResult:
     """Run the embed stage: the output dataset, and whether it was up to date (skipped)."""
     runner = runner or LocalRunner()
@@ -259,7 +240,7 @@ def embed(config: EmbedConfig, runner: Runner | None = None) -> StageResult:
     else:
         workers = max(1, int(available["CPU"] // config.cpus_per_actor))
     token = run.token
-    shards = _shards(dataset, config.rows_per_shard, workers if runner.name != "local" else 1)
+    shards = row_shards(dataset, config.rows_per_shard, workers if runner.name != "local" else 1)
     stage = EmbedShard(config, model, token)
     start = time.perf_counter()
     results = runner.map_stage(
@@ -303,3 +284,12 @@ def embed(config: EmbedConfig, runner: Runner | None = None) -> StageResult:
             "traces_per_s": round(rows / seconds, 1) if seconds else None,
         },
     )
+
+
+def ensure_embedded(config: EmbedConfig, runner: Runner | None = None) -> StageResult:
+    """The input itself (reported as skipped) when it has an ``embedding`` column already; otherwise
+    the embed stage into ``config.out``."""
+    source = open_traces(config.dataset)
+    if has_column(source, "embedding"):
+        return StageResult(source, skipped=True, stats=dict(source.manifest.stats))
+    return embed(config, runner)

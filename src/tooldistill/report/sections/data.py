@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from tooldistill import store
+from tooldistill.curate import registry as curate_registry
 from tooldistill.layout import manifest
 from tooldistill.report import figures
 from tooldistill.report.document import PARTIAL, RENDERED, UNREADABLE, Heading, Section, Table, Text
@@ -18,7 +19,7 @@ from tooldistill.report.sections.context import Context
 from tooldistill.report.sections.format import DASH, compact, count, not_run, number, pct
 from tooldistill.report.sections.reading import LAYOUT, RunFolder, Unreadable, read_columns
 
-CURATE = LAYOUT.curate
+FOLDERS = LAYOUT.curate
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Step:
 def funnel_section(ctx: Context) -> Section:
     section = Section("funnel", "Data funnel")
     problems: list[str] = []
-    funnel_json = ctx.run.try_json(CURATE.funnel, problems) or {}
+    funnel_json = ctx.run.try_json(FOLDERS.funnel, problems) or {}
 
     def dataset_manifest(rel: str) -> store.Manifest | None:
         try:
@@ -50,9 +51,11 @@ def funnel_section(ctx: Context) -> Section:
         source = manifest(rel) if value is not None else ""
         fallback = number(funnel_json.get(funnel_key)) if funnel_key else None
         if value is None and fallback is not None:
-            value, source = int(fallback), f"{CURATE.funnel} ({funnel_key})"
+            value, source = int(fallback), f"{FOLDERS.funnel} ({funnel_key})"
         elif value is not None and fallback is not None and int(fallback) != value:
-            mismatches.append(f"{label}: the manifest says {value:,}, {CURATE.funnel} says {int(fallback):,}")
+            mismatches.append(
+                f"{label}: the manifest says {value:,}, {FOLDERS.funnel} says {int(fallback):,}"
+            )
         if value is not None:
             steps.append(Step(label, value, source=source, **extra))
 
@@ -68,35 +71,33 @@ def funnel_section(ctx: Context) -> Section:
         step(
             "Teacher answered", LAYOUT.teacher, teacher.rows, None, change="traces sent to Claude for samples"
         )
-    embedded = dataset_manifest(CURATE.embedded)
-    empty = int(number(embedded.stats.get("empty_dropped")) or 0) if embedded else 0
-    left_out = f"{empty:,} with an empty text view left out" if empty else ""
-    step("Embedded", CURATE.embedded, embedded.rows if embedded else None, "embedded", change=left_out)
-    deduped = dataset_manifest(CURATE.deduped)
-    dedup = deduped.stats if deduped else {}
-    removed = number(dedup.get("duplicates"))
-    at = f"SemDeDup at ε = {dedup.get('eps', '?')}" if deduped else ""
-    duplicates = int(removed) if removed is not None else None
-    step("Duplicates removed", CURATE.deduped, duplicates, "duplicates", side=True, change=at)
-    step("After SemDeDup", CURATE.deduped, deduped.rows if deduped else None, "kept")
-    curated = dataset_manifest(CURATE.curated)
-    car = curated.stats if curated else {}
-    rule = (
-        f"top {car.get('per_cluster')} of each of {car.get('k')} clusters + top {car.get('top_overall')} overall"
-        if curated
-        else ""
-    )
-    step("Selected (CaR)", CURATE.curated, curated.rows if curated else None, "selected", change=rule)
-    split = dataset_manifest(CURATE.split)
-    fractions = split.stats.get("fractions") if split else None
-    for index, name in enumerate(("train", "val", "test")):
-        part = dataset_manifest(CURATE.split_part(name))
-        share = (
-            f"target share {fractions[index]:g}"
-            if isinstance(fractions, list) and len(fractions) == 3 and number(fractions[index]) is not None
-            else ""
-        )
-        step(name.capitalize(), CURATE.split_part(name), part.rows if part else None, name, change=share)
+    stages = {r.get("stage"): r for r in funnel_json.get("stages") or [] if isinstance(r, dict)}
+    for entry in curate_registry.STAGES:
+        rel = FOLDERS.output(entry.name)
+        found = dataset_manifest(rel)
+        if found is None and entry.optional and entry.name not in stages:
+            continue  # an optional stage this run did not have
+        stats = found.stats if found else (stages.get(entry.name) or {}).get("went") or {}
+        for went in entry.went:
+            value = number(stats.get(went.key))
+            if value is not None and (value or went.always):
+                step(went.label, rel, int(value), went.key, side=True)
+            elif found is None:
+                step(went.label, rel, None, went.key, side=True)
+        if not entry.parts:
+            note = entry.note(found.stats) if found else ""
+            step(entry.label, rel, found.rows if found else None, entry.kept_key, change=note)
+            continue
+        fractions = found.stats.get("fractions") if found else None
+        for index, name in enumerate(entry.parts):
+            part = dataset_manifest(store.join(rel, name))
+            share = (
+                f"target share {fractions[index]:g}"
+                if isinstance(fractions, list) and len(fractions) == len(entry.parts)
+                and number(fractions[index]) is not None
+                else ""
+            )  # fmt: skip
+            step(name.capitalize(), store.join(rel, name), part.rows if part else None, name, change=share)
 
     for problem in problems:
         section.note(problem)
@@ -104,7 +105,7 @@ def funnel_section(ctx: Context) -> Section:
         if problems:
             section.status = UNREADABLE
             return section
-        return not_run(section, f"no {LAYOUT.traces}/ dataset and no {CURATE.root}/ datasets")
+        return not_run(section, f"no {LAYOUT.traces}/ dataset and no {FOLDERS.root}/ datasets")
     section.add(
         Table(
             ["Step", "Traces", "What happened", "From"],
@@ -133,9 +134,10 @@ def funnel_section(ctx: Context) -> Section:
     for line in mismatches:
         section.note(f"Mismatch: {line} (the manifest is shown).")
     have = {s.label for s in steps}
-    missing = [
-        s for s in ("Ingested", "Embedded", "After SemDeDup", "Selected (CaR)", "Test") if s not in have
+    expected = ["Ingested"] + [
+        e.parts[-1].capitalize() if e.parts else e.label for e in curate_registry.STAGES if not e.optional
     ]
+    missing = [label for label in expected if label not in have]
     if missing:
         section.note("Not run in this run: " + ", ".join(missing) + ".")
     section.status = PARTIAL if (missing or problems) else RENDERED
@@ -143,10 +145,10 @@ def funnel_section(ctx: Context) -> Section:
 
 
 def _dedup_decisions(run: RunFolder, columns: Sequence[str]) -> pa.Table | None:
-    decisions = run.dataset(CURATE.dedup_decisions)
+    decisions = run.dataset(FOLDERS.dedup_decisions)
     if decisions is None:
         return None
-    return read_columns(decisions, columns, CURATE.dedup_decisions)
+    return read_columns(decisions, columns, FOLDERS.dedup_decisions)
 
 
 def removal_curve(max_sim: np.ndarray, eps: Sequence[float]) -> np.ndarray:
@@ -161,7 +163,7 @@ def removal_curve(max_sim: np.ndarray, eps: Sequence[float]) -> np.ndarray:
 def _deduped(run: RunFolder, problems: list[str]) -> Any:
     """SemDeDup's output dataset, or None with the reason added to ``problems``."""
     try:
-        return run.dataset(CURATE.deduped)
+        return run.dataset(FOLDERS.deduped)
     except Unreadable as error:
         problems.append(str(error))
         return None
@@ -173,10 +175,10 @@ def eps_section(ctx: Context) -> Section:
     deduped = _deduped(ctx.run, problems)
     stats = deduped.manifest.stats if deduped else {}
     rates = stats.get("removal_rates")
-    source = manifest(CURATE.deduped)
+    source = manifest(FOLDERS.deduped)
     if not isinstance(rates, dict):
-        funnel_json = ctx.run.try_json(CURATE.funnel, problems) or {}
-        rates, source = funnel_json.get("removal_rates"), CURATE.funnel
+        funnel_json = ctx.run.try_json(FOLDERS.funnel, problems) or {}
+        rates, source = funnel_json.get("removal_rates"), FOLDERS.funnel
     recorded = sorted(
         (float(k), float(v)) for k, v in (rates or {}).items() if _is_float(k) and number(v) is not None
     )
@@ -199,7 +201,7 @@ def eps_section(ctx: Context) -> Section:
             off = [f"ε={e:g}" for (e, r), c in zip(recorded, check, strict=True) if abs(r - c) > 1e-5]
             if off:
                 section.note(
-                    f"The per-trace similarities in {CURATE.dedup_decisions} give other rates than the "
+                    f"The per-trace similarities in {FOLDERS.dedup_decisions} give other rates than the "
                     f"manifest records at {', '.join(off)}; the decisions may be from another run."
                 )
     for problem in problems:
@@ -208,7 +210,7 @@ def eps_section(ctx: Context) -> Section:
         if problems:
             section.status = UNREADABLE
             return section
-        return not_run(section, f"no SemDeDup output in {CURATE.deduped}")
+        return not_run(section, f"no SemDeDup output in {FOLDERS.deduped}")
     rows = []
     for e, r in recorded:
         removed = f"{round(r * total):,}" if total else DASH
@@ -228,7 +230,7 @@ def eps_section(ctx: Context) -> Section:
         section.add(
             Text(
                 "The curve is computed from every trace's highest similarity to a better-ranked trace "
-                f"of its cluster ({CURATE.dedup_decisions}, column dedup_max_sim), which does not depend on ε."
+                f"of its cluster ({FOLDERS.dedup_decisions}, column dedup_max_sim), which does not depend on ε."
             )
         )
     ctx.figure(
@@ -259,10 +261,10 @@ def clusters_section(ctx: Context) -> Section:
         table = _dedup_decisions(ctx.run, ["dedup_cluster", "kept"])
     except Unreadable as error:
         problems.append(str(error))
-    source = f"{CURATE.dedup_decisions} (every trace SemDeDup read)"
+    source = f"{FOLDERS.dedup_decisions} (every trace SemDeDup read)"
     if table is None and deduped is not None:
-        table = read_columns(deduped, ["dedup_cluster"], CURATE.deduped)
-        source = f"{CURATE.deduped} (kept traces only: the decisions dataset is missing)"
+        table = read_columns(deduped, ["dedup_cluster"], FOLDERS.deduped)
+        source = f"{FOLDERS.deduped} (kept traces only: the decisions dataset is missing)"
     for problem in problems:
         section.note(problem)
     if table is None or not table.num_rows:
