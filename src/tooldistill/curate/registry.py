@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from tooldistill.curate.car import CarOptions, run_car
 from tooldistill.curate.embed import EmbedOptions, ensure_embedded
+from tooldistill.curate.length import LengthOptions, run_length
 from tooldistill.curate.runner import Runner
 from tooldistill.curate.semdedup import SemDedupOptions, run_semdedup
 from tooldistill.curate.split import SPLITS, SplitOptions, run_split
@@ -92,6 +93,10 @@ def _semdedup(config: Any, ctx: StageContext) -> StageResult:
     return run_semdedup(config, ctx.runner, ctx.show_progress)
 
 
+def _length(config: Any, ctx: StageContext) -> StageResult:
+    return run_length(config, ctx.runner)
+
+
 def _car(config: Any, ctx: StageContext) -> StageResult:
     return run_car(config, ctx.show_progress)
 
@@ -119,6 +124,14 @@ STAGES: tuple[CurateStage, ...] = (
         ),
         note=lambda stats: f"SemDeDup at ε = {stats.get('eps', '?')}",
         summary="near-duplicates removed (FAISS k-means, one survivor per group within ε)",
+    ),
+    CurateStage(
+        "length", "fitting", LengthOptions, _length, "Fit the window", "fit",
+        went=(Went("too_long", "Too long for the window", always=True),),
+        note=lambda stats: f"window {stats.get('window')} tokens, {stats.get('max_tokens')} for the answer",
+        optional=True,
+        summary="optional: traces the student's window cannot hold after the context policy's cuts "
+        "dropped and counted",
     ),
     CurateStage(
         "car", "curated", CarOptions, _car, "Selected (CaR)", "selected",
