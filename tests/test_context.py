@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 
 from tooldistill.context import ContextPolicy, DoesNotFit, Fitter, byte_bound
 from tooldistill.evaluate import EvaluateConfig, build_request, evaluate
 from tooldistill.optimize.student import Prompt, StudentSettings, run_batch, summarize
 from tooldistill.optimize.testing import StudentServer, make_traces, write_traces
+from tooldistill.readers import ReadContext, ReaderOptions, SourceFile
+from tooldistill.readers.claude_code import read_claude_code
 from tooldistill.schema import Message, ToolCall, Trace
 
 pytest.importorskip("transformers", reason="the context policy counts with the student's tokenizer")
@@ -161,3 +164,199 @@ def test_evaluate_skips_what_cannot_fit_and_records_what_was_cut(
     scored = summarize(outcomes)
     assert scored["n"] == 4 and scored["errors"] == 0
     assert scored["context"]["cut"] == 1 and scored["context"]["skipped"] == 1
+
+
+# -- a Claude Code session: whole files in Write and Edit calls, a pasted log, CLAUDE.md -------------
+
+
+def source(name: str, functions: int) -> str:
+    """A Python module of ``functions`` small functions (~72 characters each)."""
+    return "\n".join(
+        f"def {name}_{i}(rows):\n    return [r for r in rows if r.get('k{i}') != {i}]"
+        for i in range(functions)
+    )
+
+
+CLAUDE_MD = (
+    "<system-reminder>\nContents of /home/ana/api/CLAUDE.md:\n" + "Use ruff; keep modules small.\n" * 40
+)
+PASTE = "Here is what CI printed:\n" + 'Traceback: File "api/load.py", line 3, in load_rows\n' * 600
+TODOS = [
+    {"content": f"Fix test {i}", "status": "pending", "activeForm": f"Fixing test {i}"} for i in range(12)
+]
+EDITS = [
+    {"old_string": source("old", 60), "new_string": source("new", 60)},
+    {"old_string": source("a", 40), "new_string": source("b", 40), "replace_all": False},
+]
+#: The conversation as the log holds it (Anthropic messages); the decision is the last reply, a Bash
+#: call after a short tool result.  Each Write is over 20k characters.
+SESSION = [
+    ("user", [{"type": "text", "text": CLAUDE_MD + "</system-reminder>"}, {"type": "text", "text": PASTE}]),
+    ("assistant", [{"type": "text", "text": "I'll write the loader."},
+                   {"type": "tool_use", "id": "toolu_w1", "name": "Write",
+                    "input": {"file_path": "/home/ana/api/load.py", "content": source("load", 300)}}]),
+    ("user", [{"type": "tool_result", "tool_use_id": "toolu_w1", "content": "File created successfully."}]),
+    ("user", "Good. Now make the tests pass."),
+    ("assistant", [{"type": "tool_use", "id": "toolu_t1", "name": "TodoWrite", "input": {"todos": TODOS}}]),
+    ("user", [{"type": "tool_result", "tool_use_id": "toolu_t1", "content": "Todos have been modified."}]),
+    ("assistant", [{"type": "tool_use", "id": "toolu_m1", "name": "MultiEdit",
+                    "input": {"file_path": "/home/ana/api/load.py", "edits": EDITS}}]),
+    ("user", [{"type": "tool_result", "tool_use_id": "toolu_m1", "content": "Applied 2 edits."}]),
+    ("assistant", [{"type": "text", "text": "Now the parser."},
+                   {"type": "tool_use", "id": "toolu_e1", "name": "Edit",
+                    "input": {"file_path": "/home/ana/api/parse.py", "old_string": source("parse", 120),
+                              "new_string": source("parse_rows", 120)}}]),
+    ("user", [{"type": "tool_result", "tool_use_id": "toolu_e1", "content": "The file has been updated."}]),
+    ("assistant", [{"type": "text", "text": "And the writer."},
+                   {"type": "tool_use", "id": "toolu_w2", "name": "Write",
+                    "input": {"file_path": "/home/ana/api/write.py", "content": source("write", 300)}}]),
+    ("user", [{"type": "tool_result", "tool_use_id": "toolu_w2", "content": "File created successfully."}]),
+    ("assistant", [{"type": "tool_use", "id": "toolu_b1", "name": "Bash", "input": {"command": "pytest -q"}}]),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def claude_code_decision(tmp_path_factory: pytest.TempPathFactory) -> Trace:
+    """The Bash decision of ``SESSION``, written as a session log and read by the Claude Code reader
+    (no ``init`` line: the tools are the built-in catalog's, ~4.2k tokens)."""
+    path = tmp_path_factory.mktemp("claude") / "5a6b7c8d-0000-4000-8000-000000000001.jsonl"
+    lines, parent = [], None
+    for k, (role, content) in enumerate(SESSION):
+        message: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant":
+            message.update(id=f"msg_{k:02d}", type="message", model="claude-sonnet-4-5")
+        lines.append(
+            {"parentUuid": parent, "isSidechain": False, "sessionId": "s-1", "type": role,
+             "message": message, "uuid": f"n-{k}", "timestamp": f"2025-10-01T10:{k:02d}:00.000Z"}
+        )  # fmt: skip
+        parent = f"n-{k}"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    read = read_claude_code(
+        SourceFile(str(path), str(path), pafs.LocalFileSystem()), ReadContext.create(ReaderOptions())
+    )
+    traces = {t.source_id: t for t in read if isinstance(t, Trace)}
+    return traces[f"msg_{len(SESSION) - 1:02d}"]
+
+
+def shape(value: Any) -> Any:
+    """The JSON structure of arguments without the strings' text: keys, list lengths, types."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(item) for item in value]
+    return "str" if isinstance(value, str) else value
+
+
+def test_a_claude_code_decision_with_whole_files_in_recent_calls_fits(
+    fitter: Fitter, claude_code_decision: Trace
+) -> None:
+    # the reader keeps a call's arguments as an object; the request sends them as a JSON string
+    trace = claude_code_decision
+    assert [c.name for m in trace.messages for c in m.tool_calls] == [
+        "Write", "TodoWrite", "MultiEdit", "Edit", "Write"
+    ]  # fmt: skip
+    assert isinstance(trace.messages[-2].tool_calls[0].arguments["content"], str)
+    request = build_request(trace, "student", "You are a coding agent.", 0.0, 128)
+    original = copy.deepcopy(request)
+    messages = original["messages"]
+    assert isinstance(messages[-2]["tool_calls"][0]["function"]["arguments"], str)
+    before = fitter.count(request)
+    assert before > 6 * WINDOW and len(messages[-2]["tool_calls"][0]["function"]["arguments"]) > 20_000
+    fit = fitter.fit(request)
+    budget = WINDOW - 128 - 16
+    assert request == original
+    assert fit.tokens_after == fitter.count(fit.request) <= budget
+    fitted = fit.request["messages"]
+    # cutting long strings was enough: no message was dropped, and every call is still there
+    assert [m["role"] for m in fitted] == [m["role"] for m in messages]
+    assert fit.request["tools"] == original["tools"]
+    # the latest user request and the last result, what the decision depends on, are as they were
+    assert fitted[4] == messages[4] and fitted[4]["content"] == "Good. Now make the tests pass."
+    assert fitted[-1] == messages[-1]
+    for was, now in zip(messages, fitted, strict=True):
+        for call, kept in zip(was.get("tool_calls") or [], now.get("tool_calls") or [], strict=True):
+            assert (kept["id"], kept["function"]["name"]) == (call["id"], call["function"]["name"])
+            # arguments stay a JSON object with the same keys at every depth (MultiEdit's edits too)
+            arguments = json.loads(kept["function"]["arguments"])
+            assert shape(arguments) == shape(json.loads(call["function"]["arguments"]))
+    # the Edit and the Write in the recent messages are cut inside their strings, head and tail
+    # kept; the file paths (short) are not
+    edit = json.loads(fitted[-4]["tool_calls"][0]["function"]["arguments"])
+    write = json.loads(fitted[-2]["tool_calls"][0]["function"]["arguments"])
+    assert write["file_path"] == "/home/ana/api/write.py" and edit["file_path"] == "/home/ana/api/parse.py"
+    assert "tokens cut …]" in edit["old_string"] and "tokens cut …]" in write["content"]
+    assert write["content"].startswith("def write_0(rows):") and write["content"].endswith("!= 299]")
+    assert edit["old_string"].endswith(source("parse", 120)[-12:])
+    multi = json.loads(fitted[7]["tool_calls"][0]["function"]["arguments"])
+    assert "tokens cut …]" in multi["edits"][0]["old_string"] and multi["edits"][1]["replace_all"] is False
+    # the earlier paste (with CLAUDE.md) is cut to its head and tail, like other old text
+    paste = fitted[1]["content"]
+    assert paste.startswith("<system-reminder>") and "tokens cut by tooldistill's context policy" in paste
+    assert paste.endswith(PASTE[-30:]) and len(paste) < len(PASTE) // 20
+    # recorded like every other cut: one entry per message, counted as shortened
+    record = fit.record()
+    assert record is not None and record["tokens_before"] == before and record["dropped"] == 0
+    changes = {(c["index"], c["role"], c["action"]) for c in record["changes"]}
+    assert {
+        (len(messages) - 2, "assistant", "shortened"),
+        (len(messages) - 4, "assistant", "shortened"),
+    } <= changes
+    assert (1, "user", "shortened") in changes and record["shortened"] == len(record["changes"])
+    # without the student's tokenizer the byte bound cuts more, and what it lets through fits (the
+    # catalog alone is more bytes than the window, so here without the tools)
+    bare = {**request, "tools": []}
+    blind = Fitter(ContextPolicy(window=WINDOW)).fit(bare)
+    assert blind.tokens_after is not None and fitter.count(blind.request) <= blind.tokens_after <= budget
+    assert all(
+        shape(json.loads(c["function"]["arguments"])) == shape(json.loads(o["function"]["arguments"]))
+        for m, w in zip(blind.request["messages"], messages, strict=True)
+        for c, o in zip(m.get("tool_calls") or [], w.get("tool_calls") or [], strict=True)
+    )
+
+
+def test_arguments_sent_as_objects_stay_objects(fitter: Fitter, claude_code_decision: Trace) -> None:
+    request = build_request(claude_code_decision, "student", None, 0.0, 128)
+    for message in request["messages"]:
+        for call in message.get("tool_calls") or []:
+            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+    original = copy.deepcopy(request)
+    fit = fitter.fit(request)
+    assert fit.tokens_after is not None and fit.tokens_after <= WINDOW - 128 - 16
+    for was, now in zip(original["messages"], fit.request["messages"], strict=True):
+        for call, kept in zip(was.get("tool_calls") or [], now.get("tool_calls") or [], strict=True):
+            assert shape(kept["function"]["arguments"]) == shape(call["function"]["arguments"])
+    assert "tokens cut …]" in fit.request["messages"][-2]["tool_calls"][0]["function"]["arguments"]["content"]
+
+
+def test_a_claude_code_request_that_fits_is_counted_and_left_as_it_is(
+    fitter: Fitter, claude_code_decision: Trace
+) -> None:
+    short = claude_code_decision.model_copy(
+        update={"messages": [Message(role="user", content="Run the tests.")]}
+    ).with_id()
+    request = request_of(short)
+    assert byte_bound(request) > WINDOW  # the catalog alone is over the byte bound: it is counted
+    fit = fitter.fit(request)
+    assert fit.request is request and not fit.cut and fit.record() is None
+    assert fit.tokens_before == fit.tokens_after == fitter.count(request) <= WINDOW - 112
+
+
+def test_claude_codes_reminders_in_the_latest_request_are_cut_last(fitter: Fitter) -> None:
+    words = "Fix the failing test in tests/test_io.py"
+    # a long CLAUDE.md in the latest request, old results that are enough to cut: it stays whole
+    modest = f"{CLAUDE_MD[:1500]}</system-reminder>\n{words}"
+    fit = fitter.fit(request_of(session(6, request=modest)))
+    assert fit.request["messages"][1]["content"] == modest
+    # a CLAUDE.md longer than the window: only the reminder is cut, the user's own words stay
+    huge = f"{CLAUDE_MD * 40}</system-reminder>\n<system-reminder>Today is Friday.</system-reminder>\n{words}"
+    request = request_of(session(2, request=huge))
+    fit = fitter.fit(request)
+    assert fit.tokens_after is not None and fit.tokens_after <= WINDOW - 112
+    content = fit.request["messages"][1]["content"]
+    assert content.endswith("<system-reminder>Today is Friday.</system-reminder>\n" + words)
+    assert content.startswith("<system-reminder>\nContents of /home/ana/api/CLAUDE.md")
+    assert (
+        "tokens cut by tooldistill's context policy" in content and content.count("</system-reminder>") == 2
+    )
+    record = fit.record()
+    assert record is not None and {"index": 1, "role": "user", "action": "shortened"} in record["changes"]

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from tooldistill import store
 from tooldistill.cli import main
 from tooldistill.curate.car import CarConfig, car_select, run_car
+from tooldistill.curate.chain import run_chain
 from tooldistill.curate.common import CurateError, decisions_of
 from tooldistill.curate.embed import EmbedConfig, Embedder, embed, embedding_array, resolve_model
 from tooldistill.curate.kmeans import gpu_available, spherical_kmeans
-from tooldistill.curate.chain import run_chain
-from tooldistill.curate.registry import StageContext
 from tooldistill.curate.quality import SCORERS, QualityConfig, register_scorer, score
+from tooldistill.curate.registry import StageContext
 from tooldistill.curate.runner import LocalRunner, RayRunner
 from tooldistill.curate.semdedup import SemDedupConfig, boundary_groups, run_semdedup, semdedup
 from tooldistill.curate.split import SplitConfig, assign_splits, run_split

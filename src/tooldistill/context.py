@@ -9,15 +9,25 @@ one ``Fitter``, so the student is measured and trained on what it would be serve
 What is kept, and in what order the rest is cut:
 
 1. always kept: the system prompt (with the prompt artifact's text and demos), the tools, and the
-   latest user request;
+   latest user request's own words;
 2. cut first: **old tool results** (older than the ``keep_recent`` most recent messages), oldest
    first, each shortened to its head plus a visible marker ``[… N tokens cut …]``;
-3. then the other old messages (assistant text, long arguments of old calls, earlier user text);
-4. then the recent tool results, oldest first, shortened only as far as needed (the result just
+3. then the other old messages (assistant text, long string arguments of old calls, earlier user
+   text);
+4. then the recent messages other than tool results and the latest user request: the long string
+   arguments of recent calls (a ``Write`` of a whole file, the strings of an ``Edit``), assistant
+   text, a user message that is not the latest; oldest first, only as far as needed;
+5. then the recent tool results, oldest first, shortened only as far as needed (the result just
    before the decision is cut last);
-5. last, whole old turns (an assistant message goes with the tool results that answer it), oldest
+6. then whole old turns (an assistant message goes with the tool results that answer it), oldest
    first, each run of them leaving a marker on the message after it.  Shortened old turns are
-   cheap and say what was already done, so they go only when nothing else is left to cut.
+   cheap and say what was already done, so they go only when nothing else is left to cut;
+7. last, the reminders Claude Code puts into the latest user request (``<system-reminder>``
+   blocks: CLAUDE.md, a changed file, the todo list), the longest first; the user's own words stay.
+
+Text and string arguments keep their head and tail (``head_tokens`` and half as many) around the
+marker, tool results only their head.  A string argument is cut inside the arguments (at any
+depth: ``MultiEdit``'s edits too), so the arguments stay a JSON object with the same keys.
 
 A request that still does not fit (the system prompt, tools and latest request alone exceed the
 window) raises ``DoesNotFit``: the caller skips the trace with that reason; it is never sent to
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +54,12 @@ from pydantic import BaseModel, ConfigDict, Field
 #: Template text around each message and around the tool list, over-estimated, for the byte bound.
 _BYTES_PER_MESSAGE = 48
 _BYTES_FIXED = 512
+#: The marker left where text was cut: at the end of a tool result's head, or between the head
+#: and tail of other text; a shorter one inside a call's string arguments.
+_MARKER = "[… {n:,} tokens cut by tooldistill's context policy …]"
+_ARGUMENT_MARKER = "[… {n:,} tokens cut …]"
+#: What Claude Code adds to a user message besides the user's words (CLAUDE.md, changed files).
+_REMINDER = re.compile(r"<system-reminder>(.*?)</system-reminder>", re.S)
 
 
 class ContextPolicy(BaseModel):
@@ -160,29 +177,32 @@ class Fitter:
             return len(text.encode("utf-8"))
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _cut_text(self, text: str, want: int, marker: str) -> tuple[str, int] | None:
+    def _cut_text(self, text: str, want: int, marker: str, tail: bool = False) -> tuple[str, int] | None:
         """``text`` shortened by about ``want`` tokens (keeping at least ``head_tokens`` of its
-        start) with ``marker`` naming the tokens cut, and the tokens saved; None when not worth it.
-        Tokenized once; text that cannot hold more than the head (its bytes bound its tokens) is
-        not tokenized at all."""
+        start, and with ``tail`` half as many of its end) with ``marker`` naming the tokens cut, and
+        the tokens saved; None when not worth it.  Tokenized once; text that cannot hold more than
+        what is kept (its bytes bound its tokens) is not tokenized at all."""
         head = self.policy.head_tokens
-        if len(text.encode("utf-8")) <= head + 24:
+        end = head // 2 if tail else 0
+        if len(text.encode("utf-8")) <= head + end + 24:
             return None
         if self.tokenizer is None:
             raw = text.encode("utf-8")
-            keep = max(head, len(raw) - want)
-            if len(raw) - keep <= 24:
-                return None
-            kept_text = raw[:keep].decode("utf-8", errors="ignore")
             tokens = len(raw)
+            keep = max(head + end, tokens - want)
+            if tokens - keep <= 24:
+                return None
+            start = raw[: keep - end].decode("utf-8", errors="ignore")
+            finish = raw[tokens - end :].decode("utf-8", errors="ignore") if end else ""
         else:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             tokens = len(ids)
-            keep = max(head, tokens - want)
+            keep = max(head + end, tokens - want)
             if tokens - keep <= 24:  # not worth a marker
                 return None
-            kept_text = str(self.tokenizer.decode(ids[:keep]))
-        return f"{kept_text}{marker.format(n=tokens - keep)}", tokens - keep - 16
+            start = str(self.tokenizer.decode(ids[: keep - end]))
+            finish = str(self.tokenizer.decode(ids[tokens - end :])) if end else ""
+        return f"{start}{marker.format(n=tokens - keep)}{finish}", tokens - keep - 16
 
     # fitting --------------------------------------------------------------------------------
 
@@ -204,7 +224,15 @@ class Fitter:
         origin = list(range(len(messages)))  # original index of each message, across drops
         changes: list[dict[str, Any]] = []
         total, exact = before, True
-        for step in (self._old_tool_results, self._old_messages, self._recent_tool_results, self._old_turns):
+        steps = (
+            self._old_tool_results,
+            self._old_messages,
+            self._recent_messages,
+            self._recent_tool_results,
+            self._old_turns,
+            self._latest_request_reminders,
+        )
+        for step in steps:
             for _ in range(4):  # rounds: the per-message estimate can differ from the template's count
                 over = total - budget
                 if over <= 0:
@@ -212,9 +240,12 @@ class Fitter:
                 saved = step(messages, origin, over, changes)
                 if saved <= 0:
                     break
-                # cut on the estimate; count exactly (the whole template) once it says "fits"
+                # cut on the estimate; count exactly (the whole template) once it says "fits" or
+                # nearly: it counts a cut string as it is, and a template renders arguments as
+                # escaped JSON (more tokens), so more is often saved than it says; without the
+                # count a later step would cut what need not be
                 total, exact = total - saved, False
-                if total <= budget:
+                if total - budget <= (before - total) // 8:
                     total, exact = self.count(fitted), True
             if total <= budget and exact:
                 return Fit(fitted, before, total, changes)
@@ -254,49 +285,103 @@ class Fitter:
             if over <= 0:
                 break
             message = messages[position]
-            saved = self._shorten_content(message, over + marker_cost)
-            saved += self._shorten_arguments(message, over - saved + marker_cost)
+            # a call's arguments before the text around it: a file the assistant wrote says less
+            # about its next step than what it wrote about it
+            saved = self._shorten_arguments(message, over + marker_cost)
+            saved += self._shorten_content(message, over - saved + marker_cost)
             if saved > 0:
                 total_saved += saved
                 over -= saved
-                entry = {"index": origin[position], "role": message.get("role"), "action": "shortened"}
-                if entry not in changes:
-                    changes.append(entry)
+                _record_shortened(changes, origin[position], message)
         return total_saved
 
     def _shorten_content(self, message: dict[str, Any], want: int) -> int:
         content = message.get("content")
-        if not isinstance(content, str) or not content:
+        if want <= 0 or not isinstance(content, str) or not content:
             return 0
-        cut = self._cut_text(content, want, "\n[… {n:,} tokens cut by tooldistill's context policy …]")
+        if message.get("role") == "tool":  # a result's head says what it is
+            cut = self._cut_text(content, want, "\n" + _MARKER)
+        else:  # a message's request or conclusion is as often at its end
+            cut = self._cut_text(content, want, f"\n{_MARKER}\n", tail=True)
         if cut is None:
             return 0
         message["content"], saved = cut
         return saved
 
     def _shorten_arguments(self, message: dict[str, Any], want: int) -> int:
-        """Shorten long string arguments of an old call (a ``Write`` of a whole file, say)."""
+        """Shorten the long string arguments of a message's calls (a ``Write`` of a whole file, the
+        strings of an ``Edit`` or a ``MultiEdit``'s edits), in order, until about ``want`` tokens
+        are cut.  Arguments are a JSON string (as chat completions sends them) or an object; either
+        stays what it was, with the same keys: only string values are cut."""
         saved = 0
         for call in message.get("tool_calls") or []:
+            if saved >= want:
+                break
             function = call.get("function") or {}
-            try:
-                arguments = json.loads(function.get("arguments") or "{}")
-            except ValueError:
-                continue
-            if not isinstance(arguments, dict):
-                continue
-            changed = False
-            for key, value in arguments.items():
-                if saved >= want or not isinstance(value, str):
-                    continue
-                cut = self._cut_text(value, want - saved, "[… {n:,} tokens cut …]")
-                if cut is None:
-                    continue
-                arguments[key], gained = cut
+            arguments = function.get("arguments")
+            if isinstance(arguments, dict):
+                function["arguments"], gained = self._cut_strings(arguments, want - saved)
                 saved += gained
-                changed = True
-            if changed:
-                function["arguments"] = json.dumps(arguments, ensure_ascii=False)
+                continue
+            if not isinstance(arguments, str):
+                continue
+            try:
+                parsed = json.loads(arguments or "{}")
+            except ValueError:
+                continue  # not JSON: left as it is, never made into something else
+            cut, gained = self._cut_strings(parsed, want - saved)
+            if gained > 0:
+                function["arguments"] = json.dumps(cut, ensure_ascii=False)
+                saved += gained
+        return saved
+
+    def _cut_strings(self, value: Any, want: int) -> tuple[Any, int]:
+        """``value`` (parsed arguments) with its long strings, at any depth, cut in order until
+        about ``want`` tokens are saved, and the tokens saved; keys, lists and other values stay."""
+        if want <= 0:
+            return value, 0
+        if isinstance(value, str):
+            cut = self._cut_text(value, want, _ARGUMENT_MARKER, tail=True)
+            return (value, 0) if cut is None else cut
+        saved = 0
+        if isinstance(value, dict):
+            shortened: dict[str, Any] = {}
+            for key, item in value.items():
+                shortened[key], gained = self._cut_strings(item, want - saved)
+                saved += gained
+            return shortened, saved
+        if isinstance(value, list):
+            items: list[Any] = []
+            for item in value:
+                kept, gained = self._cut_strings(item, want - saved)
+                items.append(kept)
+                saved += gained
+            return items, saved
+        return value, 0
+
+    def _shorten_reminders(self, message: dict[str, Any], want: int) -> int:
+        """Shorten the ``<system-reminder>`` blocks of a user message, the longest first, until
+        about ``want`` tokens are cut; the text around them (the user's own words) stays."""
+        content = message.get("content")
+        if not isinstance(content, str):
+            return 0
+        spans = list(_REMINDER.finditer(content))
+        replaced: dict[int, str] = {}
+        saved = 0
+        for k in sorted(range(len(spans)), key=lambda k: -len(spans[k].group(1))):
+            if saved >= want:
+                break
+            cut = self._cut_text(spans[k].group(1), want - saved, f"\n{_MARKER}\n", tail=True)
+            if cut is not None:
+                replaced[k], gained = cut
+                saved += gained
+        if replaced:
+            parts, at = [], 0
+            for k, span in enumerate(spans):
+                if k in replaced:
+                    parts += [content[at : span.start(1)], replaced[k]]
+                    at = span.end(1)
+            message["content"] = "".join([*parts, content[at:]])
         return saved
 
     def _old_tool_results(
@@ -316,6 +401,32 @@ class Fitter:
             if messages[i].get("role") in ("assistant", "user") and i not in protected
         ]
         return self._shorten(messages, origin, positions, over, changes)
+
+    def _recent_messages(
+        self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
+    ) -> int:
+        """The recent assistant messages (their calls' long arguments, then their text) and any
+        user message but the latest, oldest first."""
+        protected, recent = self._protected(messages), self._recent_start(messages)
+        positions = [
+            i
+            for i in range(recent, len(messages))
+            if messages[i].get("role") in ("assistant", "user") and i not in protected
+        ]
+        return self._shorten(messages, origin, positions, over, changes)
+
+    def _latest_request_reminders(
+        self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
+    ) -> int:
+        """Last of all: Claude Code's reminders inside the latest user request."""
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
+            return 0
+        message = messages[users[-1]]
+        saved = self._shorten_reminders(message, over + 48)
+        if saved > 0:
+            _record_shortened(changes, origin[users[-1]], message)
+        return saved
 
     def _old_turns(
         self, messages: list[dict[str, Any]], origin: list[int], over: int, changes: list[dict[str, Any]]
@@ -376,6 +487,12 @@ class Fitter:
             else ""
         )
         return self._text_tokens(f"{text}{calls}") + 4
+
+
+def _record_shortened(changes: list[dict[str, Any]], index: int, message: dict[str, Any]) -> None:
+    entry = {"index": index, "role": message.get("role"), "action": "shortened"}
+    if entry not in changes:
+        changes.append(entry)
 
 
 def fitter_for(policy: ContextPolicy | None) -> Fitter | None:
