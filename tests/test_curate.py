@@ -643,7 +643,8 @@ def test_curate_all_chain_and_split_subsets(embedded_dataset: store.Dataset, tmp
         SplitConfig(dataset="x", out="y", fractions=(0.5, 0.5, 0.5))
     assert (
         run_split(
-            SplitConfig(dataset=result.results["car"].dataset.uri, out=str(tmp_path / "s2")), show_progress=False
+            SplitConfig(dataset=result.results["car"].dataset.uri, out=str(tmp_path / "s2")),
+            show_progress=False,
         ).stats["cluster_column"]
         == "car_cluster"
     )
