@@ -32,6 +32,20 @@ from tooldistill.serve.cpu import capabilities, usable_cores
 from tooldistill.serve.models import models_home, prepare
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shown_run(run: str | Path) -> str:
+    """A run folder as the results name it: relative to the repository (``runs/demo``), else by its
+    name; the results are committed, so they name no path of the machine that measured them."""
+    text = str(run)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser().resolve()
+    for root in (REPO, Path.cwd().resolve()):
+        if path.is_relative_to(root) and path != root:
+            return path.relative_to(root).as_posix()
+    return path.name
 
 
 def bfcl_examples(base: Path, n: int) -> list[dict[str, Any]]:
@@ -75,7 +89,7 @@ def run_figures(run: Path) -> dict[str, Any]:
     phases = summary["phases"]
     best = max(phases, key=lambda p: p["test"].get("rate") or 0.0)
     return {
-        "run": str(run),
+        "run": shown_run(run),
         "baseline": {k: baseline.get(k) for k in ("n", "matched", "rate", "ci95", "errors")},
         "phases": [
             {
@@ -148,7 +162,11 @@ def main() -> int:
     elif out.exists():  # keep the match figures of the run measured before, said to be so
         earlier = json.loads(out.read_text()).get("match")
         if earlier:
-            result["match"] = {**earlier, "note": "carried over from the previous results (no --run given)"}
+            result["match"] = {
+                **earlier,
+                "run": shown_run(earlier.get("run", "")),
+                "note": "carried over from the previous results (no --run given)",
+            }
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"ray/plain tokens/s: {ratio}; wrote {out}")

@@ -113,6 +113,8 @@ def planted() -> list[tuple[str, str, str]]:
     add("basic_auth", f"Authorization: Basic {v}", v)
     v = r(ALNUM, 24) + "." + r(ALNUM, 16)
     add("bearer_token", f"curl -H 'Authorization: Bearer {v}' https://api.corp.internal/v1/orders", v)
+    v = r(HEX, 40)
+    add("auth_header", f"curl -H 'Authorization: Token {v}' https://api.corp.internal/v1/stock", v)
     v = r(ALNUM, 30) + "+" + r(ALNUM, 13) + "="
     add("high_entropy_base64", f'SIGNING_BLOB="{v}"', v)
     v = "pypi" + "-AgEIcHlwaS5vcmc" + r(ALNUM + "_-", 60)
@@ -197,6 +199,68 @@ def test_nested_values_and_keyed_secrets():
         "api_key_env": "ANTHROPIC_API_KEY",
         "token": "required",
     }
+
+
+HEX40 = "4f3c2a9b8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b"
+AUTH_HEADERS = [
+    # (text, the secret, what stays of the header)
+    (f"curl -H 'Authorization: Token {HEX40}' https://api.corp.internal/v1", HEX40, "Authorization: Token "),
+    (f'{{"Authorization": "Token {HEX40}", "Accept": "application/json"}}', HEX40, '"Token '),
+    (f'{{\\"Authorization\\": \\"Token {HEX40}\\"}}', HEX40, '\\"Token '),
+    (f"{{'Authorization': 'ApiKey {HEX40[:24]}'}}", HEX40[:24], "'ApiKey "),
+    ("Authorization: Bot MTk4NjIyNDgzNDcxOTI1MjQ4.Cl2FMQ.ZnCjm1XVW7v", "MTk4NjIyNDgzNDcxOTI1MjQ4", "Bot "),
+    (f"Proxy-Authorization: Token {HEX40}", HEX40, "Proxy-Authorization: Token "),
+    (f"Authorization: {HEX40}", HEX40, "Authorization: "),
+    (f'req.Header.Set("Authorization", "Key {HEX40}")', HEX40, '"Key '),
+    (
+        'Authorization: Digest username="ana", realm="shop", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",'
+        ' uri="/orders", response="6629fae49393a05397450978507c4ef1"',
+        "6629fae49393a05397450978507c4ef1",
+        "Authorization: Digest ",
+    ),
+    (
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
+        " SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024",
+        "fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024",
+        "AWS4-HMAC-SHA256 ",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "secret", "kept"), AUTH_HEADERS)
+def test_authorization_header_of_any_scheme_is_replaced(text, secret, kept):
+    redactor = Redactor()
+    out = redactor.text(text)
+    assert secret not in out, out
+    assert f"{kept}[REDACTED:auth_header]" in out, out
+    assert redactor.counts["auth_header"] == 1
+
+
+def test_authorization_header_kinds_and_values_in_variables():
+    # a Bearer or Basic value the longer patterns leave is named by its scheme
+    redactor = Redactor()
+    assert (
+        redactor.text("Authorization: Bearer 9f8e7d6c5b4a") == "Authorization: Bearer [REDACTED:bearer_token]"
+    )
+    assert redactor.counts == {"bearer_token": 1}
+    # the value of a Bash tool call in a trace
+    assert Redactor().value({"command": AUTH_HEADERS[0][0]}) == {
+        "command": "curl -H 'Authorization: Token [REDACTED:auth_header]' https://api.corp.internal/v1"
+    }
+    for text in (
+        'curl -H "Authorization: Token $API_TOKEN" https://api.corp.internal/v1',
+        'headers = {"Authorization": f"Token {token}"}',
+        'headers.set("Authorization", "Bearer " + token)',
+        "Authorization: Token ${SHOP_TOKEN}",
+        "Authorization: Token <your-token>",
+        "Authorization: Token YOUR_API_TOKEN",
+        "def orders(authorization: str = Header(None)) -> list[Order]:",
+        "The Authorization header carries the token; authorization: required",
+        "Authorization, Accept and Content-Type headers are forwarded.",
+    ):
+        redactor = Redactor()
+        assert redactor.text(text) == text
+        assert not redactor.counts
 
 
 ORDINARY = [

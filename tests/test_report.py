@@ -2,7 +2,7 @@
 
 The folder is made by the real stages on a small input: ingest of a JSONL file (with two bad lines,
 so the quarantine is real), teacher capture against the local Anthropic-compatible server (three
-samples per trace, some disagreeing), ``curate_all`` with the packaged MiniLM model, and
+samples per trace, some disagreeing), ``run_chain`` with the packaged MiniLM model, and
 ``optimize`` (DSPy, GEPA, GEPA on CaR-best) against the local student and reflection servers.  Only
 ``run.json`` and ``student.json`` are written here, as the pipeline writes them.  Every assertion
 compares the report with the files the stages wrote.
@@ -25,11 +25,13 @@ import numpy as np
 import pytest
 
 from tooldistill import store
-from tooldistill.curate.pipeline import curate_all
+from tooldistill.curate.chain import run_chain
+from tooldistill.curate.registry import StageContext
 from tooldistill.curate.runner import LocalRunner
 from tooldistill.executor import LocalExecutor
 from tooldistill.ingest import IngestConfig, ingest
 from tooldistill.optimize.run import config_from_dict, optimize
+from tooldistill.optimize.student import Outcome, summarize
 from tooldistill.optimize.testing import (
     BETTER_INSTRUCTION,
     CLOCK,
@@ -146,16 +148,17 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         server.stop()
     timed("teacher", {"samples": 3, "api_key": SECRETS["api_key"]})
 
-    result = curate_all(
+    curated = run_chain(  # writes curate/funnel.json
         str(run / "teacher"),
         str(run / "curate"),
-        LocalRunner(show_progress=False),
-        semdedup_options={"k": 3},
-        car_options={"per_cluster": 2, "top_overall": 36},
-        split_options={"fractions": (0.5, 0.2, 0.3)},
-        show_progress=False,
+        {
+            "semdedup": {"k": 3},
+            "car": {"per_cluster": 2, "top_overall": 36},
+            "split": {"fractions": (0.5, 0.2, 0.3)},
+        },
+        StageContext(LocalRunner(show_progress=False), show_progress=False),
     )
-    (run / "curate" / "funnel.json").write_text(json.dumps(result.funnel(), indent=2))
+    assert curated is not None
     for stage in ("embed", "semdedup", "car", "split"):
         timed(stage)
 
@@ -292,6 +295,7 @@ def test_funnel_numbers_are_the_manifests_rows(run_dir: Path, report: Any, texts
         "Duplicates removed": deduped.stats["duplicates"],
         "After SemDeDup": deduped.rows,
         "Selected (CaR)": manifest(run_dir, "curate/curated").rows,
+        "Not selected (CaR)": manifest(run_dir, "curate/curated").stats["not_selected"],
         "Train": manifest(run_dir, "curate/split/train").rows,
         "Val": manifest(run_dir, "curate/split/val").rows,
         "Test": manifest(run_dir, "curate/split/test").rows,
@@ -299,6 +303,7 @@ def test_funnel_numbers_are_the_manifests_rows(run_dir: Path, report: Any, texts
     # the input: 66 good lines, two bad ones, six re-asks that SemDeDup must find
     assert traces.rows == 66 and traces.quarantine.total == 2 and deduped.stats["duplicates"] >= 6
     assert expected["Selected (CaR)"] < expected["After SemDeDup"]
+    assert expected["Selected (CaR)"] + expected["Not selected (CaR)"] == expected["After SemDeDup"]
     rows = {r[0]: r[1] for r in table_after(markdown, "| Step | Traces |")}
     assert rows == {label: f"{n:,}" for label, n in expected.items()}
     for label, n in expected.items():
@@ -352,7 +357,7 @@ def test_phase_table_equals_the_phase_results(run_dir: Path, report: Any, texts:
     assert rows[0] == ["Baseline", "seed prompt", "—", str(baseline["n"]), pct(baseline["rate"]),
                        f"{baseline['ci95'][0] * 100:.1f}–{baseline['ci95'][1] * 100:.1f}%",
                        str(baseline["errors"]), "—", names(baseline)]  # fmt: skip
-    labels = {"phase1": "Phase 1 (DSPy)", "phase2": "Phase 2 (GEPA)", "phase3": "Phase 3 (GEPA, curated)"}
+    labels = {"phase1": "phase1 (dspy)", "phase2": "phase2 (gepa)", "phase3": "phase3 (gepa, curated)"}
     caps = {"phase1": 50, "phase2": 50, "phase3": 10}
     for row, (name, label) in zip(rows[1:], labels.items(), strict=True):
         result = read(opt / name / "result.json")
@@ -526,7 +531,7 @@ def test_corrupt_files_are_reported_not_raised(run_dir: Path, tmp_path: Path) ->
     assert paths.markdown.parent == tmp_path / "out"
     assert paths.sections["phases"] == "partial"
     assert "optimize/phase2/candidates.json could not be read: JSONDecodeError" in page
-    phase3 = next(r for r in table_after(markdown, "|   | Method |") if r[0].startswith("Phase 3"))
+    phase3 = next(r for r in table_after(markdown, "|   | Method |") if r[0].startswith("phase3"))
     assert "optimize/phase3/result.json could not be read" in phase3[1].replace("\\", "") and phase3[4] == "—"
     assert "student.json could not be read: expected a JSON dict, found list" in page
     assert paths.sections["cost"] == "partial"
@@ -709,9 +714,9 @@ def test_every_match_rate_shows_its_endpoint_errors(run_dir: Path, tmp_path: Pat
     errors = {r[0]: r[6] for r in table_after(markdown, "|   | Method |")}
     assert errors == {
         "Baseline": "2",
-        "Phase 1 (DSPy)": "1",
-        "Phase 2 (GEPA)": "—",
-        "Phase 3 (GEPA, curated)": "0",
+        "phase1 (dspy)": "1",
+        "phase2 (gepa)": "—",
+        "phase3 (gepa, curated)": "0",
     }
     stages = {r[0]: re.sub(r"\\(.)", r"\1", r[3]) for r in table_after(markdown, "| Stage | Status |")}
     test = baseline["test"]
@@ -727,3 +732,108 @@ def test_every_match_rate_shows_its_endpoint_errors(run_dir: Path, tmp_path: Pat
         f"(errors unknown), phase3 {pct(rates['phase3'])} (0 errors)"
     )
     assert paths.sections["phases"] == "rendered" and "match_rates.png" in [p.name for p in paths.figures]
+
+
+def _machine_paths(text: str, *folders: Path) -> list[str]:
+    """The paths of this machine that ``text`` names: the given folders, the home folder, the
+    working directory, and any absolute path under the usual roots of a machine."""
+    named = {str(f) for f in (*folders, Path.home(), Path.cwd())} | {str(f.resolve()) for f in folders}
+    found = [f for f in named if f in text]
+    found += re.findall(r"(?<![\w:/.])/(?:tmp|home|Users|root|var|private|work|mnt|srv|opt)/[\w.\-/]+", text)
+    return found
+
+
+def test_the_report_names_no_path_of_this_machine(
+    run_dir: Path, texts: tuple[str, str], bucket: str, tmp_path: Path
+) -> None:
+    for text in texts:
+        assert not _machine_paths(text, run_dir, run_dir.parent)
+    assert "Run folder: run (a local folder)" in texts[0]
+    # a staged s3:// run: the run folder is the bucket's; the staging folder is not named
+    import pyarrow.fs as pafs
+
+    uri = f"s3://{bucket}/run"
+    pafs.copy_files(
+        str(run_dir), f"{bucket}/run", source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=store.s3_filesystem(),
+    )  # fmt: skip
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for name in ("run.json", "student.json"):
+        shutil.copy(run_dir / name, staging / name)
+    shutil.copytree(run_dir / "optimize", staging / "optimize")
+    staged = render_report(str(staging), run_uri=uri)
+    for path in (staged.markdown, staged.html):
+        text = path.read_text()
+        assert not _machine_paths(text, run_dir, staging, tmp_path), path.name
+        assert "staged in a local folder and synced to the run folder" in text
+    assert f"Run folder: {uri}" in staged.markdown.read_text()
+
+
+def _outcomes(names: int, chain: int, n: int = 20) -> list[Outcome]:
+    """``n`` answers of which ``names`` match on the tool names and ``chain`` of those on the full
+    chain too."""
+    return [Outcome(f"t{i}", float(i < names), i < names, "", modes={"chain": i < chain}) for i in range(n)]
+
+
+@pytest.fixture()
+def names_run(tmp_path: Path) -> Path:
+    """A run optimized on the tool-name chain with the full chain measured beside it, as
+    ``configs/claude-code.yaml`` runs: a GEPA phase, a finetune phase, another GEPA phase."""
+    run = tmp_path / "names-run"
+    opt = run / "optimize"
+    config = config_from_dict(
+        {
+            "run_dir": str(opt),
+            "data": {name: str(run / "curate" / "split" / name) for name in ("train", "val", "test")},
+            "student": {"endpoint": "http://127.0.0.1:9", "model": "student", "mode": "names",
+                        "also_modes": ["chain"]},
+            "phases": [
+                {"name": "phase1", "kind": "gepa", "train": 16, "val": 12, "max_metric_calls": 60},
+                {"name": "phase2", "kind": "finetune", "train": 24, "select": "sample"},
+                {"name": "phase3", "kind": "gepa", "train": 16, "val": 12, "max_metric_calls": 40},
+            ],
+        }
+    )  # fmt: skip
+    tests = {
+        "baseline": summarize(_outcomes(6, 2)),
+        "phase1": summarize(_outcomes(9, 3)),
+        "phase2": summarize(_outcomes(14, 8)),
+        "phase3": summarize(_outcomes(13, 7)),
+    }
+    opt.mkdir(parents=True)
+    (opt / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
+    (opt / "baseline.json").write_text(json.dumps({"test": tests["baseline"]}))
+    for name, kind in (("phase1", "gepa"), ("phase2", "finetune"), ("phase3", "gepa")):
+        (opt / name).mkdir()
+        (opt / name / "result.json").write_text(json.dumps({"kind": kind, "test": tests[name]}))
+    (opt / "summary.json").write_text(json.dumps({"best_phase": "phase2"}))
+    (run / "tests.json").write_text(json.dumps(tests))
+    return run
+
+
+def test_a_names_mode_run_says_which_chain_and_shows_the_full_chain(names_run: Path) -> None:
+    tests = read(names_run / "tests.json")
+    paths = render_report(str(names_run))
+    markdown, page = paths.markdown.read_text(), paths.html.read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("|   | Method |"))
+    headers = [cell.strip() for cell in header.strip()[1:-1].split(" | ")]
+    assert headers[4] == "Match rate (tool names)" and headers[-1] == "Full chain (95%)"
+    assert "Tool names (95%)" not in markdown  # the optimized mode is not shown twice
+    rows = {r[0]: r for r in table_after(markdown, "|   | Method |")}
+    labels = {"baseline": "Baseline", "phase1": "phase1 (gepa)", "phase2": "phase2 (finetune)",
+              "phase3": "phase3 (gepa)"}  # fmt: skip
+    assert list(rows) == list(labels.values())
+    for name, label in labels.items():
+        test, chain = tests[name], tests[name]["also"]["chain"]
+        assert chain["rate"] < test["rate"]  # the fixture's full chain is stricter than the names
+        low, high = chain["ci95"]
+        assert rows[label][4] == pct(test["rate"])
+        assert rows[label][-1] == f"{pct(chain['rate'])} {low * 100:.1f}–{high * 100:.1f}%"
+        assert f"<td>{html.escape(label)}</td>" in page
+    # the text names the best phase as the table does, and says what each column judges
+    text = " ".join(markdown.split())
+    assert "Best phase: phase2 (finetune)" in text
+    assert "in the optimized match mode, names: the tool names alone" in text
+    assert "Full chain: the same answers judged on the full chain, the same calls in the same order" in text
+    assert paths.sections["phases"] == "rendered"

@@ -47,6 +47,18 @@ BASE64_LIMIT = 4.5
 BASE64_MIN_CHARS = 24
 HEX_LIMIT = 3.0
 
+# An ``Authorization`` header's value: the header name (a quoted key in JSON or a dict, an argument
+# of ``headers.set("Authorization", ...)``), an optional scheme word (kept), then the credentials:
+# a list of ``name=value`` / ``name="value"`` parameters (Digest, OAuth 1, AWS SigV4) or one token.
+# A value in a variable (``Token $API_TOKEN``, ``f"Token {token}"``) matches no credentials, and
+# the scheme word alone is no secret (``_auth_value``).
+_AUTH_PARAM = r"""[A-Za-z_][\w\-]*=(?:\\?"[^"\\\n]*\\?"|[^\s"'\\,]+)"""
+_AUTH_HEADER = (
+    r"""(?i:(?:proxy-)?authorization)(?:(?:\\?["'])?\s*[:=]|\\?["']\s*,)\s*(?:\\?["'])?"""
+    r"(?:(?P<scheme>[A-Za-z]+[0-9]*(?:-[A-Za-z0-9]+)*)\s+)?"
+    rf"(?P<v>{_AUTH_PARAM}(?:\s*,\s*{_AUTH_PARAM})*|[A-Za-z0-9_\-\.~+/:=]+)"
+)
+
 # Each pattern names the kind of secret it finds and the literals (needles) a text must hold for it
 # to match: a pattern runs only on a text that holds one of them (``in`` is far cheaper than a
 # regular expression scanning every position).  They are deliberately specific (prefixes that real
@@ -93,6 +105,10 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         ("authorization",),
         r"(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?i:basic)\s+(?P<v>[A-Za-z0-9+/]{8,}={0,2})",
     ),
+    # any other ``Authorization`` / ``Proxy-Authorization`` value, whatever its scheme (``Token``,
+    # ``Bot``, ``ApiKey``, ``Digest <params>``, ``AWS4-HMAC-SHA256 <params>``) or none; the scheme
+    # word stays, as for ``Bearer`` (see ``_AUTH_HEADER``)
+    ("auth_header", ("authorization",), _AUTH_HEADER),
     # the password of a URL (``https://user:pass@host``, ``postgres://app:pw@db``)
     ("basic_auth", ("://",), r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s/:@\"'<>]+:(?P<v>[^\s/@\"'<>]+)@"),
 ]
@@ -299,6 +315,23 @@ def _unescape(line: str) -> str:
     )
 
 
+_AUTH_SCHEME_KINDS = {"bearer": "bearer_token", "basic": "basic_auth"}
+_REDACTED = re.compile(r"\[REDACTED:\w+\]")
+
+
+def _auth_value(value: str) -> bool:
+    """Whether an ``Authorization`` header's credentials look like a secret: not a word (a scheme
+    whose value is in a variable), a constant's name, a placeholder or a value already replaced
+    (a value that holds one, like SigV4's ``Credential=[REDACTED:...]/...``, still goes whole)."""
+    return not (
+        len(value) < MIN_SECRET_CHARS
+        or _REDACTED.fullmatch(value)
+        or _PLACEHOLDER.match(value)
+        or _IDENTIFIER.match(value)
+        or _CONSTANT.match(value)
+    )
+
+
 def _kind_for(kind: str, value: str) -> str:
     if kind == "aws_key":
         return "aws_access_key_id" if re.fullmatch(r"[A-Z0-9]{20}", value) else "aws_secret_access_key"
@@ -374,7 +407,12 @@ def _redact(text: str) -> tuple[str, tuple[tuple[str, int], ...]]:
 
     def replace(kind: str, match: re.Match[str]) -> str:
         value = match.groupdict().get("v")
-        if value is not None and (
+        if kind == "auth_header":
+            if value is None or not _auth_value(value):
+                return match.group(0)
+            # a short bearer token or a Basic value the patterns above leave: named by its scheme
+            kind = _AUTH_SCHEME_KINDS.get((match.group("scheme") or "").lower(), kind)
+        elif value is not None and (
             "[REDACTED:" in value or (kind == "basic_auth" and _PLACEHOLDER.match(value))
         ):
             return match.group(0)  # already replaced, or ``http://user:password@host`` in a description

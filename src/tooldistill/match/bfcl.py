@@ -24,8 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tooldistill.match.compare import Verdict, ordinal
 from tooldistill.match.normalize import format_call, format_value
+from tooldistill.match.verdict import Verdict, ordinal
 from tooldistill.schema import ToolCall
 
 _PY_TYPES: dict[str, type] = {

@@ -22,43 +22,15 @@ import difflib
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from tooldistill.match.bfcl import check_bfcl
 from tooldistill.match.normalize import format_call, format_value, normalize_arguments
+from tooldistill.match.verdict import Verdict, ordinal
 from tooldistill.schema import ToolCall
 
 MODES = ("chain", "set", "names", "bfcl")
-
-_ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
-
-
-def ordinal(n: int) -> str:
-    """1 → 'first'; beyond ten, '11th'."""
-    if 1 <= n <= len(_ORDINALS):
-        return _ORDINALS[n - 1]
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of one comparison."""
-
-    match: bool
-    score: float
-    reason: str
-    #: one entry per problem found; ``reason`` joins them
-    problems: tuple[str, ...] = field(default=())
-
-    @classmethod
-    def of(cls, problems: list[str], score: float, ok_reason: str = "match") -> Verdict:
-        if not problems:
-            return cls(True, 1.0, ok_reason, ())
-        return cls(False, max(0.0, min(score, 0.999)), "; ".join(problems), tuple(problems))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"match": self.match, "score": round(self.score, 4), "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -262,8 +234,6 @@ def compare(
     """
     schemas = schemas or {}
     if mode == "bfcl":
-        from tooldistill.match.bfcl import check_bfcl
-
         return check_bfcl(
             predicted, acceptable if acceptable is not None else _as_acceptable(reference), schemas, category
         )

@@ -97,11 +97,30 @@ def _title(ctx: Context, shown: str) -> str:
     return f"Run report: {name if isinstance(name, str) and name else shown.rstrip('/').rsplit('/', 1)[-1]}"
 
 
+def _shown_folder(folder: str) -> str:
+    """How the report names a run folder: a remote one by its URI; a local one by its path relative
+    to the working directory, else by its name.  A report is shared: it names no path of the
+    machine it was made on."""
+    if "://" in folder and not folder.startswith("file://"):
+        return mask_text(folder)
+    path = Path(folder.removeprefix("file://")).expanduser().resolve()
+    try:
+        relative = path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        relative = None
+    if relative is None or str(relative) == ".":
+        return f"{path.name or '/'} (a local folder)"
+    return mask_text(relative.as_posix())
+
+
 def _subtitle(ctx: Context, roots: list[str]) -> list[str]:
     info, problem = _run_info(ctx)
-    lines = [f"Run folder: {mask_text(roots[-1])}"]
+    lines = [f"Run folder: {_shown_folder(roots[-1])}"]
     if len(roots) > 1:
-        lines.append(f"Plain files staged in: {roots[0]}")
+        lines.append(
+            "Plain files (run.json, student.json, optimize/) were staged in a local folder and synced "
+            "to the run folder."
+        )
     if problem:
         lines.append(f"Run: {problem}")
     else:

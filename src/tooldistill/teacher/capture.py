@@ -36,7 +36,7 @@ from tooldistill.layout import TeacherLayout, parent_and_name
 from tooldistill.match.compare import chain_key
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.redact import Redactor
-from tooldistill.schema import ToolCall, Trace, content_hash, traces_to_table
+from tooldistill.schema import ToolCall, Trace, traces_to_table
 from tooldistill.scoring import write_json
 from tooldistill.stage import StageRun, SummaryResult
 from tooldistill.teacher.cache import RequestCache
@@ -53,7 +53,7 @@ from tooldistill.teacher.client import (
     run_messages,
 )
 from tooldistill.teacher.limits import RateLimiter
-from tooldistill.teacher.options import CaptureOptions, ClaudeOptions
+from tooldistill.teacher.options import CaptureConfig, ClaudeSettings
 from tooldistill.teacher.pricing import Price, cost, price_for
 from tooldistill.teacher.request import (
     build_params,
@@ -71,40 +71,6 @@ DATASET_FIELDS = ("key", "sample", "mode", "stop_reason", "usage", "cost_usd")
 
 class TeacherError(RuntimeError):
     """The teacher cannot be asked at all (no key, unknown model, refused credentials)."""
-
-
-class ClaudeSettings(ClaudeOptions):
-    """How requests reach Claude (``options.ClaudeOptions``) and where the answers go: shared by
-    capture and judge."""
-
-    #: the output dataset
-    out: str
-
-    @property
-    def cache_uri(self) -> str:
-        return self.cache or TeacherLayout(self.out).requests
-
-
-class CaptureConfig(CaptureOptions, ClaudeSettings):
-    """A capture: its options (``options.CaptureOptions``) on ``dataset``, written to ``out``."""
-
-    dataset: str
-
-    def config_hash(self) -> str:
-        """What decides the answers (not how they are fetched: batch or not, concurrency, ...)."""
-        return content_hash(
-            {
-                "model": self.model,
-                "samples": self.samples,
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-                "system": self.system_prompt,
-                "prompt_caching": self.prompt_caching,
-                "limit": self.limit,
-                "redact": self.redact,
-            },
-            16,
-        )
 
 
 @dataclass

@@ -1,21 +1,19 @@
-"""What a capture or a judge run asks of Claude, without where it reads and writes.
+"""What a capture or a judge run asks of Claude, and where it reads and writes.
 
 ``ClaudeOptions`` (how requests reach Claude) and ``CaptureOptions`` (what a capture asks for) are
-the pipeline config's ``teacher.capture`` section; ``capture.ClaudeSettings`` and
-``capture.CaptureConfig`` add the output (and the input) to them.  They live apart from
-``capture`` so that the config loads without the Anthropic SDK, which ``capture`` imports.
+the pipeline config's ``teacher.capture`` section; ``ClaudeSettings`` and ``CaptureConfig`` add the
+output (and the input) to them.  They live apart from ``capture`` (which re-exports them) so that
+the config loads without the Anthropic SDK, which ``capture`` imports; ``capture`` imports this
+module, never the other way round.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from tooldistill.layout import TeacherLayout
+from tooldistill.schema import content_hash
 from tooldistill.teacher.pricing import Price
-
-if TYPE_CHECKING:
-    from tooldistill.teacher.capture import CaptureConfig
 
 
 class ClaudeOptions(BaseModel):
@@ -61,6 +59,38 @@ class CaptureOptions(ClaudeOptions):
 
     def config(self, *, dataset: str, out: str) -> CaptureConfig:
         """The capture's config: these options on ``dataset``, written to ``out``."""
-        from tooldistill.teacher.capture import CaptureConfig
-
         return CaptureConfig.model_validate({**dict(self), "dataset": dataset, "out": out})
+
+
+class ClaudeSettings(ClaudeOptions):
+    """How requests reach Claude (``ClaudeOptions``) and where the answers go: shared by capture
+    and judge."""
+
+    #: the output dataset
+    out: str
+
+    @property
+    def cache_uri(self) -> str:
+        return self.cache or TeacherLayout(self.out).requests
+
+
+class CaptureConfig(CaptureOptions, ClaudeSettings):
+    """A capture: its options (``CaptureOptions``) on ``dataset``, written to ``out``."""
+
+    dataset: str
+
+    def config_hash(self) -> str:
+        """What decides the answers (not how they are fetched: batch or not, concurrency, ...)."""
+        return content_hash(
+            {
+                "model": self.model,
+                "samples": self.samples,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "system": self.system_prompt,
+                "prompt_caching": self.prompt_caching,
+                "limit": self.limit,
+                "redact": self.redact,
+            },
+            16,
+        )

@@ -46,13 +46,26 @@ DSPY_OPTIMIZERS = {
 }
 
 
-def _describe(index: int, config: Mapping[str, Any], kind: str | None) -> tuple[str, str, str]:
-    """(row label, short plot label, method) of a phase."""
+#: What each match mode compares, as the table's headers and text name it.
+MODE_NAMES = {"chain": "full chain", "names": "tool names", "set": "call set", "bfcl": "BFCL checker"}
+MODE_TEXT = {
+    "chain": "the full chain, the same calls in the same order with the same arguments",
+    "names": "the tool names alone, the same tools as many times each, arguments and order not compared",
+    "set": "the calls as a set, the same calls with the same arguments in any order",
+    "bfcl": "the BFCL checker's rules, each argument against its acceptable values",
+}
+
+
+def _mode_name(mode: str) -> str:
+    return MODE_NAMES.get(mode, mode)
+
+
+def _describe(name: str, config: Mapping[str, Any], kind: str | None) -> tuple[str, str, str]:
+    """(row label, short plot label, method) of a phase: labelled by its configured name and kind,
+    as the rest of the report names it (``phase2 (finetune)``)."""
     kind = str(config.get("kind") or kind or "?")
     curated = config.get("select") == "car"
-    short = {"dspy": "DSPy", "gepa": "GEPA", "finetune": "LoRA"}.get(kind, kind) + (
-        ", curated" if curated else ""
-    )
+    short = kind + (", curated" if curated else "")
     if kind == "dspy":
         method = (
             f"DSPy {DSPY_OPTIMIZERS.get(str(config.get('optimizer', 'bootstrap')), config.get('optimizer'))}"
@@ -65,7 +78,7 @@ def _describe(index: int, config: Mapping[str, Any], kind: str | None) -> tuple[
         method = kind
     if curated:
         method += " on the CaR-best train traces"
-    return f"Phase {index} ({short})", f"Phase {index}\n({short})", method
+    return f"{name} ({short})", f"{name}\n({short})", method
 
 
 def _train_count(ctx: Context, config: Mapping[str, Any], result: Mapping[str, Any] | None) -> str:
@@ -99,7 +112,7 @@ def _rows(ctx: Context, problems: list[str]) -> tuple[list[PhaseRow], int]:
     ]
     by_name = {p["name"]: p for p in ctx.shared.phase_configs}
     unfinished = 0
-    for index, name in enumerate(ctx.shared.phase_names, start=1):
+    for name in ctx.shared.phase_names:
         phase = OPTIMIZE.phase(name)
         config = by_name.get(name, {})
         result: Any = None
@@ -114,7 +127,7 @@ def _rows(ctx: Context, problems: list[str]) -> tuple[list[PhaseRow], int]:
                 if ctx.run.has(phase.root)
                 else "not run in this run"
             )
-        label, short, method = _describe(index, config, result.get("kind") if result else None)
+        label, short, method = _describe(name, config, result.get("kind") if result else None)
         test = result.get("test") if result and isinstance(result.get("test"), dict) else None
         if result is not None and test is None:
             problem = f"{phase.result} has no test summary"
@@ -138,44 +151,54 @@ def phases_section(ctx: Context) -> Section:
     ctx.run.try_json(OPTIMIZE.summary, problems)
     base_test = rows[0].test
     base_rate = number(base_test.get("rate")) if base_test else None
-    # the tool-name chain measured beside the optimized mode, when the run has it
-    names_column = any(obj(obj(r.test).get("also")).get("names") for r in rows if r.test)
+    student = obj(obj(ctx.shared.optimize_config).get("student"))
+    mode = student.get("mode") if isinstance(student.get("mode"), str) else None
+    also = _also_modes(rows, mode, student.get("also_modes"))
 
-    def names_cell(test: Mapping[str, Any] | None) -> list[str]:
-        if not names_column:
-            return []
-        names = obj(obj(test).get("also")).get("names")
-        if not isinstance(names, Mapping) or number(names.get("rate")) is None:
-            return [DASH]
-        return [f"{pct(names['rate'])} {interval(names.get('ci95'))}"]
+    def also_cells(test: Mapping[str, Any] | None) -> list[str]:
+        """The same answers judged in each mode measured beside the optimized one."""
+        cells = []
+        for other in also:
+            summary = obj(obj(test).get("also")).get(other)
+            if not isinstance(summary, Mapping) or number(summary.get("rate")) is None:
+                cells.append(DASH)
+            else:
+                ci = interval(summary.get("ci95"))
+                cells.append(pct(summary["rate"]) + (f" {ci}" if ci != DASH else ""))
+        return cells
 
     table_rows = []
     for row in rows:
         if row.test is None or number(row.test.get("rate")) is None:
             table_rows.append(
                 [row.label, f"{row.method}: {row.problem or 'no match rate'}", row.train, DASH, DASH, DASH,
-                 _errors_cell(row.test) if row.test else DASH, DASH, *([DASH] if names_column else [])]
+                 _errors_cell(row.test) if row.test else DASH, DASH, *[DASH for _ in also]]
             )  # fmt: skip
             continue
         rate = float(row.test["rate"])
         delta = DASH if row.name == BASELINE or base_rate is None else f"{(rate - base_rate) * 100:+.1f} pp"
         table_rows.append(
             [row.label, row.method, row.train, count(row.test.get("n")), pct(rate),
-             interval(row.test.get("ci95")), _errors_cell(row.test), delta, *names_cell(row.test)]
+             interval(row.test.get("ci95")), _errors_cell(row.test), delta, *also_cells(row.test)]
         )  # fmt: skip
+    rate_header = f"Match rate ({_mode_name(mode)})" if mode else "Match rate"
     section.add(
         Table(
-            ["", "Method", "Train examples", "Test n", "Match rate", "95% interval", "Errors", "Δ vs baseline",
-             *(["Tool names (95%)"] if names_column else [])],
+            ["", "Method", "Train examples", "Test n", rate_header, "95% interval", "Errors", "Δ vs baseline",
+             *[f"{_mode_name(m).capitalize()} (95%)" for m in also]],
             table_rows,
-            {2, 3, 4, 6, 7},
+            {2, 3, 4, 6, 7, *range(8, 8 + len(also))},
         )
     )  # fmt: skip
-    if names_column:
+    if also:
         section.add(
             Text(
-                "Tool names: the same answers judged on the tool-name chain alone (the right tools in "
-                "the right order, arguments not compared), beside the optimized match mode."
+                "; ".join(
+                    f"{_mode_name(m).capitalize()}: the same answers judged on {MODE_TEXT.get(m, f'the {m} mode')}"
+                    for m in also
+                )
+                + f"; measured beside the optimized match mode{f' ({_mode_name(mode)})' if mode else ''}, "
+                "never optimized."
             )
         )
     measured = [r for r in rows if r.test is not None and number(r.test.get("rate")) is not None]
@@ -186,7 +209,12 @@ def phases_section(ctx: Context) -> Section:
     section.add(
         Text(
             "Match rate: the share of test traces whose student calls match the reference in the "
-            "optimizer's match mode; the interval is the Wilson 95% score interval. Errors: test "
+            + (
+                f"optimized match mode, {mode}: {MODE_TEXT.get(mode, _mode_name(mode))}"
+                if mode
+                else "optimizer's match mode"
+            )
+            + "; the interval is the Wilson 95% score interval. Errors: test "
             "requests the student's endpoint failed, left out of the test n (not counted as misses). "
             "Train examples: the traces the phase learned from (its cap, or fewer when the split is "
             "smaller)."
@@ -194,7 +222,8 @@ def phases_section(ctx: Context) -> Section:
     )
     best = ctx.shared.best_phase
     if best:
-        section.add(Text(f"Best phase: {best} (its prompt is the exported artifact below)."))
+        label = next((r.label for r in rows if r.name == best), best)
+        section.add(Text(f"Best phase: {label}; its prompt is the exported artifact below."))
     ceiling = ctx.shared.ceiling
     if ceiling is not None:
         section.add(Text(f"Teacher consistency ceiling: {pct(ceiling)} (see the teacher section)."))
@@ -209,7 +238,9 @@ def phases_section(ctx: Context) -> Section:
         ctx.figure(
             ctx.report.match_rates_figure,
             lambda path: figures.match_rates(path, points, ceiling, ctx.shared.ceiling_label),
-            "Match rate per phase with 95% intervals",
+            f"Match rate ({_mode_name(mode)}) per phase with 95% intervals"
+            if mode
+            else "Match rate per phase with 95% intervals",
             section,
         )
     finetune_rows(ctx, ctx.shared.phase_names, section, problems)
@@ -247,7 +278,7 @@ def _context_text(rows: Sequence[PhaseRow], section: Section) -> None:
             continue
         share = number(context.get("median_share_cut"))
         parts.append(
-            f"{row.short}: {count(context.get('cut'))} cut"
+            f"{row.label}: {count(context.get('cut'))} cut"
             + (
                 f" (median {pct(share)} of their tokens, at most {pct(context.get('max_share_cut'))})"
                 if share is not None
@@ -264,6 +295,20 @@ def _context_text(rows: Sequence[PhaseRow], section: Section) -> None:
                 + "."
             )
         )
+
+
+def _also_modes(rows: Sequence[PhaseRow], mode: str | None, configured: Any) -> list[str]:
+    """The modes measured beside the optimized one that some row has: the config's order, then
+    any other a summary holds."""
+    found: list[str] = []
+    for row in rows:
+        for other in obj(obj(row.test).get("also")):
+            if isinstance(other, str) and other not in found:
+                found.append(other)
+    listed = isinstance(configured, Sequence) and not isinstance(configured, str)
+    order = [m for m in configured if isinstance(m, str)] if listed else []
+    ranked = [m for m in order if m in found] + sorted(m for m in found if m not in order)
+    return [m for m in ranked if m != mode]
 
 
 def _ci(test: Mapping[str, Any]) -> tuple[float, float]:
