@@ -25,8 +25,8 @@ from tooldistill.context import ContextPolicy
 from tooldistill.optimize.student import Prompt, StudentSettings, fitted_request
 from tooldistill.optimize.testing import ScriptedStudentServer, make_traces
 from tooldistill.request import trace_request
-from tooldistill.serve.app import key_sha256
 from tooldistill.serve.gateway import GatewaySettings, Routing
+from tooldistill.serve.keys import key_sha256
 from tooldistill.serve.learned import Learned
 from tooldistill.serve.upstream import RunningGateway, start_gateway
 

@@ -38,20 +38,6 @@ ALLOWED: frozenset[frozenset[str]] = frozenset(
                 "tooldistill.optimize.phases.gepa",
             }
         ),
-        # ``context`` imports ``serve.app`` (``expand_path``, lazily) while the gateway fits requests
-        # with ``context``; inside ``serve``, ``app`` and ``gateway`` import each other lazily
-        # (``GatewaySettings`` / ``key_sha256``), as do ``gateway`` and ``upstream``
-        # (``chunks_of`` / ``Gateway``).  Left to the modules' owners.
-        frozenset(
-            {
-                "tooldistill.context",
-                "tooldistill.serve.app",
-                "tooldistill.serve.gateway",
-                "tooldistill.serve.ingress",
-                "tooldistill.serve.learned",
-                "tooldistill.serve.upstream",
-            }
-        ),
     }
 )
 

@@ -51,6 +51,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tooldistill.paths import expand_path
+
 #: Template text around each message and around the tool list, over-estimated, for the byte bound.
 _BYTES_PER_MESSAGE = 48
 _BYTES_FIXED = 512
@@ -131,8 +133,6 @@ def load_tokenizer(name: str) -> Any:
     once per process; nothing is downloaded."""
     with _LOCK:
         if name not in _TOKENIZERS:
-            from tooldistill.serve.app import expand_path
-
             try:
                 from transformers import AutoTokenizer
 

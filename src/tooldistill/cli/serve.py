@@ -243,8 +243,8 @@ def _front(
     """The gateway in front of a student that is already up, until Ctrl-C."""
     import os
 
-    from tooldistill.serve.app import key_sha256
     from tooldistill.serve.gateway import GatewaySettings, Routing
+    from tooldistill.serve.keys import key_sha256
     from tooldistill.serve.learned import Learned, from_run
     from tooldistill.serve.upstream import start_gateway
 

@@ -166,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, answer: dict[str, Any]) -> None:
         """The answer as a chat-completions event stream (what a streaming server sends)."""
-        from tooldistill.serve.upstream import chunks_of
+        from tooldistill.serve.gateway import chunks_of
 
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

@@ -23,13 +23,12 @@ names ``import_path: tooldistill.serve.app:build_app`` and passes its ``args``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+from tooldistill import paths
 
 
 class ServeConfigError(ValueError):
@@ -37,18 +36,11 @@ class ServeConfigError(ValueError):
 
 
 def expand_path(value: str) -> str:
-    """``~``, ``${VAR}`` and ``${VAR:-default}`` expanded; an unset variable without a default is
-    an error, not an empty string."""
-
-    def variable(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if os.environ.get(name):
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise ServeConfigError(f"model path {value!r} uses ${{{name}}}, which is not set")
-
-    return os.path.expanduser(_VAR.sub(variable, value))
+    """``paths.expand_path``, its error a ``ServeConfigError`` (a profile that cannot be used)."""
+    try:
+        return paths.expand_path(value)
+    except paths.UnsetVariable as error:
+        raise ServeConfigError(str(error)) from None
 
 
 def _is_local(source: str) -> bool:
@@ -80,10 +72,6 @@ def resolve_model_sources(llm_configs: list[dict[str, Any]]) -> list[dict[str, A
             config["engine_kwargs"] = {"enable_lora": True, **(config.get("engine_kwargs") or {})}
         resolved.append(config)
     return resolved
-
-
-def key_sha256(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _replicas(llm: dict[str, Any]) -> int:

@@ -26,6 +26,7 @@ import fnmatch
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tooldistill.context import DoesNotFit
 from tooldistill.serve.anthropic import ApiError, error_event, from_chat, models_page, stream_events, to_chat
+from tooldistill.serve.keys import key_sha256
 from tooldistill.serve.learned import Learned
 
 log = logging.getLogger("tooldistill.gateway")
@@ -93,8 +95,6 @@ class Backend(Protocol):
 
 def key_matches(headers: Any, expected_sha256: str) -> bool:
     """Whether ``x-api-key`` or a Bearer token hashes to ``expected_sha256``."""
-    from tooldistill.serve.app import key_sha256
-
     candidates = [headers.get("x-api-key") or ""]
     header = headers.get("authorization") or ""
     if header.lower().startswith("bearer "):
@@ -244,8 +244,6 @@ class Gateway:
 
 async def _one_chunk_stream(answer: dict[str, Any]) -> AsyncIterator[str]:
     """A whole answer as a chat-completions event stream (a backend that could not stream)."""
-    from tooldistill.serve.upstream import chunks_of
-
     for chunk in chunks_of(answer):
         yield "data: " + json.dumps(chunk)
     yield "data: [DONE]"
@@ -280,3 +278,32 @@ def fastapi_app(gateway: Gateway, api_key_sha256: str | None = None) -> Any:
     app.add_api_route("/v1/models", gateway.models, methods=["GET"])
     app.add_api_route("/v1/models/{model:path}", gateway.model, methods=["GET"])
     return app
+
+
+def chunks_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole chat completion as the events a streaming server sends for it: the role, the text,
+    each call (name and whole arguments in one delta), the finish reason, then the usage."""
+    base = {
+        "id": answer.get("id") or "chatcmpl-gateway",
+        "object": "chat.completion.chunk",
+        "created": int(answer.get("created") or time.time()),
+        "model": answer.get("model") or "",
+    }
+    choice = (answer.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    if message.get("content"):
+        chunks.append({**base, "choices": [{"index": 0, "delta": {"content": message["content"]}}]})
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call.get("function") or {}
+        delta = {
+            "index": index,
+            "id": call.get("id") or f"call_{index}",
+            "type": "function",
+            "function": {"name": function.get("name"), "arguments": function.get("arguments") or "{}"},
+        }
+        chunks.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]})
+    finish = choice.get("finish_reason") or ("tool_calls" if message.get("tool_calls") else "stop")
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    chunks.append({**base, "choices": [], "usage": answer.get("usage") or {}})
+    return chunks

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from tooldistill.serve.app import ServeConfigError, build_app, key_sha256, resolve_cpu_engine
+from tooldistill.serve.app import ServeConfigError, build_app, resolve_cpu_engine
+from tooldistill.serve.keys import key_sha256
 
 BUILDER = "tooldistill.serve.app:build_app"
 

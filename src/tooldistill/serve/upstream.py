@@ -114,35 +114,6 @@ class UpstreamBackend:
         return data
 
 
-def chunks_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
-    """A whole chat completion as the events a streaming server sends for it: the role, the text,
-    each call (name and whole arguments in one delta), the finish reason, then the usage."""
-    base = {
-        "id": answer.get("id") or "chatcmpl-gateway",
-        "object": "chat.completion.chunk",
-        "created": int(answer.get("created") or time.time()),
-        "model": answer.get("model") or "",
-    }
-    choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
-    if message.get("content"):
-        chunks.append({**base, "choices": [{"index": 0, "delta": {"content": message["content"]}}]})
-    for index, call in enumerate(message.get("tool_calls") or []):
-        function = call.get("function") or {}
-        delta = {
-            "index": index,
-            "id": call.get("id") or f"call_{index}",
-            "type": "function",
-            "function": {"name": function.get("name"), "arguments": function.get("arguments") or "{}"},
-        }
-        chunks.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]})
-    finish = choice.get("finish_reason") or ("tool_calls" if message.get("tool_calls") else "stop")
-    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-    chunks.append({**base, "choices": [], "usage": answer.get("usage") or {}})
-    return chunks
-
-
 @dataclass
 class RunningGateway:
     url: str
