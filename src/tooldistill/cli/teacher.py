@@ -20,7 +20,7 @@ from rich.table import Table
 
 from tooldistill.cli.common import console, hold_output, lazy_model_option, print_consistency, user_errors
 
-_CLAUDE = "tooldistill.teacher.capture:ClaudeSettings"
+_CLAUDE = "tooldistill.teacher.options:ClaudeSettings"
 _CAPTURE = "tooldistill.teacher.capture:CaptureConfig"
 
 
