@@ -21,25 +21,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 #: Cycles known and left for now, each as the modules of its strongly connected component.  A
 #: component found must lie within one of these (a new cycle, or one that grows, fails the test);
-#: an entry whose cycle is gone is warned about (drop it then).
-ALLOWED: frozenset[frozenset[str]] = frozenset(
-    {
-        # ``optimize.run`` imports the phase kinds, and ``optimize.phases.base`` / ``.finetune`` /
-        # ``.gepa`` import ``OptimizeConfig`` and ``PhaseConfig`` back from it under TYPE_CHECKING.
-        # Left to the modules' owners (the configs could move to a module both import).
-        frozenset(
-            {
-                "tooldistill.optimize.run",
-                "tooldistill.optimize.phases",
-                "tooldistill.optimize.phases.base",
-                "tooldistill.optimize.phases.dspy",
-                "tooldistill.optimize.phases.evaluation",
-                "tooldistill.optimize.phases.finetune",
-                "tooldistill.optimize.phases.gepa",
-            }
-        ),
-    }
-)
+#: an entry whose cycle is gone is warned about (drop it then).  None today.
+ALLOWED: frozenset[frozenset[str]] = frozenset()
 
 
 def module_name(path: Path, root: Path = SOURCE) -> str:

@@ -185,7 +185,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "kind": "gepa",
                         "train": 50,
                         "val": 8,
-                        "max_metric_calls": 30,
+                        # the seed's validation (8) and one whole iteration (2 parent and 2 child
+                        # minibatches of 3, a validation per accepted child) within the budget
+                        "max_metric_calls": 40,
                         "parents_per_iteration": 1,
                         "mutations_per_parent": 2,
                     },
@@ -195,7 +197,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "train": 10,
                         "select": "car",
                         "val": 8,
-                        "max_metric_calls": 20,
+                        "max_metric_calls": 30,
                         "parents_per_iteration": 1,
                         "mutations_per_parent": 2,
                     },

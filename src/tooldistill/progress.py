@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,9 @@ Say = Callable[[str], None]
 
 #: What a value that is not there (or not a number) reads as.
 DASH = "—"
+
+#: Seconds between two console lines of one running evaluation.
+EVALUATION_LINE_EVERY_S = 15.0
 
 
 def number(value: Any) -> float | None:
@@ -55,6 +59,33 @@ def errors(summary: Any) -> str:
     return f"{int(n):,} error" + ("" if int(n) == 1 else "s")
 
 
+def duration(seconds: Any) -> str:
+    """``45 s``, ``3 min 20 s``, ``2 h 05 min``; a dash for what is not a number."""
+    n = number(seconds)
+    if n is None or n < 0:
+        return DASH
+    whole = round(n)
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 7200:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def evaluation_line(event: Mapping[str, Any], final: bool = False) -> str:
+    """An ``evaluating`` event in one line: ``baseline: test answers 120/480 (25%), 1.9/s, ETA
+    3 min 10 s``; the last one says how long it took: ``... 480/480 in 4 min 12 s, 1.9/s``."""
+    done, total = number(event.get("done")), number(event.get("total"))
+    share = f" ({done / total:.0%})" if done is not None and total else ""
+    per_s = number(event.get("per_s"))
+    rate = f"{per_s:.1f}/s" if per_s is not None else "rate unknown"
+    head = f"  {event.get('phase')}: {event.get('split', 'test')} answers {count(done)}/{count(total)}"
+    if final:
+        return f"{head} in {duration(event.get('elapsed_s'))}, {rate}"
+    eta = number(event.get("eta_s"))
+    return f"{head}{share}, {rate}, ETA {duration(eta) if eta is not None else 'unknown'}"
+
+
 def rate_text(summary: Mapping[str, Any]) -> str:
     """A test summary in one line, the same on the console and in the report, with its endpoint
     errors beside the rate (never in it), the other match modes, and the context policy's cuts:
@@ -79,14 +110,37 @@ def rate_text(summary: Mapping[str, Any]) -> str:
     return text
 
 
-def optimize_progress(say: Say, log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+def optimize_progress(
+    say: Say, log: Callable[[str], None], every_s: float = EVALUATION_LINE_EVERY_S
+) -> Callable[[dict[str, Any]], None]:
     """The optimize stage's progress callback: every event to the run log, the ones a user
-    watches (GEPA iterations, finetune examples and steps, phase results) to the console."""
+    watches (GEPA iterations, finetune examples and steps, phase results) to the console, and a
+    running evaluation's answers so far at most every ``every_s`` seconds (and its end, when a line
+    was shown before it)."""
+    last_line: dict[str, float] = {}  # a running evaluation (by phase): when its last line was shown
+    shown: set[str] = set()  # the evaluations that showed a line
+
+    def evaluating(event: dict[str, Any]) -> None:
+        name, now = str(event.get("phase")), time.monotonic()
+        done, total = number(event.get("done")), number(event.get("total"))
+        if done is not None and total is not None and done >= total:
+            if name in shown:
+                say(evaluation_line(event, final=True))
+            last_line.pop(name, None)
+            shown.discard(name)
+        elif name not in last_line:
+            last_line[name] = now  # it starts: the first line comes ``every_s`` later
+        elif now - last_line[name] >= every_s:
+            say(evaluation_line(event))
+            last_line[name] = now
+            shown.add(name)
 
     def progress(event: dict[str, Any]) -> None:
         log(f"optimize {json.dumps(event, default=str)}")
         kind = event.get("event")
-        if kind == "iteration":
+        if kind == "evaluating":
+            evaluating(event)
+        elif kind == "iteration":
             say(
                 f"  {event['phase']}: iteration {event['iteration']}, metric calls "
                 f"{event['metric_calls']}/{event['max_metric_calls']}, best val "

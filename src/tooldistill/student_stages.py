@@ -99,7 +99,7 @@ class StudentStages:
             with self.log.stage("baseline") as record:
                 check_endpoint(config.student)
                 folder.mkdir(parents=True, exist_ok=True)
-                baseline, skipped = ensure_baseline(config, start_prompt(config))
+                baseline, skipped = ensure_baseline(config, start_prompt(config), progress)
                 record.status = "skipped" if skipped else "ran"
                 record.detail = {"test": baseline["test"], "note": rate_text(baseline["test"])}
         if "optimize" not in selected:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tooldistill import runlock
 from tooldistill.cli.common import console, dtype_option, fail, hold_output, user_errors
+from tooldistill.progress import optimize_progress
 
 if TYPE_CHECKING:
     from tooldistill.optimize.run import OptimizeConfig
@@ -38,9 +39,19 @@ def _rate(test: dict[str, Any] | None) -> str:
     return f"{test['rate']:.1%} ({low:.1%}-{high:.1%}, n={test['n']}{beside})"
 
 
+def _show(line: str) -> None:
+    console.print(line, highlight=False)
+
+
+#: A running evaluation's answers so far, at most one line every 15 s (``progress.optimize_progress``).
+_evaluating = optimize_progress(_show, lambda _: None)
+
+
 def _progress(event: dict[str, Any]) -> None:
     kind, phase = event.get("event"), event.get("phase")
-    if kind == "iteration":
+    if kind == "evaluating":
+        _evaluating(event)
+    elif kind == "iteration":
         usd = f"${event['reflection_usd']:.4f}"
         if event.get("max_reflection_usd") is not None:
             usd += f"/${event['max_reflection_usd']:.2f}"
@@ -171,6 +182,7 @@ def finetune_command(
     from tooldistill.finetune.merge import AdapterError
     from tooldistill.finetune.phase import finetune
     from tooldistill.finetune.train import TrainError
+    from tooldistill.optimize.phases.finetune import options as finetune_options
     from tooldistill.optimize.run import (
         OptimizeError,
         finetune_reserve,
@@ -208,7 +220,7 @@ def finetune_command(
             train = phase_train(config, item)
             with hold_output(config.run_dir):
                 record = finetune(
-                    train, item.finetune_options(), item.name, start_prompt(config, item.name),
+                    train, finetune_options(item), item.name, start_prompt(config, item.name),
                     config.student, Path(config.run_dir) / item.name, base, choose_dtype(
                         None if dtype == "auto" else dtype).dtype, show, reserve=finetune_reserve(config, train),
                 )  # fmt: skip

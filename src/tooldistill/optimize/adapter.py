@@ -10,7 +10,9 @@ student's reply, and the feedback: the matcher's reason ("argument city: expecte
 
 ``batch_evaluate`` is the hook GEPA calls with every (candidate, examples) pair of a step; with a
 ``TuneEvaluator`` each pair is one Ray Tune trial and the pairs run side by side, otherwise they run
-in a thread pool in this process.  The reflection model's dollars so far are part of the adapter
+in a thread pool in this process.  An ``admit`` gate (the GEPA phase's ``MetricBudget``) may refuse
+pairs the budget cannot pay for: a refused pair is not asked and comes back empty, no scores, no
+trajectories, no metric calls.  The reflection model's dollars so far are part of the adapter
 state GEPA checkpoints, so a resumed run keeps counting from where it stopped.
 """
 
@@ -31,6 +33,9 @@ COMPONENT = "instructions"
 
 #: ``(trace, outcome) -> words or None``: an optional second opinion (e.g. Claude as judge).
 JudgeFeedback = Callable[[Trace, Outcome], str | None]
+
+#: ``(candidate, examples) pairs -> may each be evaluated``: a budget's gate on one step's pairs.
+Admit = Callable[[Sequence[tuple[Mapping[str, str], Sequence[Trace]]]], list[bool]]
 
 
 def describe_conversation(trace: Trace, limit: int = 1500) -> str:
@@ -71,6 +76,7 @@ class ToolCallAdapter:
         judge: JudgeFeedback | None = None,
         reflection_lm: Any = None,
         parallel_candidates: int = 8,
+        admit: Admit | None = None,
     ) -> None:
         self.settings = settings
         self.demos = tuple(demos)
@@ -78,6 +84,7 @@ class ToolCallAdapter:
         self.judge = judge
         self.reflection_lm = reflection_lm
         self.parallel_candidates = max(1, parallel_candidates)
+        self.admit = admit
         #: every example evaluation, for the budget and the record
         self.metric_calls = 0
 
@@ -90,6 +97,7 @@ class ToolCallAdapter:
             outputs=[o.to_json() for o in outcomes],
             scores=[o.score for o in outcomes],
             trajectories=[{"trace": t, "outcome": o} for t, o in zip(traces, outcomes, strict=True)],
+            num_metric_calls=len(outcomes),
         )
 
     def evaluate(
@@ -98,15 +106,24 @@ class ToolCallAdapter:
         return self.batch_evaluate([(candidate, batch)])[0]
 
     def batch_evaluate(self, items: list[tuple[dict[str, str], list[Trace]]]) -> list[EvaluationBatch]:
-        """Every (candidate, examples) pair of a GEPA step at once: Tune trials, or threads."""
-        pairs = [(self.prompt(candidate), list(batch)) for candidate, batch in items]
-        if self.evaluator is not None:
+        """Every (candidate, examples) pair of a GEPA step at once: Tune trials, or threads; a pair
+        the ``admit`` gate refuses comes back empty."""
+        admitted = self.admit(items) if self.admit is not None else [True] * len(items)
+        chosen = [i for i, ok in enumerate(admitted) if ok]
+        pairs = [(self.prompt(items[i][0]), list(items[i][1])) for i in chosen]
+        results: list[list[Outcome]] = []
+        if pairs and self.evaluator is not None:
             results = self.evaluator.evaluate(pairs)
-        else:
+        elif pairs:
             workers = max(1, min(self.parallel_candidates, len(pairs)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(lambda pair: run_batch(pair[1], pair[0], self.settings), pairs))
-        return [self._batch(traces, outcomes) for (_, traces), outcomes in zip(pairs, results, strict=True)]
+        batches: list[EvaluationBatch] = [
+            EvaluationBatch(outputs=[], scores=[], trajectories=[], num_metric_calls=0) for _ in items
+        ]
+        for i, (_, traces), outcomes in zip(chosen, pairs, results, strict=True):
+            batches[i] = self._batch(traces, outcomes)
+        return batches
 
     def feedback(self, trace: Trace, outcome: Outcome) -> str:
         if outcome.match:

@@ -1,0 +1,183 @@
+"""The optimize config: the phases of a schedule, the data, the student, reflection and Tune.
+
+The config models only: the schedule that runs them is ``optimize.run``, the phase kinds are
+``optimize.phases`` (each validates its own options through ``optimize.kinds`` when a config
+loads).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tooldistill import store
+from tooldistill.optimize import kinds
+from tooldistill.optimize.reflection import ReflectionSettings
+from tooldistill.optimize.student import StudentSettings
+from tooldistill.schema import content_hash
+
+
+class OptimizeError(ValueError):
+    """The optimize config or its inputs cannot be used."""
+
+
+class TuneSettings(BaseModel):
+    """How GEPA's candidate evaluations run as Ray Tune trials."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: ``tune``: one Ray Tune trial per (candidate, examples); ``threads``: a thread pool here.
+    executor: Literal["tune", "threads"] = "tune"
+    max_concurrent_trials: int = Field(default=8, ge=1)
+    requests_per_trial: int = Field(default=4, ge=1)
+    #: Ray Tune cannot place a trial that asks for nothing: use a small share (e.g. 0.01), not 0.
+    cpus_per_trial: float = Field(default=0.25, gt=0)
+    resources_per_trial: dict[str, float] | None = None
+    warm_start: bool = True
+    ray_address: str | None = None
+
+
+class PhaseConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    #: One of ``phases.PHASE_KINDS``: ``dspy``, ``gepa``, ``finetune``.
+    kind: str
+    #: Train examples: the first N of the train split, the N best by CaR quality (``car``), or N
+    #: spread over the whole split (``sample``: ordered by trace id, a content hash, so the choice
+    #: is fixed but not tied to the split's cluster order).
+    train: int = Field(default=50, ge=1)
+    select: Literal["first", "car", "sample"] = "first"
+    #: Validation examples GEPA scores candidates on (also random search's / MIPRO's valset).
+    val: int = Field(default=50, ge=1)
+    # DSPy
+    optimizer: Literal["bootstrap", "random_search", "mipro"] = "bootstrap"
+    max_bootstrapped_demos: int = Field(default=4, ge=0)
+    max_labeled_demos: int = Field(default=0, ge=0)
+    num_candidate_programs: int = Field(default=4, ge=1)
+    num_threads: int = Field(default=8, ge=1)
+    # GEPA
+    max_metric_calls: int = Field(default=500, ge=1)
+    max_reflection_usd: float | None = Field(default=5.0, ge=0)
+    minibatch_size: int = Field(default=3, ge=1)
+    #: PxNSampling: P parents, N mutations each = P*N candidates per iteration, evaluated side by side.
+    parents_per_iteration: int = Field(default=2, ge=1)
+    mutations_per_parent: int = Field(default=4, ge=1)
+    candidate_selection: Literal["pareto", "current_best", "epsilon_greedy", "top_k_pareto"] = "pareto"
+    use_merge: bool = False
+    seed: int = 0
+    #: finetune: which examples and how to train (``finetune.phase.FinetuneOptions``).
+    finetune: dict[str, Any] | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        kinds.phase_kind(kind)
+        return kind
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> PhaseConfig:
+        own = kinds.phase_kind(self.kind)
+        for other in kinds.KINDS.values():
+            if other is not own and other.section and getattr(self, other.section, None) is not None:
+                raise ValueError(
+                    f"phase {self.name}: a '{other.section}' section belongs to a {other.name} phase"
+                )
+        own.validate(self)
+        return self
+
+    def config_hash(self) -> str:
+        return content_hash(self.model_dump(mode="json"), 16)
+
+
+def default_phases() -> list[PhaseConfig]:
+    return [
+        PhaseConfig(name="phase1", kind="dspy", train=50, optimizer="bootstrap"),
+        PhaseConfig(name="phase2", kind="gepa", train=50),
+        PhaseConfig(name="phase3", kind="gepa", train=15, select="car"),
+    ]
+
+
+def check_phase_names(phases: Sequence[PhaseConfig]) -> None:
+    """A ``ValueError`` unless every phase has a name of its own."""
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"phase names must be unique: {names}")
+
+
+class DataSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train: str
+    val: str
+    test: str
+    #: CaR-curated traces to rank for ``select: car`` (default: the train split, which carries CaR's
+    #: ``quality`` column when it was split from ``curate car``'s output).
+    curated: str | None = None
+    #: Cap on the test examples (None: all).
+    test_limit: int | None = None
+
+
+class OptimizeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_dir: str
+    data: DataSettings
+    student: StudentSettings = Field(default_factory=StudentSettings)
+    reflection: ReflectionSettings = Field(default_factory=ReflectionSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    #: The starting prompt: {"system": ..., "demos": [...]}, or a path to a prompt artifact.
+    seed_prompt: dict[str, Any] | str | None = None
+    phases: list[PhaseConfig] = Field(default_factory=default_phases)
+
+    @model_validator(mode="after")
+    def _unique(self) -> OptimizeConfig:
+        check_phase_names(self.phases)
+        return self
+
+    def phase(self, selector: str) -> list[PhaseConfig]:
+        """``all``, a phase name, or its 1-based number."""
+        if selector == "all":
+            return list(self.phases)
+        for number, phase in enumerate(self.phases, start=1):
+            if selector in (phase.name, str(number)):
+                return [phase]
+        raise OptimizeError(f"no phase {selector!r}; phases: {', '.join(p.name for p in self.phases)}")
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> OptimizeConfig:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(store.read_file(path).decode("utf-8")) or {}
+    except (store.StoreError, yaml.YAMLError) as error:
+        raise OptimizeError(f"cannot read optimize config {path}: {error}") from error
+    return config_from_dict(raw, overrides)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> OptimizeConfig:
+    raw = json.loads(json.dumps(raw))
+    for dotted, value in (overrides or {}).items():
+        apply_override(raw, dotted, value)
+    try:
+        return OptimizeConfig.model_validate(raw)
+    except ValueError as error:
+        raise OptimizeError(f"bad optimize config: {error}") from error
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a config dict; ``phases.*.x`` (or ``phases.phase2.x``) reaches into phases."""
+    parts = dotted.split(".")
+    if parts[0] == "phases" and len(parts) >= 3:
+        phases = raw.setdefault("phases", [p.model_dump() for p in default_phases()])
+        for phase in phases:
+            if parts[1] in ("*", phase.get("name")):
+                phase[parts[2]] = value
+        return
+    node = raw
+    for key in parts[:-1]:
+        node = node.setdefault(key, {})
+    node[parts[-1]] = value
