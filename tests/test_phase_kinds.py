@@ -225,3 +225,30 @@ def test_a_finetune_phase_hands_on_its_student_and_serves_it_again_when_skipped(
     assert summary["phases"][0]["finetune"]["served_model"] == "student-ft"
     note = json.loads((tmp_path / "run" / "after" / "prompt.json").read_text())["student"]
     assert note["model"] == "student-ft" and note["adapter_sha256"] == "ab" * 32
+
+
+class Sectioned(PhaseKind):
+    """A kind added later with options of its own (``tally: {...}``), none of PhaseConfig's fields."""
+
+    name = "tally"
+    section = "tally"
+
+    def validate(self, phase: Any) -> None:
+        options = phase.section("tally") or {}
+        if options.get("steps", 1) < 1:
+            raise ValueError("tally: steps must be at least 1")
+
+
+def test_a_kind_with_its_own_section_needs_no_config_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tooldistill.optimize.config import PhaseConfig
+
+    monkeypatch.setitem(PHASE_KINDS, "tally", Sectioned())
+    phase = PhaseConfig.model_validate({"name": "p", "kind": "tally", "tally": {"steps": 3}})
+    assert phase.section("tally") == {"steps": 3} and phase.section("finetune") is None
+    assert PhaseConfig.model_validate(phase.model_dump(mode="json")) == phase  # config.json round trip
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        PhaseConfig.model_validate({"name": "p", "kind": "tally", "tally": {"steps": 0}})
+    with pytest.raises(ValueError, match="a 'tally' section belongs to a tally phase"):
+        PhaseConfig.model_validate({"name": "p", "kind": "gepa", "tally": {"steps": 3}})
+    plain = PhaseConfig(name="p", kind="gepa")
+    assert "sections" not in plain.model_dump()  # hashes and stamps of existing phases unchanged

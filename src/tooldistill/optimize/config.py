@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from tooldistill import store
 from tooldistill.optimize import kinds
@@ -71,6 +71,37 @@ class PhaseConfig(BaseModel):
     seed: int = 0
     #: finetune: which examples and how to train (``finetune.phase.FinetuneOptions``).
     finetune: dict[str, Any] | None = None
+    #: The own options of a kind registered with a ``section`` that is not a field above (a kind
+    #: added later): written in the phase as ``<section>: {...}``, kept here by section name.
+    sections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_sections(cls, data: Any) -> Any:
+        """A registered kind's section key (not a field of its own) moves into ``sections``."""
+        if not isinstance(data, dict):
+            return data
+        own = {k.section for k in kinds.KINDS.values() if k.section and k.section not in cls.model_fields}
+        moved = {key: data[key] for key in data if key in own}
+        if not moved:
+            return data
+        rest = {key: value for key, value in data.items() if key not in moved}
+        return {**rest, "sections": {**(data.get("sections") or {}), **moved}}
+
+    @model_serializer(mode="wrap")
+    def _without_empty_sections(self, handler: Any) -> Any:
+        """``sections`` left out when empty: configs, hashes and stamps read as before kinds had it."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and not dumped.get("sections"):
+            dumped.pop("sections", None)
+        return dumped
+
+    def section(self, name: str) -> Any:
+        """The phase's options section called ``name`` (a field, or one of ``sections``); None when
+        it is not written."""
+        if name in type(self).model_fields and name != "sections":
+            return getattr(self, name)
+        return self.sections.get(name)
 
     @field_validator("kind")
     @classmethod
@@ -82,7 +113,7 @@ class PhaseConfig(BaseModel):
     def _kind_options(self) -> PhaseConfig:
         own = kinds.phase_kind(self.kind)
         for other in kinds.KINDS.values():
-            if other is not own and other.section and getattr(self, other.section, None) is not None:
+            if other is not own and other.section and self.section(other.section) is not None:
                 raise ValueError(
                     f"phase {self.name}: a '{other.section}' section belongs to a {other.name} phase"
                 )
