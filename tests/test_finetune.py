@@ -1,7 +1,8 @@
 """Weight distillation's parts that need no running engine: the training examples (rendered by the
 student's own chat template, balanced, filtered, counted), the adapter checks, and the clear errors
-for bad input.  Training through Ray Train, a killed training's resume, and the served fine-tuned
-student are in ``test_serve.py`` (they share its deployment)."""
+for bad input.  Training through Ray Train (checkpoints, a lost worker, a rerun's resume) is in
+``test_train_recovery.py``; the served fine-tuned student in ``test_serve.py`` (it shares that
+module's deployment)."""
 
 from __future__ import annotations
 

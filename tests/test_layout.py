@@ -25,6 +25,7 @@ LEGACY: list[tuple[str, Any]] = [
     ("teacher/summary.json", lambda r: r.teacher_summary),
     ("teacher/requests", lambda r: r.teacher_requests),
     ("adapters", lambda r: r.adapters),
+    ("train/phase2", lambda r: r.training("phase2")),
     ("curate", lambda r: r.curate.root),
     ("curate/embedded", lambda r: r.curate.embedded),
     ("curate/deduped", lambda r: r.curate.deduped),

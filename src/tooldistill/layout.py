@@ -15,6 +15,7 @@ of literals they replaced, and a run folder written before the layout still read
     RUN/curate/embedded|deduped|fitting|curated|split/ ... curation, one dataset per stage (CurateLayout)
     RUN/curate/funnel.json                                the data funnel in numbers
     RUN/optimize/ (config, baseline, summary, best/, <phase>/)   OptimizeLayout, PhaseLayout
+    RUN/train/<phase>/                                    Ray Train's checkpoints of an s3:// run's finetune phase
     RUN/adapters/                                         LoRA adapters served from a cloud run folder
     RUN/report/ (report.md, report.html, *.png)           ReportLayout
 """
@@ -471,6 +472,11 @@ class RunLayout:
     def optimize(self) -> OptimizeLayout:
         """The optimize folder: baseline, phases, exported prompt."""
         return OptimizeLayout(join(self.root, "optimize"))
+
+    def training(self, phase: str) -> str:
+        """Ray Train's storage for a finetune phase's training when the run folder is on S3 (beside
+        the optimize folder, which is staged locally and copied back: ``finetune.train``)."""
+        return join(self.root, "train", phase)
 
     @property
     def adapters(self) -> str:

@@ -19,7 +19,7 @@ Phase folder::
 
     RUN/phaseN/examples.jsonl    the prompt-completion rows trained on
     RUN/phaseN/examples.json     what was kept and left out, calls against no-calls, per tool/category
-    RUN/phaseN/checkpoints/      Hugging Face checkpoints (a killed training resumes from the newest)
+    RUN/phaseN/ray/              Ray Train's run and newest checkpoint (RUN/train/phaseN on S3)
     RUN/phaseN/train_log.jsonl   step, loss, tokens/s, ETA per logged step
     RUN/phaseN/adapter/          the PEFT adapter and tooldistill-adapter.json (base, checksums)
     RUN/phaseN/merged/           base + adapter as one model folder, in the serving dtype (merged)
@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tooldistill.finetune.examples import ExampleSettings, build_examples
 from tooldistill.finetune.merge import check_adapter, describe_adapter, merge, publish_adapter
-from tooldistill.finetune.train import TrainSettings, train
+from tooldistill.finetune.train import TrainSettings, train, train_storage
 from tooldistill.layout import PhaseLayout
 from tooldistill.optimize.student import Prompt, StudentSettings
 from tooldistill.schema import Trace
@@ -130,6 +130,7 @@ def run_finetune_phase(
         progress,
         threads,
         reserve,
+        storage=train_storage(getattr(host, "run_dir", None), phase_name),
     )
     if store is None:
         endpoint, model = host.serve(Path(record["merged"]), record["served_model"])
@@ -160,9 +161,11 @@ def finetune(
     progress: Callable[[dict[str, Any]], None] = lambda _: None,
     threads: int | None = None,
     reserve: Sequence[Trace] = (),
+    storage: str | None = None,
 ) -> dict[str, Any]:
     """Examples, training (resumed from the newest checkpoint), the adapter's manifest and the merged
-    folder; returns the phase's record (``finetune.json``).  Done before: checked and returned."""
+    folder; returns the phase's record (``finetune.json``).  Done before: checked and returned.
+    ``storage``: Ray Train's storage for the checkpoints (default: the phase's ``ray`` folder)."""
     from transformers import AutoTokenizer
 
     name = served_name(student.model, phase_name)
@@ -210,7 +213,7 @@ def finetune(
 
         threads = usable_cores()  # the student is idle while it is trained: every core trains
     started = time.time()
-    result = train(str(base), folder, options.training, say=step, threads=threads)
+    result = train(str(base), folder, options.training, say=step, threads=threads, storage=storage)
     adapter = describe_adapter(result.adapter, base, name)
     merged = None
     if options.serve_as == "merged":

@@ -1,12 +1,29 @@
 """LoRA fine-tuning of the student: TRL's ``SFTTrainer`` with a PEFT LoRA config inside a Ray Train
 ``TorchTrainer``.
 
-One CPU worker on a laptop; ``workers: N`` with ``use_gpu: true`` on a cluster runs N data-parallel
-workers (Ray Train sets up the process group, the Hugging Face trainer shards the data and
-averages the gradients).  Checkpoints go to ``<phase folder>/checkpoints`` every ``save_steps``
-steps; a training that was killed resumes from the newest one, so the step count continues.  The
-worker of rank 0 writes the adapter to ``<phase folder>/adapter`` and one JSON line per logged
-step (step, loss, tokens/s, ETA) to ``<phase folder>/train_log.jsonl``, which the driver prints.
+**Workers.**  One CPU worker on a laptop; ``workers: N`` runs N data-parallel workers (gloo on CPUs,
+nccl with ``use_gpu: true``): Ray Train sets up the process group, the Hugging Face trainer shards
+the examples and averages the gradients.  The driver sends the examples with the training's config,
+so a worker needs nothing from the driver's disk.
+
+**Checkpoints.**  Every ``save_steps`` steps (and at the last step) each worker's trainer saves a
+Hugging Face checkpoint into a scratch folder of its own machine and reports it to Ray Train
+(``ray.train.report``): rank 0's adapter, optimizer, scheduler and trainer state and every rank's
+RNG state become one checkpoint on the run's storage, ``<storage>/<run name>/checkpoint_<step>``.
+The storage is the phase's ``ray`` folder, or a folder of the run on S3 (``storage``); the newest
+checkpoint is kept.  The run name is made from the examples, the base model and the settings.
+
+**Resume.**  Ray Train restarts the worker group after a lost worker (``max_failures`` times), and
+a rerun with the same inputs finds its run again (same name, same storage: Ray Train loads the
+run's checkpoint list back); either way the workers start from ``ray.train.get_checkpoint()`` and
+the step count goes on.
+
+**Result.**  The adapter is copied from the result's checkpoint into the phase's ``adapter``
+folder, and the figures (steps, loss, tokens/s, the loss curve, where the workers ran) are the
+metrics reported with it.  Where the phase folder is on a worker's machine (a local run), rank 0
+also writes one JSON line per logged step to ``train_log.jsonl``, which the driver prints as it
+goes, and each worker's library output goes to ``train_worker_<rank>.log``; neither is needed for
+the result.
 
 Training runs in float32 on CPUs (master weights and gradients: bf16 would be emulated on CPUs
 without native bf16, and is too coarse for the LoRA update here), bf16 on GPUs.
@@ -14,19 +31,31 @@ without native bf16, and is too coarse for the LoRA update here), bf16 on GPUs.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tooldistill.console import output_to
-from tooldistill.layout import PhaseLayout
+from tooldistill.layout import PhaseLayout, RunLayout
+
+#: The steps earlier trainings of the run went on from, in each checkpoint beside the trainer's files.
+RESUMES_FILE = "tooldistill-resumes.json"
+#: A checkpoint's files that only a resumed training needs: left out of the adapter folder.
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json",
+                  "training_args.bin", "rng_state*.pth", RESUMES_FILE)  # fmt: skip
 
 
 class TrainError(RuntimeError):
@@ -64,17 +93,20 @@ class TrainSettings(BaseModel):
     gradient_accumulation: int = Field(default=1, ge=1)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     save_steps: int = Field(default=10, ge=1)
-    #: Ray Train workers (data parallel) and whether each takes a GPU.
     #: Mixed precision: bf16 autocast over float32 weights on GPUs and on CPUs with native bf16
     #: (``auto``), float32 elsewhere; or pinned.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     #: LoRA on the top N decoder layers only (None: all).  Backpropagation then stops at the
     #: lowest adapted layer, which makes a CPU training step much cheaper.
     top_layers: int | None = Field(default=None, ge=1)
+    #: Ray Train workers (data parallel: gloo on CPUs, nccl on GPUs) and whether each takes a GPU.
     workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1, gt=0)
     seed: int = 0
+    #: Restarts of the worker group after a lost or failed worker, each going on from the newest
+    #: checkpoint (Ray Train's ``FailureConfig(max_failures)``); 0: a lost worker fails the training.
+    max_failures: int = Field(default=2, ge=0)
 
 
 @dataclass
@@ -85,8 +117,16 @@ class TrainResult:
     train_seconds: float
     tokens: int
     tokens_per_s: float | None
+    #: The step the training that finished went on from (0: it started from the base).
     resumed_from_step: int
+    #: Step and loss of every logged step, from the start of the run (resumes included).
     log: list[dict[str, Any]]
+    #: Every step a training of this run went on from: reruns and worker-group restarts.
+    resumes: list[int] = field(default_factory=list)
+    #: Where each worker ran: rank, node, device.
+    placement: list[dict[str, Any]] = field(default_factory=list)
+    #: The checkpoint the adapter was taken from (its path on the run's storage).
+    checkpoint: str | None = None
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -97,6 +137,71 @@ def latest_checkpoint(folder: Path) -> Path | None:
         if step.isdigit() and (path / "trainer_state.json").is_file():
             found.append((int(step), path))
     return max(found)[1] if found else None
+
+
+def ray_storage(uri: str) -> tuple[str, Any]:
+    """Ray Train's ``storage_path`` and ``storage_filesystem`` for a local folder or an ``s3://``
+    URI: S3 through the dataset store's filesystem (endpoint from ``AWS_ENDPOINT_URL``, region and
+    retries from the environment, credentials by the AWS chain)."""
+    from tooldistill import store
+
+    try:
+        filesystem, path = store.resolve(uri)
+    except store.StoreError as error:
+        raise TrainError(f"training storage: {error}") from None
+    return path, (filesystem if uri.startswith("s3://") else None)
+
+
+def train_storage(run_dir: str | None, phase: str) -> str | None:
+    """Ray Train's storage for a phase's training when the run folder is on S3:
+    ``RUN/train/<phase>``, beside the optimize folder rather than in it (the pipeline stages that
+    folder on local disk and copies it back, which would put an older checkpoint list over the
+    newer one).  None for a local run folder: the phase's own ``ray`` folder."""
+    if run_dir and run_dir.startswith("s3://"):
+        return RunLayout(run_dir).training(phase)
+    return None
+
+
+def run_name(base_model: str, rows: Sequence[Mapping[str, Any]], settings: TrainSettings) -> str:
+    """The Ray Train run's name: ``finetune-`` and a hash of what the training depends on (the
+    examples, the base model's config and weights, the settings but ``max_failures``).  A rerun
+    with the same inputs finds its checkpoints under it; other inputs start a run of their own."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(_base_identity(base_model), sort_keys=True).encode())
+    digest.update(
+        json.dumps(settings.model_dump(mode="json", exclude={"max_failures"}), sort_keys=True).encode()
+    )
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+    return f"finetune-{digest.hexdigest()[:16]}"
+
+
+def _base_identity(base_model: str) -> Any:
+    """A base model folder's config and weights (their checksums from a prepared or merged folder's
+    manifest, else name and size), wherever the folder is; a model id as it is."""
+    from tooldistill.finetune.merge import MERGED_MANIFEST
+
+    folder = Path(base_model)
+    config = folder / "config.json"
+    if not config.is_file():
+        return base_model
+    listed: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        listed = dict(json.loads((folder / MERGED_MANIFEST).read_text()).get("files") or {})
+    return {
+        "config": hashlib.sha256(config.read_bytes()).hexdigest(),
+        "weights": {
+            p.name: listed.get(p.name) or p.stat().st_size for p in sorted(folder.glob("*.safetensors"))
+        },
+    }
+
+
+def placement_line(placement: Sequence[Mapping[str, Any]], backend: str | None, gpu: bool) -> str:
+    """``training on 2 workers (CPU, gloo): node 10.0.0.5 ×2``: how many workers, on what, where."""
+    nodes = Counter(str(w.get("node")) for w in placement)
+    count = len(placement)
+    where = ", ".join(f"node {node} ×{n}" for node, n in nodes.items())
+    return f"training on {count} worker{'' if count == 1 else 's'} ({'GPU' if gpu else 'CPU'}, {backend or 'no process group'}): {where}"
 
 
 def check_targets(base_model: str, modules: Sequence[str]) -> None:
@@ -131,15 +236,20 @@ def precision_bf16(settings: TrainSettings) -> bool:
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: SFTTrainer with LoRA on the examples, checkpoints in the run folder."""
+    """One Ray Train worker: SFTTrainer with LoRA on the examples, checkpoints reported to Ray Train."""
     import ray.train
 
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     # the libraries' own output (weight-loading bars, TRL and datasets chatter) goes to the phase
-    # folder, not through Ray to the console: progress reaches it from train_log.jsonl, and an error
-    # reaches the driver as the exception
-    with output_to(Path(PhaseLayout(config["folder"]).train_worker_log(rank))):
+    # folder where this machine has it, else to the machine's temp folder; not through Ray to the
+    # console: progress reaches it from train_log.jsonl, and an error as the exception
+    folder = Path(config["folder"])
+    log = (
+        Path(PhaseLayout(str(folder)).train_worker_log(rank))
+        if folder.is_dir()
+        else Path(tempfile.gettempdir()) / f"tooldistill-train_worker_{rank}.log"
+    )
+    with output_to(log):
         run_sft(config, rank, ray_train=True)
 
 
@@ -158,23 +268,86 @@ def _unnice() -> None:
         pass
 
 
+def _placement(rank: int, gpu: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """Where every worker runs (rank, node, device), gathered over the process group, and the
+    group's backend."""
+    import ray
+    import torch.distributed as dist
+
+    me = {
+        "rank": rank,
+        "node": ray.util.get_node_ip_address(),
+        "device": f"GPU {','.join(str(g) for g in ray.get_gpu_ids())}" if gpu else "CPU",
+    }
+    if not (dist.is_available() and dist.is_initialized()):
+        return [me], None
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    return sorted(everyone, key=lambda w: int(w["rank"])), str(dist.get_backend())
+
+
+def _started_from(checkpoint: str | None) -> tuple[int, list[int]]:
+    """The step a checkpoint folder holds (0 without one) and the steps earlier trainings went on from."""
+    if checkpoint is None:
+        return 0, []
+    folder = Path(checkpoint)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    earlier: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        earlier = [int(s) for s in json.loads((folder / RESUMES_FILE).read_text())]
+    return int(state.get("global_step") or 0), earlier
+
+
+@contextlib.contextmanager
+def _resume_folder(config: Mapping[str, Any], ray_train: bool) -> Iterator[str | None]:
+    """The checkpoint to go on from, as a local folder: Ray Train's newest (downloaded when it is on
+    S3), else a Hugging Face checkpoint of the phase folder from before checkpoints went to Ray
+    Train (``resume_from``, one worker only), else None."""
+    checkpoint = None
+    if ray_train:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            yield str(folder)
+        return
+    legacy = config.get("resume_from")
+    yield legacy if legacy and Path(legacy, "trainer_state.json").is_file() else None
+
+
 def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> None:
     """The training itself (``_train_loop``'s body); ``ray_train=False`` runs it in this process
-    without Ray, as a plain TRL run (``benchmarks/finetune.py`` compares the two)."""
+    without Ray, as a plain TRL run (``benchmarks/finetune.py`` compares the two), and saves the
+    adapter to the phase folder itself."""
+    with _resume_folder(config, ray_train) as resume:
+        if resume is not None:
+            state = json.loads(Path(resume, "trainer_state.json").read_text())
+            if int(state.get("global_step") or 0) >= int(state.get("max_steps") or 0) > 0:
+                # a rerun of a finished training: its last checkpoint is the result (resuming the
+                # trainer there would train a step past the end)
+                return
+        _sft(config, rank, ray_train, resume)
+
+
+def _sft(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     settings = TrainSettings.model_validate(config["settings"])
-    paths = PhaseLayout(config["folder"])
+    folder = Path(config["folder"])
+    paths = PhaseLayout(str(folder))
     if ray_train:
         _unnice()
     torch.manual_seed(settings.seed)
     if not settings.use_gpu:
         torch.set_num_threads(int(config["threads"]))
-    rows = [json.loads(line) for line in Path(paths.examples).read_text().splitlines() if line]
+    rows = config.get("rows")
+    if rows is None:
+        rows = [json.loads(line) for line in Path(paths.examples).read_text().splitlines() if line]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(config["base_model"])
     bf16 = bool(config["bf16"])
@@ -196,8 +369,11 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
         task_type="CAUSAL_LM",
         **extra,
     )
+    # the trainer's own checkpoints: a scratch folder on this worker's machine, each checkpoint
+    # removed once Ray Train has it
+    scratch = tempfile.mkdtemp(prefix="tooldistill-train-")
     args = SFTConfig(
-        output_dir=paths.checkpoints,
+        output_dir=scratch,
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
@@ -208,7 +384,7 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
         completion_only_loss=True,
         save_strategy="steps",
         save_steps=settings.save_steps,
-        save_total_limit=2,
+        save_total_limit=1,
         logging_steps=1,
         report_to=[],
         use_cpu=not settings.use_gpu,
@@ -220,10 +396,47 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
     )
-    log_path = Path(paths.train_log)
+    placement, backend = _placement(rank, settings.use_gpu) if ray_train else ([], None)
+    log_path = Path(paths.train_log) if rank == 0 and folder.is_dir() else None
+    try:
+        step0, earlier = _started_from(resume)
+        resumes = [*earlier, step0] if resume else []
+        if log_path is not None and ray_train:
+            _append(log_path, {"workers": placement, "backend": backend, "gpu": settings.use_gpu})
+        progress_type, report_type = _callbacks()
+        progress = progress_type(log_path)
+        callbacks: list[Any] = [progress]
+        if ray_train:
+            callbacks.append(report_type(rank, progress, placement, backend, resumes))
+        callbacks.extend(config.get("callbacks") or ())
+        trainer: Any = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            peft_config=lora, callbacks=callbacks,
+        )  # fmt: skip
+        trainer.train(resume_from_checkpoint=resume)
+        if not ray_train and rank == 0:
+            trainer.save_model(paths.adapter)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    class Report(TrainerCallback):  # type: ignore[misc]
-        """Step, loss, tokens/s and ETA to the run folder (rank 0)."""
+
+def _append(path: Path, entry: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def _callbacks() -> tuple[type, type]:
+    """The trainer callbacks of a worker (built when a worker needs them: importing transformers
+    takes seconds, and the driver never does)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):  # type: ignore[misc]
+        """Step, loss, tokens/s and ETA of each logged step: kept for the checkpoint's metrics, and a
+        line of the phase folder's train log (rank 0, where the folder is on its machine)."""
+
+        def __init__(self, log_path: Path | None) -> None:
+            self.log_path = log_path
+            self.last: dict[str, Any] | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             # after a resume the state holds the steps and tokens of before: rates count from here
@@ -234,7 +447,7 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
         ) -> None:
-            if not logs or "loss" not in logs or rank != 0:
+            if not logs or "loss" not in logs:
                 return
             tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
             now = time.perf_counter()
@@ -249,7 +462,7 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
                 if done > 1
                 else (tokens - self.tokens0) / elapsed
             )
-            entry = {
+            self.last = {
                 "step": state.global_step,
                 "max_steps": state.max_steps,
                 "epoch": round(float(state.epoch or 0), 3),
@@ -260,37 +473,62 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
                 "eta_s": round((state.max_steps - state.global_step) * elapsed / done, 1) if done else None,
                 "time": time.time(),
             }
-            with log_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            if self.log_path is not None:
+                _append(self.log_path, self.last)
 
-    trainer: Any = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
-        callbacks=[Report()],
-    )  # fmt: skip
-    if ray_train:
-        from ray.train.huggingface.transformers import prepare_trainer
+    class ReportCheckpoints(TrainerCallback):  # type: ignore[misc]
+        """Each checkpoint the trainer saved, reported to Ray Train with the figures of its step (every
+        rank reports its own files: Ray Train puts them into one checkpoint on the run's storage)."""
 
-        trainer = prepare_trainer(trainer)
-    resume = latest_checkpoint(Path(paths.checkpoints))
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if rank == 0:
-        trainer.save_model(paths.adapter)
-        state = trainer.state
-        Path(paths.train_result).write_text(
-            json.dumps(
-                {
-                    "steps": state.global_step,
-                    "train_loss": output.training_loss,
-                    "tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
-                    "resumed_from": resume.name if resume else None,
-                }
+        def __init__(
+            self,
+            rank: int,
+            progress: Any,
+            placement: list[dict[str, Any]],
+            backend: str | None,
+            resumes: list[int],
+        ) -> None:
+            self.rank, self.progress, self.placement, self.backend = rank, progress, placement, backend
+            self.resumes = resumes
+            self.resumed_from = resumes[-1] if resumes else 0
+
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            import ray.train
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            local = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if self.rank == 0 and local.is_dir():
+                (local / RESUMES_FILE).write_text(json.dumps(self.resumes) + "\n")
+            figures = self.progress.last or {"step": state.global_step, "max_steps": state.max_steps}
+            metrics = {
+                **figures,
+                "step": state.global_step,
+                "resumed_from_step": self.resumed_from,
+                "resumes": self.resumes,
+                "placement": self.placement,
+                "backend": self.backend,
+                "loss_curve": [
+                    [int(e["step"]), round(float(e["loss"]), 4)] for e in state.log_history if "loss" in e
+                ],
+            }
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(local)) if local.is_dir() else None,
+                checkpoint_dir_name=f"checkpoint_{state.global_step:06d}",
+                delete_local_checkpoint_after_upload=True,
             )
-            + "\n"
-        )
+
+    return Progress, ReportCheckpoints
 
 
-def _follow(path: Path, say: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
-    """Print the training log's new lines as they come."""
+def _follow(
+    path: Path,
+    say: Callable[[dict[str, Any]], None],
+    workers: Callable[[dict[str, Any]], None],
+    stop: threading.Event,
+) -> None:
+    """Print the training log's new lines as they come (steps to ``say``, where the workers run to
+    ``workers``)."""
     offset = path.stat().st_size if path.exists() else 0
     while not stop.is_set():
         if path.exists():
@@ -299,7 +537,8 @@ def _follow(path: Path, say: Callable[[dict[str, Any]], None], stop: threading.E
                 for line in handle:
                     if line.endswith("\n"):
                         offset += len(line.encode("utf-8"))
-                        say(json.loads(line))
+                        entry = json.loads(line)
+                        (workers if "workers" in entry else say)(entry)
         stop.wait(1.0)
 
 
@@ -309,34 +548,63 @@ def train(
     settings: TrainSettings,
     say: Callable[[dict[str, Any]], None] = lambda _: None,
     threads: int | None = None,
+    *,
+    storage: str | None = None,
+    note: Callable[[str], None] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Train on ``folder/examples.jsonl`` (written by the caller) through Ray Train; returns where the
-    adapter is and what the training did."""
+    adapter is and what the training did.
+
+    ``storage``: Ray Train's storage for the run and its checkpoints, a local folder or an
+    ``s3://`` URI (default: the phase's ``ray`` folder).  ``threads``: the CPU threads of the
+    training, shared by the workers.  ``note``: where the line that says where the workers run goes
+    (default: the console).  ``callbacks``: more ``TrainerCallback`` objects for each worker's trainer
+    (after tooldistill's own)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from tooldistill.raycluster import ensure_ray
 
     paths = PhaseLayout(str(folder))
     check_targets(base_model, settings.lora.target_modules)
-    resumed = latest_checkpoint(Path(paths.checkpoints))
-    resumed_step = int(resumed.name.split("-")[-1]) if resumed else 0
+    rows = [json.loads(line) for line in Path(paths.examples).read_text().splitlines() if line]
+    name = run_name(base_model, rows, settings)
+    storage_path, filesystem = ray_storage(storage or paths.ray)
+    # a Hugging Face checkpoint an older version left in the phase folder (one worker: only the
+    # driver's machine has it); Ray Train's checkpoints come first
+    legacy = latest_checkpoint(Path(paths.checkpoints)) if settings.workers == 1 else None
+    if note is None:
+        from tooldistill.console import say as console_say
+
+        def note(line: str) -> None:
+            console_say(f"  {folder.name}: {line}")
+
+    shown: list[str] = []
+
+    def where(entry: dict[str, Any]) -> None:
+        shown.append(placement_line(entry["workers"], entry.get("backend"), bool(entry.get("gpu"))))
+        note(shown[-1])
+
     ensure_ray()
-    cores = threads or max(1, int(settings.cpus_per_worker))
-    bf16 = precision_bf16(settings)
+    per_worker = max(1, threads // settings.workers) if threads else max(1, int(settings.cpus_per_worker))
     started = time.perf_counter()
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(Path(paths.train_log), say, stop), daemon=True)
+    follower = threading.Thread(target=_follow, args=(Path(paths.train_log), say, where, stop), daemon=True)
     follower.start()
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={
             "settings": settings.model_dump(mode="json"),
             "folder": str(folder.resolve()),
+            "rows": rows,
             "base_model": base_model,
-            "threads": cores,
-            "bf16": bf16,
+            "threads": per_worker,
+            "bf16": precision_bf16(settings),
+            "resume_from": str(legacy.resolve()) if legacy else None,
+            "callbacks": list(callbacks),
         },
+        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=settings.workers,
             use_gpu=settings.use_gpu,
@@ -345,31 +613,60 @@ def train(
                 **({"GPU": 1} if settings.use_gpu else {}),
             },
         ),
-        run_config=RunConfig(
-            name="finetune",
-            storage_path=str(Path(paths.ray).resolve()),
+        run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train v2's RunConfig (mypy sees v1's)
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            # Ray Train's print() to its logger ignores a swapped sys.stdout: dill's disassembly,
+            # which the datasets library captures to hash a map function, landed in the log
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception as error:  # Ray wraps the worker's error; its text is what the user needs
         raise TrainError(f"training failed: {error}") from None
     finally:
         stop.set()
         follower.join(timeout=5)
-    seconds = time.perf_counter() - started
-    result = json.loads(Path(paths.train_result).read_text())
-    log = [json.loads(line) for line in Path(paths.train_log).read_text().splitlines() if line]
-    rates = [e["tokens_per_s"] for e in log if e.get("tokens_per_s")]
+    if result.checkpoint is None:
+        raise TrainError(f"training reported no checkpoint (run {name} in {storage or paths.ray})")
+    metrics = dict(result.metrics or {})
+    adapter_from_checkpoint(result.checkpoint, Path(paths.adapter))
+    placement = list(metrics.get("placement") or [])
+    if not shown and placement:  # the workers ran where the driver does not see the train log
+        note(placement_line(placement, metrics.get("backend"), settings.use_gpu))
     return TrainResult(
         adapter=Path(paths.adapter),
-        steps=int(result["steps"]),
-        final_loss=log[-1]["loss"] if log else None,
-        train_seconds=round(seconds, 1),
-        tokens=int(result["tokens_seen"]),
-        tokens_per_s=rates[-1] if rates else None,
-        resumed_from_step=resumed_step,
-        log=log,
+        steps=int(metrics.get("step") or 0),
+        final_loss=metrics.get("loss"),
+        train_seconds=round(time.perf_counter() - started, 1),
+        tokens=int(metrics.get("tokens_seen") or 0),
+        tokens_per_s=metrics.get("tokens_per_s"),
+        resumed_from_step=int(metrics.get("resumed_from_step") or 0),
+        log=[{"step": int(s), "loss": float(v)} for s, v in metrics.get("loss_curve") or []],
+        resumes=[int(s) for s in metrics.get("resumes") or []],
+        placement=placement,
+        checkpoint=str(result.checkpoint.path),
     )
+
+
+def adapter_from_checkpoint(checkpoint: Any, adapter: Path) -> None:
+    """The PEFT adapter of a Ray Train checkpoint (local or on S3) into the folder ``adapter``: every
+    file but the training state, replacing what the folder held."""
+    adapter.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{adapter.name}-", dir=adapter.parent))
+    try:
+        with checkpoint.as_directory() as source:
+            for path in sorted(Path(source).iterdir()):
+                if path.is_file() and not any(fnmatch(path.name, p) for p in TRAINING_STATE):
+                    shutil.copy2(path, staging / path.name)
+        if not (staging / "adapter_config.json").is_file():
+            raise TrainError(f"checkpoint {checkpoint.path} holds no adapter (adapter_config.json missing)")
+        if adapter.exists():
+            shutil.rmtree(adapter)
+        staging.rename(adapter)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
