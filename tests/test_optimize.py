@@ -31,7 +31,7 @@ from tooldistill.optimize.testing import (
     write_traces,
 )
 from tooldistill.optimize.tune_eval import max_overlap
-from tooldistill.progress import optimize_progress
+from tooldistill.progress import evaluation_line, optimize_progress
 
 
 @pytest.fixture(scope="module")
@@ -461,6 +461,8 @@ def test_an_evaluation_reports_done_of_total_and_the_console_an_eta(tmp_path: Pa
     for event in events:
         show(event)
     assert quiet == []  # a short evaluation prints nothing of its own; its result line follows
+    slow = evaluation_line({"phase": "baseline", "done": 3, "total": 115, "per_s": 0.02, "eta_s": 5600})
+    assert slow == "  baseline: test answers 3/115 (3%), 1.2/min, ETA 93 min 20 s"  # not "0.0/s"
     # answers on file are not asked again, and the events say so at once
     again: list[dict[str, Any]] = []
     evaluate_prompt(Prompt("Call the tool."), traces, settings, tmp_path / "a.jsonl", progress=again.append)

@@ -78,7 +78,8 @@ def evaluation_line(event: Mapping[str, Any], final: bool = False) -> str:
     done, total = number(event.get("done")), number(event.get("total"))
     share = f" ({done / total:.0%})" if done is not None and total else ""
     per_s = number(event.get("per_s"))
-    rate = f"{per_s:.1f}/s" if per_s is not None else "rate unknown"
+    # a slow student (a CPU, long requests) in answers a minute, not 0.0 a second
+    rate = "rate unknown" if per_s is None else f"{per_s:.1f}/s" if per_s >= 1 else f"{per_s * 60:.1f}/min"
     head = f"  {event.get('phase')}: {event.get('split', 'test')} answers {count(done)}/{count(total)}"
     if final:
         return f"{head} in {duration(event.get('elapsed_s'))}, {rate}"
