@@ -11,10 +11,11 @@ be idempotent: the same shard writes the same part under the same name and retur
 Fault tolerance is set here, not left to Ray's defaults (Ray Data retries tasks and restarts actors
 without limit, so a shard that kills its worker every time, an out-of-memory part say, would retry
 forever).  A worker process that dies (killed, out of memory, its node lost) costs at most
-``retries`` re-runs: ``max_retries`` of a task, ``max_restarts`` of an actor and ``max_task_retries``
-of each task it had in flight, and as many actors that die while loading in a row.  An exception
-raised by our own code is never retried (by the contract above it is a bug), and no block may fail
-(``max_errored_blocks=0``: Ray Data would otherwise drop its rows from the output).
+``retries`` re-runs: ``max_retries`` of a task, ``max_restarts`` of an actor (the tasks it had in
+flight run again on the restarted actor while it has restarts left), and as many actors that die
+while loading in a row.  An exception raised by our own code is never retried (by the contract
+above it is a bug), and no block may fail (``max_errored_blocks=0``: Ray Data would otherwise drop
+its rows from the output).
 """
 
 from __future__ import annotations
@@ -44,8 +45,15 @@ def task_retry_options(retries: int) -> dict[str, Any]:
 
 def actor_retry_options(retries: int) -> dict[str, Any]:
     """Ray remote options of an actor whose methods are idempotent: restarted ``retries`` times
-    at most when its process dies, and each task it had in flight run again as often."""
-    return {"max_restarts": retries, "max_task_retries": retries}
+    at most when its process dies, and each task it had in flight run again on the restarted actor.
+
+    The tasks' budget is the actor's (``max_task_retries=-1``: until the actor is out of
+    restarts), not a count of their own.  When the actor's node is lost, every call to it fails
+    ("temporarily unavailable") until the GCS declares the node dead, about 15 s with Ray's health
+    checks, and each failure spent one of ``max_task_retries``: three were gone before the actor
+    was restarted, and the stage failed (``tests/test_multinode.py``).  A shard that kills its
+    actor every time still fails after ``retries + 1`` tries: the actor is then out of restarts."""
+    return {"max_restarts": retries, "max_task_retries": -1 if retries else 0}
 
 
 @contextmanager

@@ -147,6 +147,15 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute against this process's working directory (``~`` expanded);
+    other URIs as they are.  What a stage hands its workers: on a cluster each node has a working
+    directory of its own, so a relative path would name another folder there."""
+    if "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def join(uri: str, name: str) -> str:
     return f"{uri.rstrip('/')}/{name}"
 

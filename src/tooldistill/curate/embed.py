@@ -177,8 +177,9 @@ class EmbedShard:
     """
 
     def __init__(self, config: EmbedConfig, model: str, token: str, device: str | None = None) -> None:
-        self.dataset = config.dataset
-        self.out = config.out
+        # absolute here, on the driver: a worker on another node has a working directory of its own
+        self.dataset = store.absolute(config.dataset)
+        self.out = store.absolute(config.out)
         self.view = config.view
         self.on_empty = config.on_empty
         self.token = token

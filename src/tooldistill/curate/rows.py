@@ -69,7 +69,9 @@ class _FilterShard:
     """One shard of a filter stage: read, judge every trace, write the kept rows as one part."""
 
     def __init__(self, judge: RowJudge, dataset: str, out: str, token: str) -> None:
-        self.judge, self.dataset, self.out, self.token = judge, dataset, out, token
+        self.judge, self.token = judge, token
+        # absolute here, on the driver: a worker on another node has a working directory of its own
+        self.dataset, self.out = store.absolute(dataset), store.absolute(out)
         self._input: store.Dataset | None = None
 
     def setup(self, cpus: float, gpus: float) -> None:
