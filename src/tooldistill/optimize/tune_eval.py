@@ -10,13 +10,13 @@ Why one long-lived Tune experiment and not one ``Tuner.fit`` per step: a Tune tr
 and a fresh actor process imports ``ray.tune`` (about 1.6 s of CPU here).  Eight of them on a
 2-core machine took 12 s before the first trial started, for every step.  So one experiment runs
 for the whole optimization, fed by a ``Searcher`` that suggests a trial for each queued pair
-(``_JobBoard``), with ``reuse_actors=True``.  Tune keeps at most one idle actor between steps
-(``_ObjectCache(may_keep_one=True)`` in its controller); GEPA's steps are separated by reflection
-calls, so every step would start its actors again.  ``_WarmCache`` keeps up to
-``max_concurrent_trials`` idle actors instead; it replaces the cache class in
-``ray.tune.execution.tune_controller`` while our experiment starts (a private name, guarded: if a
-Ray version lacks it, trials still run, only slower).  A warm-up of ``max_concurrent_trials``
-trials that wait for each other (``_Barrier``) brings every actor up once at the start.
+(``_JobBoard``), with ``reuse_actors=True`` (public: a finished trial's actor runs the next
+trial of the same resources).  Between GEPA steps (reflection calls come between them) Tune keeps
+only one idle actor, and no public setting changes that; ``ray_private.KeepIdleActors`` makes our
+experiment's controller keep ``max_concurrent_trials`` of them.  It is the only use of private Ray
+names in tooldistill, checked by ``ray_private.problems()`` (a Ray without them: a warning, trials
+still run, only slower).  A warm-up of ``max_concurrent_trials`` trials that wait for each other
+(``_Barrier``) brings every actor up once at the start.
 
 A trial's config names its job, candidate (a hash of the prompt) and example count, which is what
 Tune's loggers and callbacks (MLflow's among them) record per trial; the payload itself (settings,
@@ -37,7 +37,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from tooldistill.optimize.ray_private import KeepIdleActors
 from tooldistill.optimize.student import (
     Outcome,
     Prompt,
@@ -204,34 +205,6 @@ class _JobBoard(Searcher):
         job.done.set()
 
 
-def _warm_cache_class(floor: int) -> type | None:
-    """Tune's actor cache, keeping up to ``floor`` idle actors per resource shape."""
-    try:
-        from ray.tune.utils.object_cache import _ObjectCache
-    except ImportError:  # pragma: no cover - a Ray without the private cache
-        return None
-
-    class _WarmCache(_ObjectCache):  # type: ignore[misc]
-        def cache_object(self, key: Any, obj: Any) -> bool:
-            if len(self._cached_objects[key]) < floor:
-                self._cached_objects[key].append(obj)
-                self._num_cached_objects += 1
-                return True
-            return bool(super().cache_object(key, obj))
-
-        def flush_cached_objects(self, force_all: bool = False) -> Generator[Any, None, None]:
-            if force_all:
-                yield from super().flush_cached_objects(force_all=True)
-                return
-            for key, objects in self._cached_objects.items():
-                keep = max(floor, self._max_num_objects[key])
-                while len(objects) > keep:
-                    self._num_cached_objects -= 1
-                    yield objects.pop(0)
-
-    return _WarmCache
-
-
 @dataclass
 class TrialRecord:
     """When one trial ran, for the record and for checking that trials overlap."""
@@ -274,7 +247,6 @@ class TuneEvaluator:
         self._store_name = f"tooldistill-payloads-{uuid.uuid4().hex[:8]}"
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._restore: tuple[Any, Any] | None = None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -284,6 +256,7 @@ class TuneEvaluator:
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.max_concurrent_trials))
         self._board = _JobBoard()
         self._store = _PayloadStore.options(name=self._store_name).remote()  # type: ignore[attr-defined]
+        keep = KeepIdleActors(self.max_concurrent_trials)
         tuner = tune.Tuner(
             tune.with_resources(evaluate_trial, self.resources),
             tune_config=tune.TuneConfig(
@@ -298,25 +271,22 @@ class TuneEvaluator:
                 name=self.name,
                 verbose=0,
                 log_to_file=False,
-                callbacks=self.callbacks or None,
+                callbacks=[*self.callbacks, keep],
             ),
         )
-        import ray.tune.execution.tune_controller as controller
-
-        original = getattr(controller, "_ObjectCache", None)
-        warm = _warm_cache_class(self.max_concurrent_trials)
-        if original is not None and warm is not None:
-            setattr(controller, "_ObjectCache", warm)  # noqa: B010 - a private name, see the docstring
 
         def fit() -> None:
             try:
                 tuner.fit()
             except BaseException as error:  # noqa: BLE001 - reported to the waiting caller
                 self._error = error
+            finally:
+                keep.release()  # in case fit ended before Tune built its controller
 
+        # the controller that ``fit`` builds keeps our actors; ``keep.setup`` undoes the swap
+        keep.install()
         self._thread = threading.Thread(target=fit, name="tune-candidates", daemon=True)
         self._thread.start()
-        self._restore = (controller, original)
         if self.warm_start and self.max_concurrent_trials > 1:
             actor_name = f"tooldistill-warm-{uuid.uuid4().hex[:8]}"
             barrier = _Barrier.options(name=actor_name).remote(self.max_concurrent_trials)  # type: ignore[attr-defined]
@@ -326,15 +296,6 @@ class TuneEvaluator:
                 self._wait(self._submit([(warmup, {"warmup": True})] * self.max_concurrent_trials))
             finally:
                 ray.kill(barrier)
-                self._unpatch()
-
-    def _unpatch(self) -> None:
-        """Put Tune's own cache class back (our experiment's controller already holds its cache)."""
-        if self._restore is not None:
-            module, original = self._restore
-            if original is not None:
-                setattr(module, "_ObjectCache", original)  # noqa: B010
-            self._restore = None
 
     def _submit(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[_Job]:
         """Store the payloads (one round trip), then queue one trial per item."""
@@ -403,7 +364,6 @@ class TuneEvaluator:
         return results
 
     def close(self) -> None:
-        self._unpatch()
         if self._board is not None:
             self._board.state.closed = True
         if self._thread is not None:
