@@ -13,12 +13,18 @@ test with no loss fails.  The GCS keeps Ray's own health checks, so it declares 
 about 15 s after the loss, as on a real cluster; until then, calls to the lost node's actor fail
 as "temporarily unavailable" (each one used to spend a shard's retry, and the stage failed).
 
+Fine-tuning too: two data-parallel Ray Train workers, one on each node, checkpoints on S3; the
+node of one worker is lost after a checkpoint and Ray Train's restarted worker group (on the head
+and the new ``node_b``) goes on from it, within the one ``train()`` call.
+
 The module starts and stops its own cluster: any Ray this process was connected to (the session's
 ``ray_cluster``) is shut down first.  ``-m "not multinode"`` leaves it out.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -367,3 +373,153 @@ def test_stages_with_relative_local_paths_on_nodes_with_their_own_folders(
     fitted = run_length(options.config(dataset="embedded", out="fitting"), runner)
     assert fitted.rows == 8 and fitted.stats["shards"] == 4
     assert (tmp_path / "fitting" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: two data-parallel workers, one on each node
+# ---------------------------------------------------------------------------------------------
+
+#: Ray Train's worker actor (its title while idle and while it runs a method).
+TRAIN_WORKER = "ray::RayTrainWorker"
+
+
+def test_training_goes_on_after_the_node_of_a_worker_is_lost(
+    cluster: LoopbackCluster, data_bucket: str, tmp_path: Path
+) -> None:
+    """Two data-parallel training workers (gloo, one CPU each, so one on each node), Ray Train's
+    storage on S3.  Right after Ray Train registered the checkpoint of step 1, ``node_b`` is lost
+    (its worker holds there, so the loss lands at that moment; the head's worker waits in step 2's
+    all-reduce) and a new ``node_b`` joins in its place.  One ``train()`` call: Ray Train restarts
+    the worker group (``max_failures``) on the head and the new node, which goes on from step 1 to
+    the end; the adapter is the result's checkpoint's."""
+    pytest.importorskip("trl", reason="weight distillation needs trl and peft (the cpu extra)")
+    import ray
+    from transformers import TrainerCallback
+
+    from tooldistill.finetune.train import LoraSettings, TrainSettings, train
+    from tooldistill.serve.models import prepare
+
+    started = time.perf_counter()
+    base = prepare("smollm2")[0]
+    folder = tmp_path / "phase"
+    folder.mkdir()
+    rows = [
+        {"prompt": f"<|im_start|>user\nWeather in Paris{i}?<|im_end|>\n<|im_start|>assistant\n",
+         "completion": f'<tool_call>\n{{"name": "weather_current", "arguments": {{"city": "Paris{i}"}}}}\n</tool_call><|im_end|>'}
+        for i in range(4)
+    ]  # fmt: skip
+    (folder / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = TrainSettings(
+        epochs=2.0, learning_rate=1e-3, batch_size=1, max_length=64, save_steps=1, warmup_ratio=0.0,
+        top_layers=1, lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")),
+        workers=2, cpus_per_worker=1, max_failures=1,
+    )  # fmt: skip
+    # an undisturbed run's steps: each worker takes every other example, one a step
+    per_epoch = math.ceil(len(rows) / (settings.workers * settings.batch_size))
+    expected_steps = math.ceil(settings.epochs * per_epoch)
+    storage = f"s3://{data_bucket}/runs/train-loss/train/ft"
+    marks = tmp_path / "marks"  # the test's own notes from the workers (not the training's)
+    marks.mkdir()
+
+    class WhereAndHold(TrainerCallback):  # type: ignore[misc]
+        """Notes where each worker trains and which steps it finishes; the worker on node_b holds
+        after Ray Train registered the checkpoint of step 1 (a resumed training saves step 1 no
+        more), until the node is lost."""
+
+        def __init__(self, marks: Path) -> None:
+            self.marks = marks
+
+        def _note(self, entry: dict[str, Any]) -> None:
+            import ray as worker_ray
+
+            entry.update(
+                node=os.environ.get(NODE_ENV), node_id=worker_ray.get_runtime_context().get_node_id()
+            )
+            with (self.marks / "workers.jsonl").open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self._note({"rank": args.process_index, "from_step": state.global_step})
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self._note({"rank": args.process_index, "step": state.global_step})
+
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if state.global_step != 1 or os.environ.get(NODE_ENV) != "node_b":
+                return
+            import ray.train
+
+            ray.train.get_all_reported_checkpoints()  # Ray Train has registered step 1
+            (self.marks / "holding").write_text(f"{args.process_index}\n")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # lost before then
+                time.sleep(0.5)
+
+    head = cluster.nodes["node_a"]
+    driver_node = ray.get_runtime_context().get_node_id()
+    assert driver_node == head.node_id  # the driver is on the head, which stays
+    at_loss: dict[str, Any] = {}
+
+    def when(node: ClusterNode) -> bool:
+        if not (marks / "holding").exists():
+            return False
+        at_loss.update(head=bool(head.running(TRAIN_WORKER)), lost=bool(node.running(TRAIN_WORKER)))
+        return True
+
+    lines: list[str] = []
+    disruption = cluster.disrupt(
+        lambda: train(
+            str(base), folder, settings, storage=storage, note=lines.append, callbacks=[WhereAndHold(marks)]
+        ),
+        node="node_b",
+        when=when,
+    )
+    result = disruption.result
+    lost, replacement = disruption.lost, disruption.replacement
+    assert lost is not None and replacement is not None, "node_b was never lost while training"
+    cluster.wait_for_nodes()
+    assert lost.name == "node_b" and replacement.node_id != lost.node_id
+    assert ray.get_runtime_context().get_node_id() == driver_node
+    # the node held a training worker, and so did the head
+    assert at_loss == {"head": True, "lost": True}
+    assert any(t.startswith(TRAIN_WORKER) for t in disruption.titles)
+
+    # where each worker group trained, and the steps each worker finished
+    notes = [json.loads(line) for line in (marks / "workers.jsonl").read_text().splitlines()]
+    begun = [n for n in notes if "from_step" in n]
+    assert len(begun) == 4  # two worker groups of two: one restart
+    first, second = begun[:2], begun[2:]
+    assert {n["node_id"] for n in first} == {head.node_id, lost.node_id}
+    assert {n["node_id"] for n in second} == {head.node_id, replacement.node_id}
+    assert [n["from_step"] for n in first] == [0, 0] and [n["from_step"] for n in second] == [1, 1]
+    for node_id, steps in (
+        (head.node_id, list(range(1, expected_steps + 1))),
+        (lost.node_id, [1]),
+        (replacement.node_id, list(range(2, expected_steps + 1))),
+    ):
+        assert [n["step"] for n in notes if "step" in n and n["node_id"] == node_id] == steps
+
+    # the training went on from the checkpoint of step 1 to an undisturbed run's last step
+    assert result.steps == expected_steps == 4
+    assert result.resumed_from_step == 1 and result.resumes == [1]
+    assert [e["step"] for e in result.log] == list(range(1, expected_steps + 1))
+    assert [w["rank"] for w in result.placement] == [0, 1]
+    assert lines and all(line.startswith("training on 2 workers (CPU, gloo)") for line in lines)
+
+    # the adapter is the result's checkpoint's, on S3
+    assert result.checkpoint is not None
+    assert result.checkpoint.endswith(f"/checkpoint_{expected_steps:06d}")
+    bucket, _, prefix = result.checkpoint.partition("/")
+    assert bucket == data_bucket
+    s3 = store.s3_client()
+    names = {"adapter_config.json", "adapter_model.safetensors"}
+    assert names <= {p.name for p in result.adapter.iterdir()}
+    for name in names:
+        body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read()
+        assert (result.adapter / name).read_bytes() == body
+    print(
+        f"train: lost node_b (rank {(marks / 'holding').read_text().strip()}) "
+        f"{disruption.before_s} s after the start, after the checkpoint of step 1; "
+        f"the restarted group went on from step 1 to {result.steps} on node_a and the new node_b, "
+        f"finished {disruption.after_s} s later; {time.perf_counter() - started:.1f} s"
+    )
