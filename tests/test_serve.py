@@ -501,17 +501,29 @@ def test_a_fine_tuned_student_is_trained_resumed_and_served_as_an_adapter(
         epochs=6, learning_rate=2e-3, batch_size=2, save_steps=1, max_length=384, max_failures=0
     )
     errors: list[BaseException] = []
+    registered = tmp_path / "registered"
+
+    from transformers import TrainerCallback
+
+    class Registered(TrainerCallback):  # type: ignore[misc]
+        """Says when Ray Train has registered a checkpoint (its files on disk come before that)."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            import ray.train
+
+            ray.train.get_all_reported_checkpoints()  # returns once the reports so far are registered
+            registered.write_text(str(state.global_step))
 
     def first_run() -> None:
         try:
-            train(str(model_folder), folder, settings, threads=2)
+            train(str(model_folder), folder, settings, threads=2, callbacks=[Registered()])
         except TrainError as error:
             errors.append(error)
 
     runner = threading.Thread(target=first_run)
     runner.start()
     deadline = time.monotonic() + 300
-    while not list((folder / "ray").glob("finetune-*/checkpoint_*/trainer_state.json")):
+    while not registered.exists():
         assert time.monotonic() < deadline and runner.is_alive(), "no first checkpoint"
         time.sleep(0.5)
     workers = [
@@ -526,6 +538,7 @@ def test_a_fine_tuned_student_is_trained_resumed_and_served_as_an_adapter(
     result = train(str(model_folder), folder, settings, threads=2)
     killed_at = result.resumed_from_step  # the newest checkpoint Ray Train recorded before the kill
     assert killed_at is not None and 1 <= killed_at < 18  # 6 examples / batch 2 * 6 epochs
+    assert killed_at >= int(registered.read_text())  # from the checkpoint registered before the kill
     assert result.steps == 18  # the step count continued to the end instead of starting over
     assert min(e["step"] for e in result.log) <= killed_at + 1 and result.log[-1]["step"] == 18
     # the worker's library output went to the phase folder, not through Ray to the console
