@@ -129,3 +129,13 @@ def test_chain_runs_the_length_stage_between_semdedup_and_car(tmp_path: Path) ->
     )
     assert chain.inputs["car"] == str(tmp_path / "curate" / "fitting") and stages["car"]["in"] == 6
     assert chain.funnel["too_long"] == 1 and chain.funnel["selected"] == 6
+
+
+def test_a_bad_stage_option_stops_the_chain_before_any_stage_runs(tmp_path: Path) -> None:
+    """Every stage's options are checked first: a typo in a late stage's does not wait for (or,
+    here, hide behind) the earlier stages' work."""
+    out = tmp_path / "curate"
+    options = {"length": {"window": 8192, "bogus": 1}}
+    with pytest.raises(ValueError, match="bogus"):
+        run_chain(str(tmp_path / "no-dataset"), str(out), options, StageContext(LocalRunner(False), False))
+    assert not out.exists()

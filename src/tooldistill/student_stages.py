@@ -18,6 +18,7 @@ from typing import Any
 from tooldistill import store
 from tooldistill.config import PipelineConfig
 from tooldistill.layout import RunLayout
+from tooldistill.optimize.phases.base import read_json
 from tooldistill.progress import optimize_progress, rate_text
 from tooldistill.runlog import RunLog, Say
 from tooldistill.schema import content_hash
@@ -27,13 +28,6 @@ from tooldistill.tracking import tracking
 
 #: The stages that share the student, in order.
 NAMES = ("student", "baseline", "optimize")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 class StudentStages:
@@ -68,12 +62,12 @@ class StudentStages:
             },
             16,
         )
-        done = _read_json(Path(layout.stamp))
+        done = read_json(Path(layout.stamp))
         wanted = set(NAMES) & selected
         if not wanted or (done and done.get("stamp") == stamp and Path(layout.summary).exists()):
             note = "--from/--until leave them out" if not wanted else "up to date"
             self.skip_all("skipped" if wanted else "not selected", note)
-            return _read_json(Path(layout.summary))
+            return read_json(Path(layout.summary))
         with self.log.stage("student") as record:
             self.student = start_student(student_section, self.say)
             record.detail = {

@@ -76,8 +76,10 @@ def run_chain(
     results: dict[str, StageResult] = {}
     inputs: dict[str, str] = {}
     current, stopped = source, False
-    for entry in STAGES:
-        options = section_options(section, entry)
+    # every stage's options checked before the first stage runs: a typo in the last one's must
+    # not wait for the embedding to finish
+    chosen = [(entry, section_options(section, entry)) for entry in STAGES]
+    for entry, options in chosen:
         if options is None:
             if left_out is not None:
                 left_out(entry)
