@@ -188,6 +188,12 @@ class OptimizeSection(_Section):
             check_phase_names(self.phases)
         return self
 
+    def needs_embeddings(self) -> bool:
+        """Whether a phase of the schedule reads the run's embeddings (``data.embedded``)."""
+        from tooldistill.optimize.kinds import phase_kind
+
+        return any(getattr(phase_kind(p.kind), "needs_embeddings", False) for p in self.phases or [])
+
     def config(
         self,
         run_dir: str,
@@ -197,8 +203,11 @@ class OptimizeSection(_Section):
         reflection: ReflectionSettings | None = None,
     ) -> OptimizeConfig:
         """The optimize config of a run: ``data`` the split's URIs (``train``, ``val``, ``test``,
-        ``curated``); ``student`` fields that replace the section's (where the student is served);
+        ``curated``, ``embedded``); ``student`` fields that replace the section's (where the student is served);
         ``reflection`` in place of the section's (the model that reflects in this run)."""
+        if not self.needs_embeddings():
+            # kept out of the config (and of every resume key) unless a phase reads it
+            data = {name: uri for name, uri in data.items() if name != "embedded"}
         fields: dict[str, Any] = {
             "run_dir": run_dir,
             "data": {**data, "test_limit": self.test_limit},

@@ -33,7 +33,8 @@ from tooldistill.context import ContextPolicy, DoesNotFit, fitter_for, summarize
 from tooldistill.match.consistency import consensus, consistency_report
 from tooldistill.match.parse import Parsed, parse_message
 from tooldistill.match.stats import aggregate
-from tooldistill.request import build_request
+from tooldistill.request import apply_prompt, trace_request
+from tooldistill.retrieval import DemoBank
 from tooldistill.schema import Trace, content_hash
 from tooldistill.scoring import check_modes, judge, write_json
 from tooldistill.stage import StageRun, SummaryResult
@@ -157,6 +158,22 @@ def load_artifact(path: str | None) -> tuple[str | None, list[dict[str, Any]]]:
     return system, demos
 
 
+def load_bank(path: str | None) -> DemoBank | None:
+    """The ``dicl`` bank of a prompt artifact (``retrieval.DemoBank``), None when it has none."""
+    if path is None:
+        return None
+    try:
+        value = json.loads(store.read_file(path).decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("dicl") is None:
+        return None
+    try:
+        return DemoBank.model_validate(value["dicl"])
+    except ValueError as error:
+        raise ValueError(f"prompt artifact {path}: its dicl bank is broken: {error}") from None
+
+
 def first_message(response: Any) -> dict[str, Any] | None:
     """The first choice's message of a chat-completions response, or None."""
     choices = response.get("choices") if isinstance(response, dict) else None
@@ -180,8 +197,11 @@ def evaluate_one(
     config: EvaluateConfig,
     system: str | None,
     demos: Sequence[dict[str, Any]] | None = None,
+    bank: DemoBank | None = None,
 ) -> dict[str, Any]:
-    request = build_request(trace, config.model, system, config.temperature, config.max_tokens, demos)
+    request = trace_request(trace, config.model, config.temperature, config.max_tokens)
+    chosen = [*(demos or []), *(bank.select(request) if bank is not None else [])]
+    request = apply_prompt(request, system, chosen)
     fitter = fitter_for(config.context)
     skipped: str | None = None
     context: dict[str, Any] | None = None
@@ -264,7 +284,12 @@ def evaluate(
     config = replace(config, modes=modes)
     source = store.Dataset.open(config.dataset)
     system, demos = load_artifact(config.prompt)
-    config_hash = config.config_hash({"system": system, "demos": demos} if demos else system)
+    bank = load_bank(config.prompt)
+    config_hash = config.config_hash(
+        {"system": system, "demos": demos, **({"dicl": bank.model_dump(mode="json")} if bank else {})}
+        if demos or bank
+        else system
+    )
     inputs = [config.dataset, source.manifest.fingerprint]
     run = StageRun.start(STAGE, config.out, config_hash, inputs, [config.dataset], kind="evaluation")
     earlier = run.existing(force=config.force)
@@ -282,7 +307,7 @@ def evaluate(
         ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool,
     ):
         futures = {
-            pool.submit(evaluate_one, client, t, config, system, demos): i for i, t in enumerate(traces)
+            pool.submit(evaluate_one, client, t, config, system, demos, bank): i for i, t in enumerate(traces)
         }
         for done, future in enumerate(as_completed(futures), start=1):
             rows[futures[future]] = future.result()

@@ -202,6 +202,8 @@ class _Run:
             "val": curate.val,
             "test": curate.test,
             "curated": chain.inputs["split"],
+            # the traces with their embeddings (the model that made them): a dicl phase's bank
+            "embedded": chain.results["embed"].uri,
         }
 
     def report(self) -> None:

@@ -188,7 +188,12 @@ def _describe(run_dir: str, learned: object, model: str) -> str:
     return (
         f"run {run_dir}: best phase {learned.phase or '?'}, model {model}, learned prompt "
         f"{len(learned.system):,} characters and {len(learned.demos)} demonstration messages, "
-        f"context window {learned.context.window or 'none'} (applied on the server, both APIs)"
+        + (
+            f"the {learned.bank.k} nearest of {len(learned.bank.ids)} teacher examples per request, "
+            if learned.bank is not None
+            else ""
+        )
+        + f"context window {learned.context.window or 'none'} (applied on the server, both APIs)"
     )
 
 

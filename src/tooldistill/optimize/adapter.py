@@ -27,6 +27,7 @@ from gepa.core.adapter import EvaluationBatch
 from tooldistill.match.normalize import format_call
 from tooldistill.optimize.student import Outcome, Prompt, StudentSettings, run_batch
 from tooldistill.optimize.tune_eval import TuneEvaluator
+from tooldistill.retrieval import DemoBank
 from tooldistill.schema import Trace
 
 COMPONENT = "instructions"
@@ -77,9 +78,12 @@ class ToolCallAdapter:
         reflection_lm: Any = None,
         parallel_candidates: int = 8,
         admit: Admit | None = None,
+        bank: DemoBank | None = None,
     ) -> None:
         self.settings = settings
         self.demos = tuple(demos)
+        #: a dicl phase's bank, kept by every candidate (GEPA rewrites the instructions only)
+        self.bank = bank
         self.evaluator = evaluator
         self.judge = judge
         self.reflection_lm = reflection_lm
@@ -89,7 +93,7 @@ class ToolCallAdapter:
         self.metric_calls = 0
 
     def prompt(self, candidate: Mapping[str, str]) -> Prompt:
-        return Prompt(candidate[COMPONENT], self.demos)
+        return Prompt(candidate[COMPONENT], self.demos, self.bank)
 
     def _batch(self, traces: Sequence[Trace], outcomes: Sequence[Outcome]) -> EvaluationBatch:
         self.metric_calls += len(outcomes)

@@ -150,6 +150,17 @@ class DataSettings(BaseModel):
     curated: str | None = None
     #: Cap on the test examples (None: all).
     test_limit: int | None = None
+    #: The traces with their ``embedding`` column, whose manifest names the embedding model: what
+    #: a ``dicl`` phase embeds requests with.  Given only to a schedule with a phase that reads it.
+    embedded: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_embedded(self, handler: Any) -> Any:
+        """``embedded`` left out when not given: configs and resume keys read as before it existed."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and dumped.get("embedded") is None:
+            dumped.pop("embedded", None)
+        return dumped
 
 
 class OptimizeConfig(BaseModel):

@@ -23,6 +23,7 @@ from typing import Any
 import dspy
 
 from tooldistill.optimize.student import Prompt, StudentSettings, demo_messages, run_example
+from tooldistill.retrieval import DemoBank
 from tooldistill.schema import Trace, calls_from_json, trace_from_row, trace_to_row
 
 DEFAULT_INSTRUCTIONS = (
@@ -57,6 +58,8 @@ class ToolCallPredict(dspy.Predict):
     def __init__(self, settings: StudentSettings, instructions: str = DEFAULT_INSTRUCTIONS) -> None:
         super().__init__(ToolCallSignature.with_instructions(instructions))
         self.settings = settings
+        #: a dicl phase's bank: every request also gets its nearest teacher examples
+        self.bank: DemoBank | None = None
 
     def demo_messages(self, demos: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """The demos as few-shot chat messages (each demo's own calls: bootstrapped or labeled)."""
@@ -69,7 +72,7 @@ class ToolCallPredict(dspy.Predict):
         return messages
 
     def prompt(self) -> Prompt:
-        return Prompt(self.signature.instructions, tuple(self.demo_messages()))
+        return Prompt(self.signature.instructions, tuple(self.demo_messages()), self.bank)
 
     def forward(self, **kwargs: Any) -> dspy.Prediction:
         demos = kwargs.pop("demos", self.demos)
@@ -77,7 +80,8 @@ class ToolCallPredict(dspy.Predict):
         kwargs.pop("config", None)
         instructions = str(getattr(signature, "instructions", "") or "")
         trace = trace_of(kwargs)
-        outcome = run_example(trace, Prompt(instructions, tuple(self.demo_messages(demos))), self.settings)
+        prompt = Prompt(instructions, tuple(self.demo_messages(demos)), self.bank)
+        outcome = run_example(trace, prompt, self.settings)
         prediction = dspy.Prediction(
             tool_calls=json.dumps(outcome.calls, ensure_ascii=False),
             score=outcome.score,
@@ -109,6 +113,7 @@ class StudentProgram(dspy.Module):
     ) -> StudentProgram:
         program = cls(settings, prompt.system or DEFAULT_INSTRUCTIONS)
         program.step.demos = list(demos)
+        program.step.bank = prompt.bank
         return program
 
 

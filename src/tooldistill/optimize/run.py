@@ -279,8 +279,10 @@ def optimize(
 
     ``host`` serves the student (``finetune.phase.StudentHost``): a finetune phase needs it."""
     report = progress or (lambda _: None)
-    check_endpoint(config.student)
     selected = config.phase(phase)
+    for item in selected:
+        phase_kind(item.kind).check(config, item)
+    check_endpoint(config.student)
     run_dir = Path(config.run_dir)
     layout = _layout(config)
     run_dir.mkdir(parents=True, exist_ok=True)

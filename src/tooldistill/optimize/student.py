@@ -3,7 +3,7 @@
 A **prompt** is what optimization changes: a system text and few-shot messages (OpenAI chat
 messages: a user turn, the assistant's native ``tool_calls``, the tool results).  Running a prompt
 on a trace sends the system text, then the demonstrations, then the trace's own conversation, with
-the trace's tools as native tools (``evaluate.build_request``); the reply is parsed
+the trace's tools as native tools (``request.build_request``); the reply is parsed
 (``parse_message``) and judged (``scoring.judge``) in one match mode.  The outcome carries the
 score, the verdict's reason (GEPA's feedback), the calls and the raw reply.
 
@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import Field
@@ -29,8 +29,9 @@ from pydantic import Field
 from tooldistill.context import ContextPolicy, DoesNotFit, Fit, fitter_for, summarize_fits
 from tooldistill.evaluate import first_message, parse_response
 from tooldistill.match.stats import counts, match_rate
-from tooldistill.request import build_request
+from tooldistill.request import apply_prompt, trace_request
 from tooldistill.request import safe_tool_name as _safe_name
+from tooldistill.retrieval import DemoBank
 from tooldistill.schema import Trace, trace_from_row, trace_to_row
 from tooldistill.scoring import judge
 from tooldistill.student import EndpointError, EndpointSettings, StudentClient
@@ -62,20 +63,38 @@ class StudentSettings(EndpointSettings):
 
 @dataclass(frozen=True)
 class Prompt:
-    """System text and few-shot messages; the plain artifact is ``{"system": ..., "demos": [...]}``."""
+    """System text, few-shot messages and, from a ``dicl`` phase on, a bank of the teacher's examples
+    from which each request gets its nearest ones as more demonstrations (``retrieval.DemoBank``).
+    The plain artifact is ``{"system": ..., "demos": [...]}``, with ``"dicl": {...}`` when it has a
+    bank."""
 
     system: str = ""
     demos: tuple[Mapping[str, Any], ...] = ()
+    bank: DemoBank | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"system": self.system, "demos": [dict(d) for d in self.demos]}
+        out: dict[str, Any] = {"system": self.system, "demos": [dict(d) for d in self.demos]}
+        if self.bank is not None:
+            out["dicl"] = self.bank.model_dump(mode="json")
+        return out
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Prompt:
         demos = value.get("demos") or []
         if not isinstance(demos, list) or not all(isinstance(d, dict) and "role" in d for d in demos):
             raise ValueError("prompt demos must be a list of chat messages with a 'role'")
-        return cls(str(value.get("system") or value.get("instructions") or ""), tuple(demos))
+        bank = DemoBank.model_validate(value["dicl"]) if value.get("dicl") is not None else None
+        return cls(str(value.get("system") or value.get("instructions") or ""), tuple(demos), bank)
+
+    def with_system(self, system: str) -> Prompt:
+        """The same prompt (demos, bank) with another system text."""
+        return replace(self, system=system)
+
+    def demos_for(self, request: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The demonstrations ``request`` (the client's request, before any prompt) is sent with:
+        the fixed ones, then the bank's nearest examples for it."""
+        fixed = [dict(d) for d in self.demos]
+        return fixed + self.bank.select(request) if self.bank is not None else fixed
 
 
 def demo_messages(trace: Trace, calls: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -122,14 +141,8 @@ def fitted_request(trace: Trace, prompt: Prompt, settings: StudentSettings) -> F
 
 def raw_request(trace: Trace, prompt: Prompt, settings: StudentSettings) -> dict[str, Any]:
     """The request before the context policy."""
-    request = build_request(
-        trace,
-        settings.model,
-        prompt.system or None,
-        settings.temperature,
-        settings.max_tokens,
-        demos=[dict(d) for d in prompt.demos],
-    )
+    request = trace_request(trace, settings.model, settings.temperature, settings.max_tokens)
+    request = apply_prompt(request, prompt.system or None, prompt.demos_for(request))
     if settings.reasoning_effort:
         request["reasoning_effort"] = settings.reasoning_effort
     return request

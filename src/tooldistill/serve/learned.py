@@ -8,7 +8,8 @@ small, JSON-serializable (it travels in the Ray Serve application's arguments) a
 gateway to every request of either API (``Learned.prepare``) exactly as evaluation applied it:
 
 1. the learned prompt (``request.apply_prompt``: its system text before the client's, its
-   demonstrations after the system prompt);
+   demonstrations after the system prompt; with a ``dicl`` bank, the nearest teacher examples of
+   each request too, chosen as evaluation chose them: ``retrieval.DemoBank``);
 2. the context policy (``context.Fitter``, the student's tokenizer and template): a request longer
    than the window is cut the same way, or refused (``DoesNotFit``, HTTP 413) when even the system
    prompt, tools and latest request do not fit;
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tooldistill.context import ContextPolicy, DoesNotFit, Fitter, fitter_for
 from tooldistill.request import apply_prompt
+from tooldistill.retrieval import DemoBank
 
 
 class LearnedError(ValueError):
@@ -42,6 +44,8 @@ class Learned(BaseModel):
 
     system: str = ""
     demos: list[dict[str, Any]] = Field(default_factory=list)
+    #: A ``dicl`` phase's bank: each request also gets its nearest teacher examples as demos.
+    bank: DemoBank | None = None
     #: The student's window and tokenizer; ``window: None`` fits nothing.
     context: ContextPolicy = Field(default_factory=ContextPolicy)
     #: Tokens kept for the answer when fitting a request that asks for more.
@@ -55,9 +59,15 @@ class Learned(BaseModel):
     def fitter(self) -> Fitter | None:
         return fitter_for(self.context)
 
+    def with_prompt(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` with the learned prompt applied: the system text, the fixed demos, and the
+        bank's nearest examples for this request (``optimize.student.Prompt.demos_for``)."""
+        demos = [*self.demos, *(self.bank.select(request) if self.bank is not None else [])]
+        return apply_prompt(request, self.system or None, demos)
+
     def prepare(self, request: dict[str, Any]) -> Prepared:
         """``request`` (chat completions) as the student is sent it; raises ``DoesNotFit``."""
-        request = apply_prompt(request, self.system or None, self.demos)
+        request = self.with_prompt(request)
         if self.reasoning_effort and "reasoning_effort" not in request:
             request["reasoning_effort"] = self.reasoning_effort
         fitter = self.fitter()
@@ -91,7 +101,7 @@ class Learned(BaseModel):
     def count(self, request: dict[str, Any]) -> int:
         """The prompt tokens of ``request`` once the learned prompt is applied, before any cut
         (``count_tokens``); the rendered bytes when the student's tokenizer is unknown."""
-        request = apply_prompt(request, self.system or None, self.demos)
+        request = self.with_prompt(request)
         fitter = self.fitter()
         if fitter is None:
             from tooldistill.context import byte_bound
@@ -227,9 +237,14 @@ def from_run(run_dir: str | Path, tokenizer: str | None = None) -> tuple[Learned
     demos = prompt.get("demos") or []
     if not isinstance(demos, list) or not all(isinstance(d, dict) and "role" in d for d in demos):
         raise LearnedError(f"{optimize / 'best' / 'prompt.json'}: demos must be chat messages with a 'role'")
+    try:
+        bank = DemoBank.model_validate(prompt["dicl"]) if prompt.get("dicl") is not None else None
+    except ValueError as error:
+        raise LearnedError(f"{optimize / 'best' / 'prompt.json'}: its dicl bank is broken: {error}") from None
     learned = Learned(
         system=str(prompt.get("system") or ""),
         demos=demos,
+        bank=bank,
         context=ContextPolicy.model_validate(policy),
         answer_tokens=int(settings.get("max_tokens") or 1024),
         reasoning_effort=settings.get("reasoning_effort"),

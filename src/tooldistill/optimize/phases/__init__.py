@@ -2,7 +2,8 @@
 
 - ``dspy``: DSPy bootstraps few-shot demonstrations (``phases.dspy``);
 - ``gepa``: GEPA evolves the instructions (``phases.gepa``);
-- ``finetune``: LoRA distillation of the student's weights (``phases.finetune``).
+- ``finetune``: LoRA distillation of the student's weights (``phases.finetune``);
+- ``dicl``: the teacher's nearest examples as each request's demonstrations (``phases.dicl``).
 
 The contract is in ``phases.base``.  A new kind is a ``PhaseKind`` subclass in a module of this
 package, registered below (``optimize.kinds.register``; or by a plugin before its config loads).
@@ -19,11 +20,12 @@ from tooldistill.optimize.phases.base import (
     PhaseResources,
     Progress,
 )
+from tooldistill.optimize.phases.dicl import DICL
 from tooldistill.optimize.phases.dspy import DSPY
 from tooldistill.optimize.phases.finetune import FINETUNE
 from tooldistill.optimize.phases.gepa import GEPA
 
-for _kind in (DSPY, GEPA, FINETUNE):
+for _kind in (DSPY, GEPA, FINETUNE, DICL):
     register(_kind)
 
 #: Every phase kind, by name (``optimize.kinds.KINDS``).

@@ -102,8 +102,15 @@ class PhaseKind:
     #: The fields of its ``PhaseOutput.record`` that ``summary.json`` shows beside the common ones.
     summary_fields: tuple[str, ...] = ()
 
+    #: The phase reads the run's embeddings (``data.embedded``): a run gives them to its config.
+    needs_embeddings: bool = False
+
     def validate(self, phase: PhaseConfig) -> None:
         """Check the phase's options when the config loads (a ``ValueError`` then, not an hour in)."""
+
+    def check(self, config: OptimizeConfig, phase: PhaseConfig) -> None:
+        """Check the phase's inputs in the whole config (its data, the student) before the schedule
+        starts anything: an ``OptimizeError`` before the baseline, not after the phases before it."""
 
     def run(self, ctx: PhaseContext) -> PhaseOutput:
         raise NotImplementedError

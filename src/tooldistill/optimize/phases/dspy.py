@@ -76,7 +76,9 @@ class DspyKind(PhaseKind):
         compiled.save(PhaseLayout(str(ctx.folder)).program)
         prompt = compiled.prompt()
         if not compiled.step.demos and ctx.start.demos:
-            prompt = Prompt(prompt.system, tuple(ctx.start.demos))  # nothing bootstrapped: keep what we had
+            prompt = Prompt(
+                prompt.system, tuple(ctx.start.demos), prompt.bank
+            )  # nothing bootstrapped: keep what we had
         ctx.progress({"phase": phase.name, "event": "compiled", "demos": len(compiled.step.demos)})
         return PhaseOutput(prompt)
 

@@ -85,6 +85,7 @@ class GepaKind(PhaseKind):
             reflection_lm=reflection,
             parallel_candidates=config.tune.max_concurrent_trials,
             admit=budget.admit,
+            bank=start.bank,
         )
         watcher = _GepaProgress(phase, ctx.folder, adapter, reflection, ctx.progress)
         resumed = Path(paths.gepa_state).exists()
@@ -120,7 +121,7 @@ class GepaKind(PhaseKind):
         best = result.best_candidate
         assert isinstance(best, dict)
         write_json(paths.reflection, reflection.usage())
-        return PhaseOutput(Prompt(best[COMPONENT], start.demos))
+        return PhaseOutput(start.with_system(best[COMPONENT]))
 
 
 GEPA = GepaKind()
