@@ -9,7 +9,10 @@ when ``ANTHROPIC_API_KEY`` is set, else by the student itself (a 135M model is a
 the figures then say little about what GEPA can do, and the JSON says who reflected).
 
 Writes ``benchmarks/results/phases_cpu.json``: the baseline and every phase's test match rate with
-its 95% Wilson interval, train sizes, metric calls, candidates, dollars and wall time per stage.
+its 95% Wilson interval, train sizes, metric calls, candidates, dollars and wall time per stage, and
+the margin: the best phase's lower bound minus the baseline's upper bound, in points (a margin
+above 0 is one no interval overlap can call luck).  ``--config configs/deep.yaml --run runs/deep
+--out benchmarks/results/phases_deep.json`` collects the deep schedule the same way.
 
     .venv/bin/python benchmarks/phases_cpu.py [--run runs/demo] [--test-limit 40] [--budget 70]
 """
@@ -30,7 +33,7 @@ DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
 
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
-    raw: dict[str, Any] = yaml.safe_load(DEMO.read_text())
+    raw: dict[str, Any] = yaml.safe_load(Path(args.config).read_text())
     optimize = raw["optimize"]
     if args.test_limit is not None:
         optimize["test_limit"] = args.test_limit
@@ -49,6 +52,14 @@ def _stage_times(path: Path) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError, KeyError):
         return {}
     return {s["stage"]: {"status": s["status"], "elapsed_s": s["elapsed_s"]} for s in stages}
+
+
+def margin_points(summary: dict[str, Any]) -> float | None:
+    """The best phase's 95% lower bound minus the baseline's upper bound, in percentage points."""
+    best = next((p for p in summary["phases"] if p["phase"] == summary["best_phase"]), None)
+    if best is None or not best["test"].get("ci95") or not summary["baseline"].get("ci95"):
+        return None
+    return round(100 * (best["test"]["ci95"][0] - summary["baseline"]["ci95"][1]), 1)
 
 
 def machine() -> dict[str, Any]:
@@ -70,6 +81,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--config", default=str(DEMO), help="pipeline config (default: configs/demo.yaml)")
     parser.add_argument("--run", default="runs/demo", help="run folder (shared with `make demo`)")
     parser.add_argument("--test-limit", type=int, default=None, help="test examples (demo: 40)")
     parser.add_argument("--budget", type=int, default=None, help="metric calls per GEPA phase (demo: 70/50)")
@@ -109,7 +121,8 @@ def main() -> None:
     report = {
         "benchmark": "phases_cpu",
         "machine": machine(),
-        "run": str(run),
+        "config": Path(args.config).name,
+        "run": run.name,
         "student": {k: optimize_config["student"][k] for k in ("model", "max_tokens", "temperature", "mode")},
         "teacher": "BFCL ground truth (no ANTHROPIC_API_KEY)"
         if not os.environ.get("ANTHROPIC_API_KEY")
@@ -125,6 +138,7 @@ def main() -> None:
         "baseline": summary["baseline"],
         "phases": phases,
         "best_phase": summary["best_phase"],
+        "margin_points": margin_points(summary),
         "stages": stages,
         "wall_s_this_call": round(time.time() - started, 1),
     }

