@@ -188,11 +188,19 @@ class OptimizeSection(_Section):
             check_phase_names(self.phases)
         return self
 
-    def needs_embeddings(self) -> bool:
-        """Whether a phase of the schedule reads the run's embeddings (``data.embedded``)."""
-        from tooldistill.optimize.kinds import phase_kind
+    def data_read(self) -> set[str]:
+        """The optional datasets (``optimize.config.OPTIONAL_DATA``) a phase of the schedule reads."""
+        from tooldistill.optimize.config import optional_data_read
 
-        return any(getattr(phase_kind(p.kind), "needs_embeddings", False) for p in self.phases or [])
+        return optional_data_read(self.phases or [])
+
+    def data_for(self, data: dict[str, str]) -> dict[str, str]:
+        """``data`` without the optional datasets no phase reads: they are then no input of the
+        config, its resume keys or the run's stamp."""
+        from tooldistill.optimize.config import OPTIONAL_DATA
+
+        read = self.data_read()
+        return {name: uri for name, uri in data.items() if name not in OPTIONAL_DATA or name in read}
 
     def config(
         self,
@@ -203,11 +211,9 @@ class OptimizeSection(_Section):
         reflection: ReflectionSettings | None = None,
     ) -> OptimizeConfig:
         """The optimize config of a run: ``data`` the split's URIs (``train``, ``val``, ``test``,
-        ``curated``, ``embedded``); ``student`` fields that replace the section's (where the student is served);
+        ``curated``, ``embedded``, ``pool``; those no phase reads are left out); ``student`` fields that replace the section's (where the student is served);
         ``reflection`` in place of the section's (the model that reflects in this run)."""
-        if not self.needs_embeddings():
-            # kept out of the config (and of every resume key) unless a phase reads it
-            data = {name: uri for name, uri in data.items() if name != "embedded"}
+        data = self.data_for(data)
         fields: dict[str, Any] = {
             "run_dir": run_dir,
             "data": {**data, "test_limit": self.test_limit},

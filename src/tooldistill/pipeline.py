@@ -204,6 +204,8 @@ class _Run:
             "curated": chain.inputs["split"],
             # the traces with their embeddings (the model that made them): a dicl phase's bank
             "embedded": chain.results["embed"].uri,
+            # what CaR chose from: more train examples for a phase with ``source: pool``
+            "pool": chain.inputs["car"],
         }
 
     def report(self) -> None:

@@ -52,8 +52,7 @@ class StudentStages:
             return None
         layout = self.local.optimize
         folder = Path(layout.root)
-        if not section.needs_embeddings():  # an input only of a schedule that reads them
-            data = {name: uri for name, uri in data.items() if name != "embedded"}
+        data = section.data_for(data)  # the embeddings and the pool: inputs only where a phase reads them
         splits = {name: store.Dataset.open(uri).manifest.fingerprint for name, uri in data.items()}
         stamp = content_hash(
             {

@@ -51,6 +51,10 @@ class PhaseConfig(BaseModel):
     #: is fixed but not tied to the split's cluster order).
     train: int = Field(default=50, ge=1)
     select: Literal["first", "car", "sample"] = "first"
+    #: Where the train examples come from: the train split, or ``pool``: the train split's (chosen
+    #: by ``select``) and, when it holds fewer than ``train``, then every deduplicated trace that
+    #: is in no split (CaR left it out), in trace-id order: never a val or test trace.
+    source: Literal["train", "pool"] = "train"
     #: Validation examples GEPA scores candidates on (also random search's / MIPRO's valset).
     val: int = Field(default=50, ge=1)
     # DSPy
@@ -90,10 +94,13 @@ class PhaseConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_empty_sections(self, handler: Any) -> Any:
-        """``sections`` left out when empty: configs, hashes and stamps read as before kinds had it."""
+        """``sections`` left out when empty, ``source`` when the train split: configs, hashes and
+        stamps read as before phases had them."""
         dumped = handler(self)
         if isinstance(dumped, dict) and not dumped.get("sections"):
             dumped.pop("sections", None)
+        if isinstance(dumped, dict) and dumped.get("source") == "train":
+            dumped.pop("source", None)  # the default, as before phases had a source
         return dumped
 
     def section(self, name: str) -> Any:
@@ -153,14 +160,40 @@ class DataSettings(BaseModel):
     #: The traces with their ``embedding`` column, whose manifest names the embedding model: what
     #: a ``dicl`` phase embeds requests with.  Given only to a schedule with a phase that reads it.
     embedded: str | None = None
+    #: The deduplicated traces before CaR's selection: where a phase with ``source: pool`` finds
+    #: more train examples than the train split holds.  Given only to a schedule that reads it.
+    pool: str | None = None
 
     @model_serializer(mode="wrap")
-    def _without_embedded(self, handler: Any) -> Any:
-        """``embedded`` left out when not given: configs and resume keys read as before it existed."""
+    def _without_optional(self, handler: Any) -> Any:
+        """``embedded`` and ``pool`` left out when not given: configs and resume keys read as
+        before they existed."""
         dumped = handler(self)
-        if isinstance(dumped, dict) and dumped.get("embedded") is None:
-            dumped.pop("embedded", None)
+        if isinstance(dumped, dict):
+            for name in OPTIONAL_DATA:
+                if dumped.get(name) is None:
+                    dumped.pop(name, None)
         return dumped
+
+
+#: The datasets a run hands its optimize config only when a phase reads them.
+OPTIONAL_DATA = ("embedded", "pool")
+
+
+def data_read_by(phase: PhaseConfig) -> set[str]:
+    """Of :data:`OPTIONAL_DATA`, what ``phase`` reads: the run's embeddings for a kind that needs
+    them, the pool for ``source: pool``.  The others are not inputs of the phase (nor of its key)."""
+    wanted = set()
+    if getattr(kinds.phase_kind(phase.kind), "needs_embeddings", False):
+        wanted.add("embedded")
+    if phase.source == "pool":
+        wanted.add("pool")
+    return wanted
+
+
+def optional_data_read(phases: Sequence[PhaseConfig]) -> set[str]:
+    """Of :data:`OPTIONAL_DATA`, what any of ``phases`` reads."""
+    return set().union(*(data_read_by(p) for p in phases)) if phases else set()
 
 
 class OptimizeConfig(BaseModel):

@@ -34,6 +34,7 @@ from typing import Any
 from tooldistill import store
 from tooldistill.layout import OptimizeLayout, PhaseLayout
 from tooldistill.optimize.config import (  # noqa: F401  (re-exported: the config's models)
+    OPTIONAL_DATA,
     DataSettings,
     OptimizeConfig,
     OptimizeError,
@@ -42,6 +43,7 @@ from tooldistill.optimize.config import (  # noqa: F401  (re-exported: the confi
     apply_override,
     check_phase_names,
     config_from_dict,
+    data_read_by,
     default_phases,
     load_config,
 )
@@ -118,7 +120,7 @@ def ensure_baseline(
     layout = _layout(config)
     key = content_hash(
         {"prompt": start.to_json(), "student": config.student.model_dump(mode="json"),
-         "data": config.data.model_dump(mode="json", exclude={"embedded"})},
+         "data": config.data.model_dump(mode="json", exclude=set(OPTIONAL_DATA))},
         16,
     )  # fmt: skip
     baseline = read_json(layout.baseline)
@@ -168,8 +170,8 @@ def run_phase(
     ctx = PhaseContext(config, phase, start, folder, progress, resources)
     key = content_hash(
         {"phase": phase.config_hash(), "start": start.to_json(), "student": config.student.model_dump(mode="json"),
-         # the run's embeddings are an input only of the kinds that read them
-         "data": config.data.model_dump(mode="json", exclude=set() if kind.needs_embeddings else {"embedded"})},
+         # the run's embeddings and the pool are inputs only of the phases that read them
+         "data": config.data.model_dump(mode="json", exclude=set(OPTIONAL_DATA) - data_read_by(phase))},
         16,
     )  # fmt: skip
     done = read_json(paths.result)
@@ -282,6 +284,11 @@ def optimize(
     report = progress or (lambda _: None)
     selected = config.phase(phase)
     for item in selected:
+        if "pool" in data_read_by(item) and config.data.pool is None:
+            raise OptimizeError(
+                f"{item.name}: source: pool needs the run's deduplicated traces (data.pool), which "
+                "tooldistill run gives; a standalone optimize config names them"
+            )
         phase_kind(item.kind).check(config, item)
     check_endpoint(config.student)
     run_dir = Path(config.run_dir)

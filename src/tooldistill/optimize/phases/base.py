@@ -148,11 +148,27 @@ def car_best(uri: str, n: int) -> list[Trace]:
 
 def phase_train(config: OptimizeConfig, phase: PhaseConfig) -> list[Trace]:
     if phase.select == "car":
-        return car_best(config.data.curated or config.data.train, phase.train)
-    traces = read_traces(config.data.train)
-    if phase.select == "sample":
-        return sorted(traces, key=lambda t: t.id)[: phase.train]
-    return traces[: phase.train]
+        chosen = car_best(config.data.curated or config.data.train, phase.train)
+    else:
+        traces = read_traces(config.data.train)
+        if phase.select == "sample":
+            traces = sorted(traces, key=lambda t: t.id)
+        chosen = traces[: phase.train]
+    if phase.source == "pool" and len(chosen) < phase.train:
+        chosen += pool_beyond_splits(config)[: phase.train - len(chosen)]
+    return chosen
+
+
+def pool_beyond_splits(config: OptimizeConfig) -> list[Trace]:
+    """The deduplicated traces of ``data.pool`` that are in no split (CaR did not select them), in
+    trace-id order: more train examples that are never a val or test trace."""
+    if config.data.pool is None:
+        raise OptimizeError(
+            "a phase with source: pool needs the run's deduplicated traces (data.pool); "
+            "tooldistill run gives them, a standalone optimize config names them"
+        )
+    taken = {t.id for uri in (config.data.train, config.data.val, config.data.test) for t in read_traces(uri)}
+    return sorted((t for t in read_traces(config.data.pool) if t.id not in taken), key=lambda t: t.id)
 
 
 # ---------------------------------------------------------------------------------------------
