@@ -839,3 +839,22 @@ def test_a_names_mode_run_says_which_chain_and_shows_the_full_chain(names_run: P
     assert "in the optimized match mode, names: the tool names alone" in text
     assert "Full chain: the same answers judged on the full chain, the same calls in the same order" in text
     assert paths.sections["phases"] == "rendered"
+
+
+def test_a_dicl_phase_is_named_with_its_bank(run_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(run_dir, tmp_path)
+    config_path = run / "optimize" / "config.json"
+    config = json.loads(config_path.read_text())
+    phase = {"name": "phase3", "kind": "dicl", "train": 1000, "source": "pool", "dicl": {"k": 4}}
+    config["phases"] = [p if p["name"] != "phase3" else phase for p in config["phases"]]
+    config_path.write_text(json.dumps(config))
+    result_path = run / "optimize" / "phase3" / "result.json"
+    result = json.loads(result_path.read_text())
+    result.update(kind="dicl", train=321, dicl={"entries": 321, "k": 4, "floor": 0.3, "dim": 384})
+    result_path.write_text(json.dumps(result))
+    markdown = render_report(str(run)).markdown.read_text()
+    row = next(r for r in table_after(markdown, "|   | Method |") if r[0] == "phase3 (dicl)")
+    assert row[1].startswith("the teacher's nearest train examples as each request's demonstrations")
+    assert row[2] == "321"  # past the train split (source: pool): what the phase found
+    search = {r[0]: r for r in table_after(markdown, "| Phase | Candidates |")}
+    assert search["phase3"][1] == "dicl: the 4 nearest of 321 examples, similarity ≥ 0.3"

@@ -91,7 +91,10 @@ def model_ref(model: str) -> str:
         packaged = Path(_packaged()).resolve()
     except RetrievalError:
         return model
-    return PACKAGED_MODEL if Path(model).expanduser().resolve() == packaged else model
+    folder = Path(model).expanduser().resolve()
+    # the package's folder, here or in another environment (an embed stage run from another venv)
+    same = folder == packaged or folder.parts[-2:] == packaged.parts[-2:]
+    return PACKAGED_MODEL if same else model
 
 
 def resolve_model(model: str | None) -> str:

@@ -74,6 +74,8 @@ def _describe(name: str, config: Mapping[str, Any], kind: str | None) -> tuple[s
         method = "GEPA instruction search"
     elif kind == "finetune":
         method = "LoRA distillation of the weights (TRL + PEFT on Ray Train)"
+    elif kind == "dicl":
+        method = "the teacher's nearest train examples as each request's demonstrations (MiniLM + FAISS)"
     else:
         method = kind
     if curated:
@@ -87,6 +89,8 @@ def _train_count(ctx: Context, config: Mapping[str, Any], result: Mapping[str, A
         cap = number(result.get("train"))
     if cap is None:
         return DASH
+    if config.get("source") == "pool" and result and number(result.get("train")) is not None:
+        return count(int(result["train"]))  # past the train split: what the phase found
     data = ctx.shared.data
     if config.get("select") == "car" and data.get("curated"):
         rows = dataset_rows(ctx.run, data.get("curated"), LAYOUT.curate.curated)
@@ -330,6 +334,15 @@ def _search_rows(ctx: Context, names: Sequence[str], problems: list[str]) -> lis
         kind = configs.get(name, {}).get("kind") or (result or {}).get("kind")
         elapsed = duration((result or {}).get("elapsed_s")) if result else DASH
         if kind == "finetune":  # no search: its table is "Weight distillation"
+            continue
+        if kind == "dicl":
+            bank = (result or {}).get("dicl") or {}
+            text = (
+                f"dicl: the {bank['k']} nearest of {count(bank['entries'])} examples, similarity ≥ {bank['floor']}"
+                if bank.get("entries") is not None
+                else DASH
+            )
+            rows.append([name, text, DASH, DASH, DASH, DASH, elapsed])
             continue
         if kind != "gepa":
             demos = (result or {}).get("demo_messages")
