@@ -36,17 +36,21 @@ OPTIMIZE_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "optimize"
 
 
 def test_the_shipped_kinds_and_their_hooks() -> None:
-    assert sorted(PHASE_KINDS) == ["dspy", "finetune", "gepa"]
+    assert sorted(PHASE_KINDS) == ["dicl", "dspy", "finetune", "gepa", "reward"]
     assert all(isinstance(kind, PhaseKind) and kind.name == name for name, kind in PHASE_KINDS.items())
-    assert [n for n, k in PHASE_KINDS.items() if k.exclusive_cpus] == ["finetune"]
-    assert {n: k.section for n, k in PHASE_KINDS.items() if k.section} == {"finetune": "finetune"}
+    assert sorted(n for n, k in PHASE_KINDS.items() if k.exclusive_cpus) == ["finetune", "reward"]
+    sections = {n: k.section for n, k in PHASE_KINDS.items() if k.section}
+    assert sections == {"finetune": "finetune", "dicl": "dicl", "reward": "reward"}
+    assert [n for n, k in PHASE_KINDS.items() if k.needs_embeddings] == ["dicl"]
     with pytest.raises(ValueError, match="registered already"):
         register(type("Again", (PhaseKind,), {"name": "gepa"})())
 
 
 def test_an_unknown_kind_names_the_known_ones() -> None:
-    with pytest.raises(OptimizeError, match="unknown phase kind 'reward'; known kinds: dspy, finetune, gepa"):
-        config_from_dict({"run_dir": "r", "data": DATA, "phases": [{"name": "p", "kind": "reward"}]})
+    with pytest.raises(
+        OptimizeError, match="unknown phase kind 'distill'; known kinds: dicl, dspy, finetune, gepa, reward"
+    ):
+        config_from_dict({"run_dir": "r", "data": DATA, "phases": [{"name": "p", "kind": "distill"}]})
     with pytest.raises(ValueError, match="known kinds"):
         phase_kind("nope")
 

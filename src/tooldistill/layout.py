@@ -229,6 +229,11 @@ class PhaseLayout:
         return join(self.root, "finetune.json")
 
     @property
+    def reward(self) -> str:
+        """A reward (GRPO) phase's record: prompts, training, reward curve, adapter, served model."""
+        return join(self.root, "reward.json")
+
+    @property
     def examples(self) -> str:
         """The prompt-completion rows trained on."""
         return join(self.root, "examples.jsonl")
@@ -391,6 +396,11 @@ class ReportLayout:
         return join(self.root, "loss_curve.png")
 
     @property
+    def reward_figure(self) -> str:
+        """The reward phases' mean reward per step."""
+        return join(self.root, "reward_curve.png")
+
+    @property
     def confusion_figure(self) -> str:
         """Expected against called tool, best phase."""
         return join(self.root, "confusion.png")
@@ -400,7 +410,7 @@ class ReportLayout:
         """Every figure a report may draw (an earlier render's are deleted before a new one)."""
         return (
             self.funnel_figure, self.eps_figure, self.clusters_figure, self.match_rates_figure,
-            self.loss_figure, self.confusion_figure,
+            self.loss_figure, self.reward_figure, self.confusion_figure,
         )  # fmt: skip
 
 

@@ -146,6 +146,20 @@ def confusion(path: Path, expected: Sequence[str], called: Sequence[str], counts
     return _save(figure, path)
 
 
+def reward_curves(path: Path, curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> Path:
+    """Mean reward of the sampled answers per step, one line per reward phase."""
+    figure, axes = _figure(7.0, 3.2)
+    for (label, steps, rewards), color in zip(curves, [BLUE, RED, GREEN, GREY], strict=False):
+        axes.plot(list(steps), list(rewards), color=color, linewidth=1.6, label=label)
+    axes.set_xlabel("step")
+    axes.set_ylabel("mean reward of the samples")
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    if len(curves) > 1:
+        axes.legend(frameon=False)
+    return _save(figure, path)
+
+
 def loss_curves(path: Path, curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> Path:
     """Training loss per step, one line per finetune phase."""
     figure, axes = _figure(7.0, 3.2)

@@ -100,9 +100,11 @@ def fine_tuned_note(phases: Path, model: str) -> dict[str, Any]:
     a student no phase made."""
     record = None
     for folder in sorted(p for p in phases.iterdir() if p.is_dir()):
-        found = read_json(PhaseLayout(str(folder)).finetune)
-        if found and found.get("served_model") == model:
-            record = found
+        # a finetune phase's record, or a reward phase's (GRPO): both name the weights they served
+        for path in (PhaseLayout(str(folder)).finetune, PhaseLayout(str(folder)).reward):
+            found = read_json(path)
+            if found and found.get("served_model") == model:
+                record = found
     if not record:
         return {}
     return {

@@ -11,7 +11,7 @@ from typing import Any
 from tooldistill.report import figures
 from tooldistill.report.document import NOT_RUN, PARTIAL, RENDERED, UNREADABLE, Heading, Section, Table, Text
 from tooldistill.report.sections.context import BASELINE, Context
-from tooldistill.report.sections.finetune import finetune_rows
+from tooldistill.report.sections.finetune import finetune_rows, reward_rows
 from tooldistill.report.sections.format import (
     DASH,
     count,
@@ -74,6 +74,8 @@ def _describe(name: str, config: Mapping[str, Any], kind: str | None) -> tuple[s
         method = "GEPA instruction search"
     elif kind == "finetune":
         method = "LoRA distillation of the weights (TRL + PEFT on Ray Train)"
+    elif kind == "reward":
+        method = "GRPO on the weights, rewarded by the match verdict (TRL + PEFT on Ray Train)"
     elif kind == "dicl":
         method = "the teacher's nearest train examples as each request's demonstrations (MiniLM + FAISS)"
     else:
@@ -248,6 +250,7 @@ def phases_section(ctx: Context) -> Section:
             section,
         )
     finetune_rows(ctx, ctx.shared.phase_names, section, problems)
+    reward_rows(ctx, ctx.shared.phase_names, section, problems)
     search = _search_rows(ctx, ctx.shared.phase_names, problems)
     if search:
         section.add(Heading("Search per phase"))
@@ -333,7 +336,7 @@ def _search_rows(ctx: Context, names: Sequence[str], problems: list[str]) -> lis
         result = ctx.run.try_json(phase.result, [])
         kind = configs.get(name, {}).get("kind") or (result or {}).get("kind")
         elapsed = duration((result or {}).get("elapsed_s")) if result else DASH
-        if kind == "finetune":  # no search: its table is "Weight distillation"
+        if kind in ("finetune", "reward"):  # no search: "Weight distillation", "Reward training"
             continue
         if kind == "dicl":
             bank = (result or {}).get("dicl") or {}
