@@ -111,13 +111,13 @@ def test_groups_and_immutability() -> None:
     assert layout.plain_folders == ("run/optimize", "run/report")
     assert set(phase.restart_files) == {
         f"run/optimize/phase1/{name}"
-        for name in ("result.json", "progress.json", "candidates.json", "finetune.json", "examples.json",
+        for name in ("result.json", "progress.json", "candidates.json", "finetune.json", "reward.json", "examples.json",
                      "examples.jsonl", "train_log.jsonl", "train_result.json", "test.answers.jsonl")
     }  # fmt: skip
     assert phase.restart_folders == tuple(
         f"run/optimize/phase1/{name}" for name in ("gepa", "checkpoints", "adapter", "merged", "ray")
     )
-    assert len(set(layout.report.figures)) == 6
+    assert len(set(layout.report.figures)) == 7
     # the registry's stages, optional ones too: what a standalone command must not be writing
     assert layout.curate.outputs == tuple(f"run/curate/{entry.folder}" for entry in registry.STAGES)
     assert {"run/curate/embedded", "run/curate/deduped", "run/curate/curated", "run/curate/split"} <= set(

@@ -281,7 +281,7 @@ class PhaseLayout:
     def restart_files(self) -> tuple[str, ...]:
         """The files removed when the phase starts over with other inputs."""
         return (
-            self.result, self.progress, self.candidates, self.finetune, self.examples_summary,
+            self.result, self.progress, self.candidates, self.finetune, self.reward, self.examples_summary,
             self.examples, self.train_log, self.train_result, self.test_answers,
         )  # fmt: skip
 
