@@ -72,8 +72,8 @@ def cpu_flags() -> list[str]:
 
 def long_requests(n: int, seed: int = 7) -> list[dict]:
     """Requests shaped like long Claude Code decision points: a request, then file reads."""
-    from tooldistill.evaluate import build_request
     from tooldistill.readers.claude_code import load_catalog
+    from tooldistill.request import build_request
     from tooldistill.schema import Message, ToolCall, Trace
 
     rng = random.Random(seed)

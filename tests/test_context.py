@@ -12,11 +12,12 @@ import pyarrow.fs as pafs
 import pytest
 
 from tooldistill.context import ContextPolicy, DoesNotFit, Fitter, byte_bound
-from tooldistill.evaluate import EvaluateConfig, build_request, evaluate
+from tooldistill.evaluate import EvaluateConfig, evaluate
 from tooldistill.optimize.student import Prompt, StudentSettings, run_batch, summarize
 from tooldistill.optimize.testing import StudentServer, make_traces, write_traces
 from tooldistill.readers import ReadContext, ReaderOptions, SourceFile
 from tooldistill.readers.claude_code import read_claude_code
+from tooldistill.request import build_request
 from tooldistill.schema import Message, ToolCall, Trace
 
 pytest.importorskip("transformers", reason="the context policy counts with the student's tokenizer")

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from tooldistill.evaluate import build_request
 from tooldistill.finetune.examples import ExamplesError, ExampleSettings, build_examples
 from tooldistill.finetune.merge import AdapterError, check_adapter, describe_adapter
 from tooldistill.finetune.train import TrainError, check_targets
@@ -22,6 +21,7 @@ from tooldistill.match.parse import parse_message
 from tooldistill.optimize.run import OptimizeError, config_from_dict, optimize
 from tooldistill.optimize.student import Prompt, StudentSettings
 from tooldistill.optimize.testing import WEATHER, StudentServer, make_traces, write_traces
+from tooldistill.request import build_request
 from tooldistill.schema import Message, ToolCall, Trace
 
 pytest.importorskip("trl", reason="weight distillation needs trl and peft (the cpu extra)")

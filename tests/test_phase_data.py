@@ -65,3 +65,17 @@ def test_optional_data_reaches_the_config_only_where_a_phase_reads_it() -> None:
     pooled = OptimizeSection.model_validate({"phases": [{"name": "g", "kind": "gepa", "source": "pool"}]})
     assert pooled.config("r", data).data.pool == "p" and pooled.data_read() == {"pool"}
     assert pooled.data_for(data) == {"train": "t", "val": "v", "test": "x", "pool": "p"}
+
+
+def test_a_pool_finetune_phase_finds_its_no_calls_in_the_pool_too(tmp_path: Path) -> None:
+    from tooldistill.optimize.phases.finetune import finetune_reserve
+
+    data = _data(tmp_path)
+    phases = [{"name": "p", "kind": "finetune", "train": 6, "select": "sample", "source": "pool"}]
+    config = config_from_dict({"run_dir": "r", "data": data, "phases": phases})
+    chosen = phase_train(config, config.phases[0])
+    reserve = finetune_reserve(config, config.phases[0], chosen)
+    rest = sorted(t.id for t in make_traces(5, 300))
+    assert [t.id for t in reserve] == rest[2:]  # the pool's traces the phase did not take
+    plain = config_from_dict({"run_dir": "r", "data": data, "phases": [{**phases[0], "source": "train"}]})
+    assert finetune_reserve(plain, plain.phases[0], phase_train(plain, plain.phases[0])) == []

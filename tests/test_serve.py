@@ -464,13 +464,13 @@ def test_a_fine_tuned_student_is_trained_resumed_and_served_as_an_adapter(
     pytest.importorskip("trl")
     from transformers import AutoTokenizer
 
-    from tooldistill.evaluate import build_request
     from tooldistill.finetune.examples import ExampleSettings, build_examples
     from tooldistill.finetune.merge import describe_adapter, merge, publish_adapter
     from tooldistill.finetune.phase import adapter_name
     from tooldistill.finetune.train import TrainError, TrainSettings, train
     from tooldistill.optimize.student import Prompt, StudentSettings
     from tooldistill.optimize.testing import make_traces
+    from tooldistill.request import build_request
     from tooldistill.serve.runner import start
 
     traces = make_traces(6)

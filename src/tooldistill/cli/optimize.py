@@ -222,7 +222,7 @@ def finetune_command(
                 record = finetune(
                     train, finetune_options(item), item.name, start_prompt(config, item.name),
                     config.student, Path(config.run_dir) / item.name, base, choose_dtype(
-                        None if dtype == "auto" else dtype).dtype, show, reserve=finetune_reserve(config, train),
+                        None if dtype == "auto" else dtype).dtype, show, reserve=finetune_reserve(config, item, train),
                 )  # fmt: skip
         except (OptimizeError, ExamplesError, AdapterError, TrainError) as error:
             fail(error)

@@ -48,7 +48,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,18 +59,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tooldistill.finetune.train import (
     LoraSettings,
     TrainError,
-    _append,
-    _base_identity,
-    _callbacks,
-    _follow,
-    _placement,
-    _resume_folder,
-    _started_from,
-    _unnice,
     adapter_from_checkpoint,
+    append_line,
+    base_identity,
     check_targets,
-    placement_line,
-    ray_storage,
+    console_note,
+    fit_on_ray,
+    resume_folder,
+    started_from,
+    trainer_callbacks,
+    unnice,
+    worker_placement,
 )
 from tooldistill.layout import PhaseLayout
 from tooldistill.match.compare import compare
@@ -356,7 +354,7 @@ def run_name(base_model: str, rows: Sequence[Mapping[str, Any]], settings: Rewar
     """``reward-`` and a hash of what the training depends on (base, settings but ``max_failures``,
     prompts and their traces' reference calls): a rerun with the same inputs finds its checkpoints."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(_base_identity(base_model), sort_keys=True).encode())
+    digest.update(json.dumps(base_identity(base_model), sort_keys=True).encode())
     digest.update(
         json.dumps(settings.model_dump(mode="json", exclude={"max_failures"}), sort_keys=True).encode()
     )
@@ -384,7 +382,7 @@ def _grpo_loop(config: dict[str, Any]) -> None:
 
 def run_grpo(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> None:
     """The training (``_grpo_loop``'s body), from the newest checkpoint when there is one."""
-    with _resume_folder(config, ray_train) as resume:
+    with resume_folder(config, ray_train) as resume:
         if resume is not None:
             state = json.loads(Path(resume, "trainer_state.json").read_text())
             if int(state.get("global_step") or 0) >= int(state.get("max_steps") or 0) > 0:
@@ -403,7 +401,7 @@ def _grpo(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None
     folder = Path(config["folder"])
     paths = PhaseLayout(str(folder))
     if ray_train:
-        _unnice()
+        unnice()
     torch.manual_seed(settings.seed)
     if not settings.use_gpu:
         torch.set_num_threads(int(config["threads"]))
@@ -461,18 +459,18 @@ def _grpo(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None
         remove_unused_columns=False,
         log_completions=False,
     )
-    placement, backend = _placement(rank, settings.use_gpu) if ray_train else ([], None)
+    placement, backend = worker_placement(rank, settings.use_gpu) if ray_train else ([], None)
     log_path = Path(paths.train_log) if rank == 0 and folder.is_dir() else None
     try:
-        step0, earlier = _started_from(resume)
+        step0, earlier = started_from(resume)
         resumes = [*earlier, step0] if resume else []
         if log_path is not None and ray_train:
-            _append(log_path, {"workers": placement, "backend": backend, "gpu": settings.use_gpu})
+            append_line(log_path, {"workers": placement, "backend": backend, "gpu": settings.use_gpu})
         groups = settings.batch_size * max(1, int(config.get("world_size") or 1))
         progress = _progress_type()(log_path, groups, settings.group_size)
         callbacks: list[Any] = [progress]
         if ray_train:
-            callbacks.append(_callbacks()[1](rank, progress, placement, backend, resumes))
+            callbacks.append(trainer_callbacks()[1](rank, progress, placement, backend, resumes))
         callbacks.extend(config.get("callbacks") or ())
         trainer: Any = GRPOTrainer(
             model=model, reward_funcs=[reward_function(traces, settings.weights)], args=args,
@@ -553,7 +551,7 @@ def _progress_type() -> type:
                 "time": time.time(),
             }
             if self.log_path is not None:
-                _append(self.log_path, self.last)
+                append_line(self.log_path, self.last)
             # for the checkpoint's metrics: the whole run's curve, resumes included
             self.last = {
                 **self.last,
@@ -580,40 +578,16 @@ def train_grpo(
 ) -> GRPOResult:
     """GRPO on ``rows`` (``build_prompts``) through Ray Train; returns where the adapter is and what
     the training did.  ``storage``, ``threads``, ``note`` and ``callbacks`` as ``finetune.train.train``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from tooldistill.raycluster import ensure_ray
-
     if not rows:
         raise RewardError("a reward phase needs at least one prompt to sample answers for")
     paths = PhaseLayout(str(folder))
     check_targets(base_model, settings.lora.target_modules)
     wanted = {r["trace_id"] for r in rows}
     name = run_name(base_model, rows, settings)
-    storage_path, filesystem = ray_storage(storage or paths.ray)
-    if note is None:
-        from tooldistill.console import say as console_say
-
-        def note(line: str) -> None:
-            console_say(f"  {folder.name}: {line}")
-
-    shown: list[str] = []
-
-    def where(entry: dict[str, Any]) -> None:
-        shown.append(placement_line(entry["workers"], entry.get("backend"), bool(entry.get("gpu"))))
-        note(shown[-1])
-
-    ensure_ray()
     per_worker = max(1, threads // settings.workers) if threads else max(1, int(settings.cpus_per_worker))
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(Path(paths.train_log), say, where, stop), daemon=True)
-    follower.start()
-    trainer = TorchTrainer(
+    fitted = fit_on_ray(
         _grpo_loop,
-        train_loop_config={
+        {
             "settings": settings.model_dump(mode="json"),
             "folder": str(folder.resolve()),
             "rows": [dict(r) for r in rows],
@@ -623,43 +597,21 @@ def train_grpo(
             "world_size": settings.workers,
             "callbacks": list(callbacks),
         },
-        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=settings.workers,
-            use_gpu=settings.use_gpu,
-            resources_per_worker={
-                "CPU": settings.cpus_per_worker,
-                **({"GPU": 1} if settings.use_gpu else {}),
-            },
-        ),
-        run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train v2's RunConfig (mypy sees v1's)
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
-        ),
+        settings,
+        name=name,
+        storage=storage or paths.ray,
+        train_log=Path(paths.train_log),
+        say=say,
+        note=note or console_note(folder.name),
+        error=RewardError,
     )
-    try:
-        result = trainer.fit()
-    except Exception as error:  # Ray wraps the worker's error; its text is what the user needs
-        raise RewardError(f"reward training failed: {error}") from None
-    finally:
-        stop.set()
-        follower.join(timeout=5)
-    if result.checkpoint is None:
-        raise RewardError(f"reward training reported no checkpoint (run {name} in {storage or paths.ray})")
-    metrics = dict(result.metrics or {})
+    result, metrics, placement = fitted.result, fitted.metrics, fitted.placement
     adapter_from_checkpoint(result.checkpoint, Path(paths.adapter))
-    placement = list(metrics.get("placement") or [])
-    if not shown and placement:
-        note(placement_line(placement, metrics.get("backend"), settings.use_gpu))
     curve = [(int(s), float(r)) for s, r in metrics.get("reward_curve") or []]
     return GRPOResult(
         adapter=Path(paths.adapter),
         steps=int(metrics.get("step") or 0),
-        train_seconds=round(time.perf_counter() - started, 1),
+        train_seconds=fitted.seconds,
         tokens_per_s=metrics.get("tokens_per_s"),
         sampled_tokens_per_s=metrics.get("sampled_tokens_per_s"),
         samples_per_s=metrics.get("samples_per_s"),

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -167,7 +167,7 @@ def run_name(base_model: str, rows: Sequence[Mapping[str, Any]], settings: Train
     examples, the base model's config and weights, the settings but ``max_failures``).  A rerun
     with the same inputs finds its checkpoints under it; other inputs start a run of their own."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(_base_identity(base_model), sort_keys=True).encode())
+    digest.update(json.dumps(base_identity(base_model), sort_keys=True).encode())
     digest.update(
         json.dumps(settings.model_dump(mode="json", exclude={"max_failures"}), sort_keys=True).encode()
     )
@@ -176,7 +176,7 @@ def run_name(base_model: str, rows: Sequence[Mapping[str, Any]], settings: Train
     return f"finetune-{digest.hexdigest()[:16]}"
 
 
-def _base_identity(base_model: str) -> Any:
+def base_identity(base_model: str) -> Any:
     """A base model folder's config and weights (their checksums from a prepared or merged folder's
     manifest, else name and size), wherever the folder is; a model id as it is."""
     from tooldistill.finetune.merge import MERGED_MANIFEST
@@ -253,7 +253,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         run_sft(config, rank, ray_train=True)
 
 
-def _unnice() -> None:
+def unnice() -> None:
     """Run the training worker at normal priority where the OS lets us.
 
     Ray starts worker processes niced (``worker_niceness``, 15), so that its own daemons stay
@@ -268,7 +268,7 @@ def _unnice() -> None:
         pass
 
 
-def _placement(rank: int, gpu: bool) -> tuple[list[dict[str, Any]], str | None]:
+def worker_placement(rank: int, gpu: bool) -> tuple[list[dict[str, Any]], str | None]:
     """Where every worker runs (rank, node, device), gathered over the process group, and the
     group's backend."""
     import ray
@@ -286,7 +286,7 @@ def _placement(rank: int, gpu: bool) -> tuple[list[dict[str, Any]], str | None]:
     return sorted(everyone, key=lambda w: int(w["rank"])), str(dist.get_backend())
 
 
-def _started_from(checkpoint: str | None) -> tuple[int, list[int]]:
+def started_from(checkpoint: str | None) -> tuple[int, list[int]]:
     """The step a checkpoint folder holds (0 without one) and the steps earlier trainings went on from."""
     if checkpoint is None:
         return 0, []
@@ -299,7 +299,7 @@ def _started_from(checkpoint: str | None) -> tuple[int, list[int]]:
 
 
 @contextlib.contextmanager
-def _resume_folder(config: Mapping[str, Any], ray_train: bool) -> Iterator[str | None]:
+def resume_folder(config: Mapping[str, Any], ray_train: bool) -> Iterator[str | None]:
     """The checkpoint to go on from, as a local folder: Ray Train's newest (downloaded when it is on
     S3), else a Hugging Face checkpoint of the phase folder from before checkpoints went to Ray
     Train (``resume_from``, one worker only), else None."""
@@ -320,7 +320,7 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
     """The training itself (``_train_loop``'s body); ``ray_train=False`` runs it in this process
     without Ray, as a plain TRL run (``benchmarks/finetune.py`` compares the two), and saves the
     adapter to the phase folder itself."""
-    with _resume_folder(config, ray_train) as resume:
+    with resume_folder(config, ray_train) as resume:
         if resume is not None:
             state = json.loads(Path(resume, "trainer_state.json").read_text())
             if int(state.get("global_step") or 0) >= int(state.get("max_steps") or 0) > 0:
@@ -341,7 +341,7 @@ def _sft(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None)
     folder = Path(config["folder"])
     paths = PhaseLayout(str(folder))
     if ray_train:
-        _unnice()
+        unnice()
     torch.manual_seed(settings.seed)
     if not settings.use_gpu:
         torch.set_num_threads(int(config["threads"]))
@@ -396,14 +396,14 @@ def _sft(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None)
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
     )
-    placement, backend = _placement(rank, settings.use_gpu) if ray_train else ([], None)
+    placement, backend = worker_placement(rank, settings.use_gpu) if ray_train else ([], None)
     log_path = Path(paths.train_log) if rank == 0 and folder.is_dir() else None
     try:
-        step0, earlier = _started_from(resume)
+        step0, earlier = started_from(resume)
         resumes = [*earlier, step0] if resume else []
         if log_path is not None and ray_train:
-            _append(log_path, {"workers": placement, "backend": backend, "gpu": settings.use_gpu})
-        progress_type, report_type = _callbacks()
+            append_line(log_path, {"workers": placement, "backend": backend, "gpu": settings.use_gpu})
+        progress_type, report_type = trainer_callbacks()
         progress = progress_type(log_path)
         callbacks: list[Any] = [progress]
         if ray_train:
@@ -420,12 +420,12 @@ def _sft(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _append(path: Path, entry: dict[str, Any]) -> None:
+def append_line(path: Path, entry: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")
 
 
-def _callbacks() -> tuple[type, type]:
+def trainer_callbacks() -> tuple[type, type]:
     """The trainer callbacks of a worker (built when a worker needs them: importing transformers
     takes seconds, and the driver never does)."""
     from transformers import TrainerCallback
@@ -474,7 +474,7 @@ def _callbacks() -> tuple[type, type]:
                 "time": time.time(),
             }
             if self.log_path is not None:
-                _append(self.log_path, self.last)
+                append_line(self.log_path, self.last)
 
     class ReportCheckpoints(TrainerCallback):  # type: ignore[misc]
         """Each checkpoint the trainer saved, reported to Ray Train with the figures of its step (every
@@ -521,7 +521,7 @@ def _callbacks() -> tuple[type, type]:
     return Progress, ReportCheckpoints
 
 
-def _follow(
+def follow_log(
     path: Path,
     say: Callable[[dict[str, Any]], None],
     workers: Callable[[dict[str, Any]], None],
@@ -542,44 +542,59 @@ def _follow(
         stop.wait(1.0)
 
 
-def train(
-    base_model: str,
-    folder: Path,
-    settings: TrainSettings,
-    say: Callable[[dict[str, Any]], None] = lambda _: None,
-    threads: int | None = None,
-    *,
-    storage: str | None = None,
-    note: Callable[[str], None] | None = None,
-    callbacks: Sequence[Any] = (),
-) -> TrainResult:
-    """Train on ``folder/examples.jsonl`` (written by the caller) through Ray Train; returns where the
-    adapter is and what the training did.
+class RaySettings(Protocol):
+    """How a training is spread over Ray Train (``TrainSettings``, ``grpo.RewardOptions``)."""
 
-    ``storage``: Ray Train's storage for the run and its checkpoints, a local folder or an
-    ``s3://`` URI (default: the phase's ``ray`` folder).  ``threads``: the CPU threads of the
-    training, shared by the workers.  ``note``: where the line that says where the workers run goes
-    (default: the console).  ``callbacks``: more ``TrainerCallback`` objects for each worker's trainer
-    (after tooldistill's own)."""
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    max_failures: int
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit_on_ray` hands back: Ray Train's result, its final metrics, where the workers
+    ran and how long it took."""
+
+    result: Any
+    metrics: dict[str, Any]
+    placement: list[dict[str, Any]]
+    seconds: float
+
+
+def console_note(phase: str) -> Callable[[str], None]:
+    """Lines about a phase's training on the console, indented under the phase's name."""
+    from tooldistill.console import say as console_say
+
+    def note(line: str) -> None:
+        console_say(f"  {phase}: {line}")
+
+    return note
+
+
+def fit_on_ray(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    settings: RaySettings,
+    *,
+    name: str,
+    storage: str,
+    train_log: Path,
+    say: Callable[[dict[str, Any]], None],
+    note: Callable[[str], None],
+    error: type[TrainError],
+) -> Fitted:
+    """Run ``loop`` on a Ray Train ``TorchTrainer`` as every tooldistill training runs: data-parallel
+    workers (gloo on CPUs, NCCL on GPUs), the run ``name`` and its checkpoints on ``storage`` (a
+    local folder or ``s3://``; the newest kept), ``FailureConfig(max_failures)``, rank 0's
+    ``train_log`` followed for ``say`` as it grows and the workers' placement told to ``note`` once.
+    A failure is raised as ``error`` with Ray's text; so is a training that reported no checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tooldistill.raycluster import ensure_ray
 
-    paths = PhaseLayout(str(folder))
-    check_targets(base_model, settings.lora.target_modules)
-    rows = [json.loads(line) for line in Path(paths.examples).read_text().splitlines() if line]
-    name = run_name(base_model, rows, settings)
-    storage_path, filesystem = ray_storage(storage or paths.ray)
-    # a Hugging Face checkpoint an older version left in the phase folder (one worker: only the
-    # driver's machine has it); Ray Train's checkpoints come first
-    legacy = latest_checkpoint(Path(paths.checkpoints)) if settings.workers == 1 else None
-    if note is None:
-        from tooldistill.console import say as console_say
-
-        def note(line: str) -> None:
-            console_say(f"  {folder.name}: {line}")
-
+    storage_path, filesystem = ray_storage(storage)
     shown: list[str] = []
 
     def where(entry: dict[str, Any]) -> None:
@@ -587,23 +602,14 @@ def train(
         note(shown[-1])
 
     ensure_ray()
-    per_worker = max(1, threads // settings.workers) if threads else max(1, int(settings.cpus_per_worker))
+    train_log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(Path(paths.train_log), say, where, stop), daemon=True)
+    follower = threading.Thread(target=follow_log, args=(train_log, say, where, stop), daemon=True)
     follower.start()
     trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={
-            "settings": settings.model_dump(mode="json"),
-            "folder": str(folder.resolve()),
-            "rows": rows,
-            "base_model": base_model,
-            "threads": per_worker,
-            "bf16": precision_bf16(settings),
-            "resume_from": str(legacy.resolve()) if legacy else None,
-            "callbacks": list(callbacks),
-        },
+        loop,
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=settings.workers,
@@ -626,23 +632,76 @@ def train(
     )
     try:
         result = trainer.fit()
-    except Exception as error:  # Ray wraps the worker's error; its text is what the user needs
-        raise TrainError(f"training failed: {error}") from None
+    except Exception as failed:  # Ray wraps the worker's error; its text is what the user needs
+        raise error(f"training failed: {failed}") from None
     finally:
         stop.set()
         follower.join(timeout=5)
     if result.checkpoint is None:
-        raise TrainError(f"training reported no checkpoint (run {name} in {storage or paths.ray})")
+        raise error(f"training reported no checkpoint (run {name} in {storage})")
     metrics = dict(result.metrics or {})
-    adapter_from_checkpoint(result.checkpoint, Path(paths.adapter))
     placement = list(metrics.get("placement") or [])
     if not shown and placement:  # the workers ran where the driver does not see the train log
         note(placement_line(placement, metrics.get("backend"), settings.use_gpu))
+    return Fitted(result, metrics, placement, round(time.perf_counter() - started, 1))
+
+
+def train(
+    base_model: str,
+    folder: Path,
+    settings: TrainSettings,
+    say: Callable[[dict[str, Any]], None] = lambda _: None,
+    threads: int | None = None,
+    *,
+    storage: str | None = None,
+    note: Callable[[str], None] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Train on ``folder/examples.jsonl`` (written by the caller) through Ray Train; returns where the
+    adapter is and what the training did.
+
+    ``storage``: Ray Train's storage for the run and its checkpoints, a local folder or an
+    ``s3://`` URI (default: the phase's ``ray`` folder).  ``threads``: the CPU threads of the
+    training, shared by the workers.  ``note``: where the line that says where the workers run goes
+    (default: the console).  ``callbacks``: more ``TrainerCallback`` objects for each worker's trainer
+    (after tooldistill's own)."""
+    paths = PhaseLayout(str(folder))
+    check_targets(base_model, settings.lora.target_modules)
+    rows = [json.loads(line) for line in Path(paths.examples).read_text().splitlines() if line]
+    name = run_name(base_model, rows, settings)
+    # a Hugging Face checkpoint an older version left in the phase folder (one worker: only the
+    # driver's machine has it); Ray Train's checkpoints come first
+    legacy = latest_checkpoint(Path(paths.checkpoints)) if settings.workers == 1 else None
+    if note is None:
+        note = console_note(folder.name)
+    per_worker = max(1, threads // settings.workers) if threads else max(1, int(settings.cpus_per_worker))
+    fitted = fit_on_ray(
+        _train_loop,
+        {
+            "settings": settings.model_dump(mode="json"),
+            "folder": str(folder.resolve()),
+            "rows": rows,
+            "base_model": base_model,
+            "threads": per_worker,
+            "bf16": precision_bf16(settings),
+            "resume_from": str(legacy.resolve()) if legacy else None,
+            "callbacks": list(callbacks),
+        },
+        settings,
+        name=name,
+        storage=storage or paths.ray,
+        train_log=Path(paths.train_log),
+        say=say,
+        note=note,
+        error=TrainError,
+    )
+    result, metrics, placement = fitted.result, fitted.metrics, fitted.placement
+    adapter_from_checkpoint(result.checkpoint, Path(paths.adapter))
     return TrainResult(
         adapter=Path(paths.adapter),
         steps=int(metrics.get("step") or 0),
         final_loss=metrics.get("loss"),
-        train_seconds=round(time.perf_counter() - started, 1),
+        train_seconds=fitted.seconds,
         tokens=int(metrics.get("tokens_seen") or 0),
         tokens_per_s=metrics.get("tokens_per_s"),
         resumed_from_step=int(metrics.get("resumed_from_step") or 0),

@@ -18,6 +18,7 @@ from tooldistill.optimize.phases.base import (
     PhaseContext,
     PhaseKind,
     PhaseOutput,
+    pool_beyond_splits,
     read_json,
     read_traces,
 )
@@ -56,7 +57,7 @@ class FinetuneKind(PhaseKind):
 
         return run_finetune_phase(
             ctx.train, options(ctx.phase), ctx.phase.name, ctx.start, ctx.student, ctx.folder, host,
-            ctx.progress, reserve=finetune_reserve(ctx.config, ctx.train),
+            ctx.progress, reserve=finetune_reserve(ctx.config, ctx.phase, ctx.train),
         )  # fmt: skip
 
 
@@ -67,11 +68,15 @@ def options(phase: PhaseConfig) -> Any:
     return FinetuneOptions.model_validate(phase.finetune or {})
 
 
-def finetune_reserve(config: OptimizeConfig, train: Sequence[Trace]) -> list[Trace]:
-    """The train split's traces a finetune phase did not select (where ``min_no_call_share`` finds
-    no-call answers to add), in id order."""
+def finetune_reserve(config: OptimizeConfig, phase: PhaseConfig, train: Sequence[Trace]) -> list[Trace]:
+    """The traces a finetune phase could have selected and did not (where ``min_no_call_share``
+    finds no-call answers to add), in id order: the rest of the train split, and with
+    ``source: pool`` the rest of the pool too."""
     chosen = {t.id for t in train}
-    return sorted((t for t in read_traces(config.data.train) if t.id not in chosen), key=lambda t: t.id)
+    candidates = read_traces(config.data.train)
+    if phase.source == "pool":
+        candidates += pool_beyond_splits(config)
+    return sorted((t for t in candidates if t.id not in chosen), key=lambda t: t.id)
 
 
 def finetune_row(record: Mapping[str, Any]) -> dict[str, Any]:
