@@ -6,6 +6,7 @@ checkpoint and resumed by the phase, which merges the adapter and serves the res
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,9 @@ SETTINGS = {
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_grpo_run_in_ray_train_is_interrupted_resumed_merged_and_served(base: Path, tmp_path: Path) -> None:
+def test_a_grpo_run_in_ray_train_is_interrupted_resumed_merged_and_served(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("trl", reason="the reward phase needs trl and peft (the cpu extra)")
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, TrainerCallback
@@ -267,7 +270,10 @@ def test_a_grpo_run_in_ray_train_is_interrupted_resumed_merged_and_served(base: 
                    callbacks=[FailAtStep1()])  # fmt: skip
     # the phase, run again, goes on from the checkpoint of step 1
     events: list[dict[str, Any]] = []
-    host = FakeHost(base)
+    # the host names its folders as the run does, relative to where the run started; the training
+    # workers run elsewhere
+    monkeypatch.chdir(tmp_path)
+    host = FakeHost(Path(os.path.relpath(base, tmp_path)))
     new, record = reward_phase(traces, options, "rw", start, student, folder, host, events.append, threads=2)
     training = record["training"]
     assert training["steps"] == 2 and training["resumed_from_step"] == 1

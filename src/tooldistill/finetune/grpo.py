@@ -635,17 +635,18 @@ def train_grpo(
 
 def start_folder(host: Any, model: str) -> Path:
     """The model folder of the student the phase starts from: the folder the host last served as
-    ``model`` (a finetune or reward phase before this one), else the host's base."""
+    ``model`` (a finetune or reward phase before this one), else the host's base; absolute, since
+    the training workers do not run in this process's working folder."""
     served = getattr(getattr(host, "student", None), "info", {}).get("served") or []
     for entry in reversed(served):
         if entry.get("model") == model and entry.get("folder"):
-            return Path(entry["folder"])
+            return Path(entry["folder"]).resolve()
     if ":" in model:
         raise RewardError(
             f"the student {model} is an adapter served beside its base; a reward phase starts from a "
             "model folder (use serve_as: merged in the finetune phase before it)"
         )
-    return Path(host.base_model())
+    return Path(host.base_model()).resolve()
 
 
 def reward_phase(
