@@ -36,6 +36,12 @@ def test_a_pool_phase_takes_the_train_split_then_traces_in_no_split(tmp_path: Pa
     # enough in the split: the pool is not read
     config = config_from_dict({"run_dir": "r", "data": data, "phases": [{**phases[0], "train": 3}]})
     assert [t.id for t in phase_train(config, config.phases[0])] == train[:3]
+    # a later phase passes over what an earlier one took
+    config = config_from_dict(
+        {"run_dir": "r", "data": data, "phases": [{**phases[0], "train": 3, "offset": 5}]}
+    )
+    assert [t.id for t in phase_train(config, config.phases[0])] == rest[1:4]
+    assert "offset" not in PhaseConfig(name="g", kind="gepa").model_dump()
     # a larger ask than there is: everything outside val and test, once
     config = config_from_dict({"run_dir": "r", "data": data, "phases": [{**phases[0], "train": 50}]})
     assert sorted(t.id for t in phase_train(config, config.phases[0])) == sorted(train + rest)

@@ -55,6 +55,9 @@ class PhaseConfig(BaseModel):
     #: by ``select``) and, when it holds fewer than ``train``, then every deduplicated trace that
     #: is in no split (CaR left it out), in trace-id order: never a val or test trace.
     source: Literal["train", "pool"] = "train"
+    #: Pass over the first ``offset`` traces of that order: a later phase (a reward phase after a
+    #: finetune phase, say) takes traces the earlier one did not train on.
+    offset: int = Field(default=0, ge=0)
     #: Validation examples GEPA scores candidates on (also random search's / MIPRO's valset).
     val: int = Field(default=50, ge=1)
     # DSPy
@@ -94,13 +97,15 @@ class PhaseConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_empty_sections(self, handler: Any) -> Any:
-        """``sections`` left out when empty, ``source`` when the train split: configs, hashes and
-        stamps read as before phases had them."""
+        """``sections`` left out when empty, ``source`` when the train split, ``offset`` when 0:
+        configs, hashes and stamps read as before phases had them."""
         dumped = handler(self)
         if isinstance(dumped, dict) and not dumped.get("sections"):
             dumped.pop("sections", None)
         if isinstance(dumped, dict) and dumped.get("source") == "train":
             dumped.pop("source", None)  # the default, as before phases had a source
+        if isinstance(dumped, dict) and dumped.get("offset") == 0:
+            dumped.pop("offset", None)
         return dumped
 
     def section(self, name: str) -> Any:

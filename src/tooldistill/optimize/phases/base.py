@@ -147,16 +147,19 @@ def car_best(uri: str, n: int) -> list[Trace]:
 
 
 def phase_train(config: OptimizeConfig, phase: PhaseConfig) -> list[Trace]:
+    """The phase's train traces: ``select``'s order of the train split, then (``source: pool``)
+    the pool beyond the splits; ``offset`` of them passed over, ``train`` taken."""
+    wanted = phase.offset + phase.train
     if phase.select == "car":
-        chosen = car_best(config.data.curated or config.data.train, phase.train)
+        chosen = car_best(config.data.curated or config.data.train, wanted)
     else:
         traces = read_traces(config.data.train)
         if phase.select == "sample":
             traces = sorted(traces, key=lambda t: t.id)
-        chosen = traces[: phase.train]
-    if phase.source == "pool" and len(chosen) < phase.train:
-        chosen += pool_beyond_splits(config)[: phase.train - len(chosen)]
-    return chosen
+        chosen = traces[:wanted]
+    if phase.source == "pool" and len(chosen) < wanted:
+        chosen += pool_beyond_splits(config)[: wanted - len(chosen)]
+    return chosen[phase.offset :]
 
 
 def pool_beyond_splits(config: OptimizeConfig) -> list[Trace]:

@@ -91,8 +91,12 @@ def _train_count(ctx: Context, config: Mapping[str, Any], result: Mapping[str, A
         cap = number(result.get("train"))
     if cap is None:
         return DASH
-    if config.get("source") == "pool" and result and number(result.get("train")) is not None:
-        return count(int(result["train"]))  # past the train split: what the phase found
+    if (
+        (config.get("source") == "pool" or config.get("offset"))
+        and result
+        and number(result.get("train")) is not None
+    ):
+        return count(int(result["train"]))  # past the split or past an offset: what the phase found
     data = ctx.shared.data
     if config.get("select") == "car" and data.get("curated"):
         rows = dataset_rows(ctx.run, data.get("curated"), LAYOUT.curate.curated)
