@@ -87,6 +87,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None, help="metric calls per GEPA phase (demo: 70/50)")
     parser.add_argument("--val", type=int, default=None, help="GEPA validation examples (demo: 10)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="read the figures of a finished run folder; run nothing (a run made with --from, say)",
+    )
     args = parser.parse_args()
 
     from tooldistill.config import PipelineConfig
@@ -96,7 +101,11 @@ def main() -> None:
     run = Path(args.run)
     earlier = _stage_times(run / "run.json")  # the run that did the work (``make demo``), if any
     started = time.time()
-    result = run_pipeline(config, args.run, say=lambda text: print(text, flush=True), show_progress=False)
+    if args.collect_only:
+        stages = {name: dict(record) for name, record in earlier.items()}  # as the run recorded them
+    else:
+        result = run_pipeline(config, args.run, say=lambda text: print(text, flush=True), show_progress=False)
+        stages = {s.stage: {"status": s.status, "elapsed_s": s.elapsed_s} for s in result.stages}
     summary = json.loads((run / "optimize" / "summary.json").read_text())
     phases = []
     for phase in summary["phases"]:
@@ -114,7 +123,6 @@ def main() -> None:
     optimize_config = json.loads((run / "optimize" / "config.json").read_text())
     reflection = optimize_config["reflection"]
     funnel = json.loads((run / "curate" / "funnel.json").read_text())
-    stages = {s.stage: {"status": s.status, "elapsed_s": s.elapsed_s} for s in result.stages}
     for name, record in stages.items():  # a stage that was up to date: the time it took when it ran
         if record["status"] in ("skipped", "not selected") and earlier.get(name, {}).get("status") == "ran":
             record["ran_earlier_s"] = earlier[name]["elapsed_s"]
