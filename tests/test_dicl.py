@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from tooldistill import store
 from tooldistill.optimize.run import OptimizeError, config_from_dict, optimize
 from tooldistill.optimize.student import Prompt, StudentSettings, demo_messages, raw_request
 from tooldistill.optimize.testing import StudentServer, make_traces, write_traces
@@ -247,4 +246,3 @@ def test_embeddings_reach_the_config_only_for_a_schedule_that_reads_them() -> No
     assert plain.data.embedded is None and "embedded" not in plain.model_dump()["data"]
     near = OptimizeSection.model_validate({"phases": [{"name": "d", "kind": "dicl"}]}).config("r", data)
     assert near.data.embedded == "e"
-    assert store  # the dataset helpers above write through the project's store
