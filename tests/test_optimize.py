@@ -113,6 +113,10 @@ def test_gepa_accepts_better_instruction_in_tune_trials_side_by_side(
 
     records = [TrialRecord(**t) for t in trials]
     assert len(records) >= 4
+    import ray
+
+    # where each trial ran: this one-node cluster's node
+    assert {r.node for r in records} == {ray.get_runtime_context().get_node_id()}
     assert max_overlap(records) >= 2
     iterations = [e for e in events if e.get("event") == "iteration"]
     assert iterations and iterations[-1]["metric_calls"] <= 40

@@ -92,6 +92,7 @@ def evaluate_trial(config: dict[str, Any]) -> None:
             "started": started,
             "ended": time.time(),
             "outcomes": json.dumps([o.to_json() for o in outcomes]),
+            "node": ray.get_runtime_context().get_node_id(),
         }
     )
 
@@ -214,6 +215,8 @@ class TrialRecord:
     started: float
     ended: float
     score: float
+    #: The Ray node the trial ran on (its node id): where a cluster placed it.
+    node: str | None = None
 
 
 class TuneEvaluator:
@@ -358,6 +361,7 @@ class TuneEvaluator:
                     started=float(job.result["started"]),
                     ended=float(job.result["ended"]),
                     score=float(job.result["score"]),
+                    node=job.result.get("node"),
                 )
             )
             results.append(outcomes)
