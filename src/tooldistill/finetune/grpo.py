@@ -65,11 +65,11 @@ from tooldistill.finetune.train import (
     check_targets,
     console_note,
     fit_on_ray,
+    lora_model,
+    prepare_worker,
     resume_folder,
-    started_from,
+    start_worker_log,
     trainer_callbacks,
-    unnice,
-    worker_placement,
 )
 from tooldistill.layout import PhaseLayout
 from tooldistill.match.compare import compare
@@ -391,41 +391,18 @@ def run_grpo(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> 
 
 
 def _grpo(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None) -> None:
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     settings = RewardOptions.model_validate(config["settings"])
     folder = Path(config["folder"])
-    paths = PhaseLayout(str(folder))
-    if ray_train:
-        unnice()
-    torch.manual_seed(settings.seed)
-    if not settings.use_gpu:
-        torch.set_num_threads(int(config["threads"]))
+    prepare_worker(settings.seed, settings.use_gpu, int(config["threads"]), ray_train)
     traces = {t["id"]: Trace.model_validate(t) for t in config["traces"]}
     rows = config["rows"]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "trace_id": r["trace_id"]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(config["base_model"], padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(
-        config["base_model"], dtype=torch.bfloat16 if settings.use_gpu else torch.float32
-    )
-    layers = int(model.config.num_hidden_layers)
-    top = settings.top_layers
-    extra: dict[str, Any] = {}
-    if settings.lora.target_parameters:
-        extra["target_parameters"] = list(settings.lora.target_parameters)
-    lora = LoraConfig(
-        r=settings.lora.r,
-        lora_alpha=settings.lora.alpha,
-        lora_dropout=settings.lora.dropout,
-        target_modules=list(settings.lora.target_modules),
-        layers_to_transform=list(range(max(0, layers - top), layers)) if top else None,
-        task_type="CAUSAL_LM",
-        **extra,
-    )
+    model, lora = lora_model(config["base_model"], settings.lora, settings.top_layers, settings.use_gpu)
     scratch = tempfile.mkdtemp(prefix="tooldistill-reward-")
     args = GRPOConfig(
         output_dir=scratch,
@@ -459,18 +436,15 @@ def _grpo(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None
         remove_unused_columns=False,
         log_completions=False,
     )
-    placement, backend = worker_placement(rank, settings.use_gpu) if ray_train else ([], None)
-    log_path = Path(paths.train_log) if rank == 0 and folder.is_dir() else None
     try:
-        step0, earlier = started_from(resume)
-        resumes = [*earlier, step0] if resume else []
-        if log_path is not None and ray_train:
-            append_line(log_path, {"workers": placement, "backend": backend, "gpu": settings.use_gpu})
+        start = start_worker_log(folder, rank, settings.use_gpu, ray_train, resume)
         groups = settings.batch_size * max(1, int(config.get("world_size") or 1))
-        progress = _progress_type()(log_path, groups, settings.group_size)
+        progress = _progress_type()(start.log_path, groups, settings.group_size)
         callbacks: list[Any] = [progress]
         if ray_train:
-            callbacks.append(trainer_callbacks()[1](rank, progress, placement, backend, resumes))
+            callbacks.append(
+                trainer_callbacks()[1](rank, progress, start.placement, start.backend, start.resumes)
+            )
         callbacks.extend(config.get("callbacks") or ())
         trainer: Any = GRPOTrainer(
             model=model, reward_funcs=[reward_function(traces, settings.weights)], args=args,
@@ -478,7 +452,7 @@ def _grpo(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None
         )  # fmt: skip
         trainer.train(resume_from_checkpoint=resume)
         if not ray_train and rank == 0:
-            trainer.save_model(paths.adapter)
+            trainer.save_model(PhaseLayout(str(folder)).adapter)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

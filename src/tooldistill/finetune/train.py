@@ -316,6 +316,69 @@ def resume_folder(config: Mapping[str, Any], ray_train: bool) -> Iterator[str | 
     yield legacy if legacy and Path(legacy, "trainer_state.json").is_file() else None
 
 
+def prepare_worker(seed: int, use_gpu: bool, threads: int, ray_train: bool) -> None:
+    """A training process's settings: normal priority in Ray, the seed, its CPU threads."""
+    import torch
+
+    if ray_train:
+        unnice()
+    torch.manual_seed(seed)
+    if not use_gpu:
+        torch.set_num_threads(threads)
+
+
+def lora_model(base_model: str, lora: LoraSettings, top_layers: int | None, use_gpu: bool) -> tuple[Any, Any]:
+    """The base model (bf16 on GPUs, float32 weights on CPUs: bf16 autocast computes in bf16 where
+    that is native) and the PEFT ``LoraConfig`` on its top ``top_layers`` layers (None: all)."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=torch.bfloat16 if use_gpu else torch.float32
+    )
+    layers = int(model.config.num_hidden_layers)
+    extra: dict[str, Any] = {}
+    if lora.target_parameters:
+        extra["target_parameters"] = list(lora.target_parameters)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        layers_to_transform=list(range(max(0, layers - top_layers), layers)) if top_layers else None,
+        task_type="CAUSAL_LM",
+        **extra,
+    )
+    return model, config
+
+
+@dataclass
+class WorkerStart:
+    """Where a training worker runs and what it goes on from, as rank 0 logs it."""
+
+    placement: list[dict[str, Any]]
+    backend: str | None
+    #: rank 0's ``train_log.jsonl`` where this machine has the phase folder, else None
+    log_path: Path | None
+    #: the steps earlier trainings went on from, and this one's
+    resumes: list[int]
+
+
+def start_worker_log(
+    folder: Path, rank: int, use_gpu: bool, ray_train: bool, resume: str | None
+) -> WorkerStart:
+    """Gather the workers' placement, read the step ``resume`` holds, and have rank 0 log where the
+    workers run (the driver prints it)."""
+    placement, backend = worker_placement(rank, use_gpu) if ray_train else ([], None)
+    log_path = Path(PhaseLayout(str(folder)).train_log) if rank == 0 and folder.is_dir() else None
+    step0, earlier = started_from(resume)
+    resumes = [*earlier, step0] if resume else []
+    if log_path is not None and ray_train:
+        append_line(log_path, {"workers": placement, "backend": backend, "gpu": use_gpu})
+    return WorkerStart(placement, backend, log_path, resumes)
+
+
 def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> None:
     """The training itself (``_train_loop``'s body); ``ray_train=False`` runs it in this process
     without Ray, as a plain TRL run (``benchmarks/finetune.py`` compares the two), and saves the
@@ -331,44 +394,21 @@ def run_sft(config: dict[str, Any], rank: int = 0, ray_train: bool = False) -> N
 
 
 def _sft(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None) -> None:
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     settings = TrainSettings.model_validate(config["settings"])
     folder = Path(config["folder"])
     paths = PhaseLayout(str(folder))
-    if ray_train:
-        unnice()
-    torch.manual_seed(settings.seed)
-    if not settings.use_gpu:
-        torch.set_num_threads(int(config["threads"]))
+    prepare_worker(settings.seed, settings.use_gpu, int(config["threads"]), ray_train)
     rows = config.get("rows")
     if rows is None:
         rows = [json.loads(line) for line in Path(paths.examples).read_text().splitlines() if line]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(config["base_model"])
     bf16 = bool(config["bf16"])
-    # float32 weights on CPUs (bf16 autocast computes in bf16 where that is native)
-    model = AutoModelForCausalLM.from_pretrained(
-        config["base_model"], dtype=torch.bfloat16 if settings.use_gpu else torch.float32
-    )
-    layers = int(model.config.num_hidden_layers)
-    top = settings.top_layers
-    extra: dict[str, Any] = {}
-    if settings.lora.target_parameters:
-        extra["target_parameters"] = list(settings.lora.target_parameters)
-    lora = LoraConfig(
-        r=settings.lora.r,
-        lora_alpha=settings.lora.alpha,
-        lora_dropout=settings.lora.dropout,
-        target_modules=list(settings.lora.target_modules),
-        layers_to_transform=list(range(max(0, layers - top), layers)) if top else None,
-        task_type="CAUSAL_LM",
-        **extra,
-    )
+    model, lora = lora_model(config["base_model"], settings.lora, settings.top_layers, settings.use_gpu)
     # the trainer's own checkpoints: a scratch folder on this worker's machine, each checkpoint
     # removed once Ray Train has it
     scratch = tempfile.mkdtemp(prefix="tooldistill-train-")
@@ -396,18 +436,13 @@ def _sft(config: dict[str, Any], rank: int, ray_train: bool, resume: str | None)
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
     )
-    placement, backend = worker_placement(rank, settings.use_gpu) if ray_train else ([], None)
-    log_path = Path(paths.train_log) if rank == 0 and folder.is_dir() else None
     try:
-        step0, earlier = started_from(resume)
-        resumes = [*earlier, step0] if resume else []
-        if log_path is not None and ray_train:
-            append_line(log_path, {"workers": placement, "backend": backend, "gpu": settings.use_gpu})
+        start = start_worker_log(folder, rank, settings.use_gpu, ray_train, resume)
         progress_type, report_type = trainer_callbacks()
-        progress = progress_type(log_path)
+        progress = progress_type(start.log_path)
         callbacks: list[Any] = [progress]
         if ray_train:
-            callbacks.append(report_type(rank, progress, placement, backend, resumes))
+            callbacks.append(report_type(rank, progress, start.placement, start.backend, start.resumes))
         callbacks.extend(config.get("callbacks") or ())
         trainer: Any = SFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer,

@@ -146,29 +146,30 @@ def confusion(path: Path, expected: Sequence[str], called: Sequence[str], counts
     return _save(figure, path)
 
 
-def reward_curves(path: Path, curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> Path:
-    """Mean reward of the sampled answers per step, one line per reward phase."""
+def step_curves(
+    path: Path,
+    curves: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+    ylabel: str,
+    top: float | None = None,
+) -> Path:
+    """One value per training step, one line per phase (from 0 up to ``top``)."""
     figure, axes = _figure(7.0, 3.2)
-    for (label, steps, rewards), color in zip(curves, [BLUE, RED, GREEN, GREY], strict=False):
-        axes.plot(list(steps), list(rewards), color=color, linewidth=1.6, label=label)
+    for (label, steps, values), color in zip(curves, [BLUE, RED, GREEN, GREY], strict=False):
+        axes.plot(list(steps), list(values), color=color, linewidth=1.6, label=label)
     axes.set_xlabel("step")
-    axes.set_ylabel("mean reward of the samples")
-    axes.set_ylim(0, 1.02)
+    axes.set_ylabel(ylabel)
+    axes.set_ylim(0, top)
     axes.grid(alpha=0.3)
     if len(curves) > 1:
         axes.legend(frameon=False)
     return _save(figure, path)
+
+
+def reward_curves(path: Path, curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> Path:
+    """Mean reward of the sampled answers per step, one line per reward phase."""
+    return step_curves(path, curves, "mean reward of the samples", top=1.02)
 
 
 def loss_curves(path: Path, curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> Path:
     """Training loss per step, one line per finetune phase."""
-    figure, axes = _figure(7.0, 3.2)
-    for (label, steps, losses), color in zip(curves, [BLUE, RED, GREEN, GREY], strict=False):
-        axes.plot(list(steps), list(losses), color=color, linewidth=1.6, label=label)
-    axes.set_xlabel("step")
-    axes.set_ylabel("training loss (completion tokens)")
-    axes.set_ylim(bottom=0)
-    axes.grid(alpha=0.3)
-    if len(curves) > 1:
-        axes.legend(frameon=False)
-    return _save(figure, path)
+    return step_curves(path, curves, "training loss (completion tokens)")
