@@ -72,7 +72,7 @@ from tooldistill.finetune.train import (
     trainer_callbacks,
 )
 from tooldistill.layout import PhaseLayout
-from tooldistill.match.compare import compare
+from tooldistill.match.compare import compare, same_value
 from tooldistill.match.normalize import normalize_arguments
 from tooldistill.match.parse import parse_text, resolve_names
 from tooldistill.schema import ToolCall, Trace
@@ -177,16 +177,11 @@ def _normalized(call: ToolCall, schemas: Mapping[str, Any]) -> tuple[str, dict[s
     return call.name, normalize_arguments(dict(call.arguments), schemas.get(call.name))
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal canonical values (``True`` is not ``1``), as the matcher compares them."""
-    return a == b and json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
 def _value_share(predicted: Mapping[str, Any], expected: Mapping[str, Any]) -> float:
     keys = set(predicted) | set(expected)
     if not keys:
         return 1.0
-    same = sum(1 for k in keys if k in predicted and k in expected and _same(predicted[k], expected[k]))
+    same = sum(1 for k in keys if k in predicted and k in expected and same_value(predicted[k], expected[k]))
     return same / len(keys)
 
 

@@ -63,7 +63,7 @@ def _argument_problems(predicted: _Call, expected: _Call) -> list[str]:
     for key, value in expected.arguments.items():
         if key not in predicted.arguments:
             problems.append(f"missing argument {key} (expected {format_value(value)})")
-        elif not _same(predicted.arguments[key], value):
+        elif not same_value(predicted.arguments[key], value):
             problems.append(
                 f"argument {key}: expected {format_value(value)}, got {format_value(predicted.arguments[key])}"
             )
@@ -85,7 +85,7 @@ def _similarity(predicted: _Call, expected: _Call) -> float:
         for k in keys
         if k in predicted.arguments
         and k in expected.arguments
-        and _same(predicted.arguments[k], expected.arguments[k])
+        and same_value(predicted.arguments[k], expected.arguments[k])
     )
     return 0.5 + 0.5 * same / len(keys)
 
@@ -122,7 +122,7 @@ def _where(calls: list[_Call], index: int) -> str:
     return f"{ordinal(nth)} call to {name}"
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Equal canonical values (``True`` is not ``1``, unlike Python's ``==``)."""
     return a == b and json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
