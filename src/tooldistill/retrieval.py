@@ -21,6 +21,7 @@ receives them, so a served request and a measured one are found by the same text
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import threading
 from collections.abc import Mapping, Sequence
@@ -97,6 +98,7 @@ def model_ref(model: str) -> str:
     return PACKAGED_MODEL if same else model
 
 
+@functools.lru_cache(maxsize=16)  # every request of a dicl prompt asks again: once per process
 def resolve_model(model: str | None) -> str:
     """A local sentence-transformers folder: ``model`` when it is one; the packaged default model
     for None, :data:`PACKAGED_MODEL`, or a folder of that package on another machine (an embed
