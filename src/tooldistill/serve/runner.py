@@ -110,6 +110,22 @@ def apply_overrides(
 LORA_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
 
 
+#: The LoRA ranks vLLM's engine accepts as ``max_lora_rank`` (its ``LoRAConfig`` refuses others).
+ENGINE_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def engine_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that serves adapters of rank ``rank`` (a rank-4
+    adapter needs 8: vLLM refuses 4)."""
+    for allowed in ENGINE_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ServeConfigError(
+        f"LoRA rank {rank} is above the largest vLLM serves ({ENGINE_LORA_RANKS[-1]}): train a smaller "
+        "adapter, or serve the merged model folder instead (serve_as: merged)"
+    )
+
+
 def with_lora(llm: dict[str, Any], store: str, max_rank: int | None = None) -> dict[str, Any]:
     """Turn on Ray Serve LLM's LoRA multiplexing for one ``llm_configs`` entry, in place.
 
@@ -129,7 +145,7 @@ def with_lora(llm: dict[str, Any], store: str, max_rank: int | None = None) -> d
     engine = llm.setdefault("engine_kwargs", {})
     engine["enable_lora"] = True
     if max_rank is not None:
-        engine["max_lora_rank"] = max(int(engine.get("max_lora_rank") or 0), max_rank)
+        engine["max_lora_rank"] = engine_lora_rank(max(int(engine.get("max_lora_rank") or 0), max_rank))
     engine.setdefault("max_loras", min(int(lora["max_num_adapters_per_replica"]), 4))
     return llm
 
