@@ -76,6 +76,11 @@ def test_storage_run_name_retries_and_the_placement_line(tmp_path: Path, s3_serv
     assert run_name("some/model", rows, SETTINGS.model_copy(update={"max_failures": 5})) == name
     assert run_name("some/model", [*rows, *rows], SETTINGS) != name
     assert run_name("some/model", rows, SETTINGS.model_copy(update={"epochs": 2.0})) != name
+    # where the workers run does not change what they train; an empty placement is not written
+    placed = TrainSettings.model_validate({**SETTINGS.model_dump(), "resources_per_worker": {"trainer": 1}})
+    assert run_name("some/model", rows, placed) == name
+    assert "resources_per_worker" not in SETTINGS.model_dump()
+    assert placed.model_dump()["resources_per_worker"] == {"trainer": 1}
     # a rerun of a finished training goes on from its last checkpoint: nothing left to train (the
     # trainer itself would train one step past the end), nothing loaded
     done = tmp_path / "checkpoint-6"
@@ -96,6 +101,12 @@ def test_storage_run_name_retries_and_the_placement_line(tmp_path: Path, s3_serv
     assert (
         placement_line(placement[:1], "gloo", gpu=False)
         == "training on 1 worker (CPU, gloo): node 10.0.0.5 ×1"
+    )
+    # two nodes behind one address (containers, the loopback test cluster): told apart by node id
+    shared = [{"rank": 0, "node": "127.0.0.1", "node_id": "aaaa1111" * 7},
+              {"rank": 1, "node": "127.0.0.1", "node_id": "bbbb2222" * 7}]  # fmt: skip
+    assert placement_line(shared, "gloo", gpu=False) == (
+        "training on 2 workers (CPU, gloo): node 127.0.0.1 (aaaa1111) ×1, node 127.0.0.1 (bbbb2222) ×1"
     )
 
 

@@ -54,10 +54,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tooldistill.finetune.train import (
+    NOT_IN_RUN_NAME,
     LoraSettings,
+    RayScaling,
     TrainError,
     adapter_from_checkpoint,
     append_line,
@@ -94,10 +96,8 @@ class RewardError(TrainError):
     """A reward phase cannot start (no prompt left) or its training did not finish."""
 
 
-class RewardOptions(BaseModel):
-    """A reward phase's ``reward:`` section."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class RewardOptions(RayScaling):
+    """A reward phase's ``reward:`` section (and, from ``RayScaling``, how its workers are spread)."""
 
     #: Weight of each reward part (:data:`PARTS`); parts left out keep :data:`DEFAULT_WEIGHTS`.
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
@@ -118,11 +118,6 @@ class RewardOptions(BaseModel):
     #: LoRA on the top N decoder layers only (None: all), as ``finetune.training.top_layers``.
     top_layers: int | None = Field(default=None, ge=1)
     save_steps: int = Field(default=10, ge=1)
-    #: Restarts of the worker group after a lost worker, each from the newest checkpoint.
-    max_failures: int = Field(default=2, ge=0)
-    workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1, gt=0)
     #: Who samples the answers: transformers' ``generate``, or TRL's vLLM (colocated; GPU only).
     generation: Literal["auto", "transformers", "vllm"] = "auto"
     seed: int = 0
@@ -351,7 +346,7 @@ def run_name(base_model: str, rows: Sequence[Mapping[str, Any]], settings: Rewar
     digest = hashlib.sha256()
     digest.update(json.dumps(base_identity(base_model), sort_keys=True).encode())
     digest.update(
-        json.dumps(settings.model_dump(mode="json", exclude={"max_failures"}), sort_keys=True).encode()
+        json.dumps(settings.model_dump(mode="json", exclude=set(NOT_IN_RUN_NAME)), sort_keys=True).encode()
     )
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())

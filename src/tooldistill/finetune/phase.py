@@ -229,6 +229,8 @@ def finetune(
             "tokens_per_s": result.tokens_per_s,
             "device": "gpu" if options.training.use_gpu else "cpu",
             "workers": options.training.workers,
+            # where each worker trained (rank, node address and Ray node id, device)
+            "placement": result.placement,
             "settings": options.training.model_dump(mode="json"),
             "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in result.log],
         },

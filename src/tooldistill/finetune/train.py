@@ -44,9 +44,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from tooldistill.console import output_to
 from tooldistill.layout import PhaseLayout, RunLayout
@@ -82,9 +82,37 @@ class LoraSettings(BaseModel):
     target_parameters: tuple[str, ...] = ()
 
 
-class TrainSettings(BaseModel):
+class RayScaling(BaseModel):
+    """How a training is spread over Ray Train (``TrainSettings``, ``grpo.RewardOptions``)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: Ray Train workers (data parallel: gloo on CPUs, nccl on GPUs) and whether each takes a GPU.
+    workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1, gt=0)
+    #: Custom Ray resources each worker asks for besides its CPUs (and GPU), e.g. ``{trainer: 1}``
+    #: where every node declares one ``trainer``: one worker a node; or a node type's own resource.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    #: Restarts of the worker group after a lost or failed worker, each going on from the newest
+    #: checkpoint (Ray Train's ``FailureConfig(max_failures)``); 0: a lost worker fails the training.
+    max_failures: int = Field(default=2, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _without_default_placement(self, handler: Any) -> Any:
+        """``resources_per_worker`` left out when empty: configs, hashes and phase stamps read as
+        before the field existed."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and not dumped.get("resources_per_worker"):
+            dumped.pop("resources_per_worker", None)
+        return dumped
+
+
+#: What a training's run name leaves out: how often it is retried and where its workers run.
+NOT_IN_RUN_NAME = frozenset({"max_failures", "resources_per_worker"})
+
+
+class TrainSettings(RayScaling):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     epochs: float = Field(default=2.0, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
@@ -99,14 +127,7 @@ class TrainSettings(BaseModel):
     #: LoRA on the top N decoder layers only (None: all).  Backpropagation then stops at the
     #: lowest adapted layer, which makes a CPU training step much cheaper.
     top_layers: int | None = Field(default=None, ge=1)
-    #: Ray Train workers (data parallel: gloo on CPUs, nccl on GPUs) and whether each takes a GPU.
-    workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1, gt=0)
     seed: int = 0
-    #: Restarts of the worker group after a lost or failed worker, each going on from the newest
-    #: checkpoint (Ray Train's ``FailureConfig(max_failures)``); 0: a lost worker fails the training.
-    max_failures: int = Field(default=2, ge=0)
 
 
 @dataclass
@@ -164,12 +185,16 @@ def train_storage(run_dir: str | None, phase: str) -> str | None:
 
 def run_name(base_model: str, rows: Sequence[Mapping[str, Any]], settings: TrainSettings) -> str:
     """The Ray Train run's name: ``finetune-`` and a hash of what the training depends on (the
-    examples, the base model's config and weights, the settings but ``max_failures``).  A rerun
+    examples, the base model's config and weights, the settings but ``max_failures`` and where the
+    workers run).  A rerun
     with the same inputs finds its checkpoints under it; other inputs start a run of their own."""
     digest = hashlib.sha256()
     digest.update(json.dumps(base_identity(base_model), sort_keys=True).encode())
     digest.update(
-        json.dumps(settings.model_dump(mode="json", exclude={"max_failures"}), sort_keys=True).encode()
+        json.dumps(
+            settings.model_dump(mode="json", exclude=set(NOT_IN_RUN_NAME)),
+            sort_keys=True,
+        ).encode()
     )
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
@@ -197,10 +222,16 @@ def base_identity(base_model: str) -> Any:
 
 
 def placement_line(placement: Sequence[Mapping[str, Any]], backend: str | None, gpu: bool) -> str:
-    """``training on 2 workers (CPU, gloo): node 10.0.0.5 ×2``: how many workers, on what, where."""
-    nodes = Counter(str(w.get("node")) for w in placement)
+    """``training on 2 workers (CPU, gloo): node 10.0.0.5 ×2``: how many workers, on what, where.
+    Nodes are told apart by their Ray node id; where two share an address (containers, or the
+    loopback test cluster) the id's first characters follow it."""
+    nodes = Counter((str(w.get("node")), str(w.get("node_id") or w.get("node"))) for w in placement)
+    shared = Counter(address for address, _ in nodes)
     count = len(placement)
-    where = ", ".join(f"node {node} ×{n}" for node, n in nodes.items())
+    where = ", ".join(
+        f"node {address}{f' ({node_id[:8]})' if shared[address] > 1 else ''} ×{n}"
+        for (address, node_id), n in nodes.items()
+    )
     return f"training on {count} worker{'' if count == 1 else 's'} ({'GPU' if gpu else 'CPU'}, {backend or 'no process group'}): {where}"
 
 
@@ -277,6 +308,7 @@ def worker_placement(rank: int, gpu: bool) -> tuple[list[dict[str, Any]], str | 
     me = {
         "rank": rank,
         "node": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
         "device": f"GPU {','.join(str(g) for g in ray.get_gpu_ids())}" if gpu else "CPU",
     }
     if not (dist.is_available() and dist.is_initialized()):
@@ -577,15 +609,6 @@ def follow_log(
         stop.wait(1.0)
 
 
-class RaySettings(Protocol):
-    """How a training is spread over Ray Train (``TrainSettings``, ``grpo.RewardOptions``)."""
-
-    workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    max_failures: int
-
-
 @dataclass
 class Fitted:
     """What :func:`fit_on_ray` hands back: Ray Train's result, its final metrics, where the workers
@@ -610,7 +633,7 @@ def console_note(phase: str) -> Callable[[str], None]:
 def fit_on_ray(
     loop: Callable[[dict[str, Any]], None],
     loop_config: dict[str, Any],
-    settings: RaySettings,
+    settings: RayScaling,
     *,
     name: str,
     storage: str,
@@ -650,6 +673,7 @@ def fit_on_ray(
             num_workers=settings.workers,
             use_gpu=settings.use_gpu,
             resources_per_worker={
+                **settings.resources_per_worker,
                 "CPU": settings.cpus_per_worker,
                 **({"GPU": 1} if settings.use_gpu else {}),
             },

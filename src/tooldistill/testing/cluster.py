@@ -175,6 +175,8 @@ class LoopbackCluster:
     the folder for the nodes' folders and Ray's files (short: Unix socket paths live under it);
     None: a new folder under ``/tmp``, deleted by ``shutdown`` unless ``keep``.  ``system_config``:
     Ray's ``_system_config`` for the head (e.g. ``QUICK_HEALTH_CHECKS``); None: Ray's defaults.
+    ``resources``: custom resources every node declares besides its own name (e.g. one
+    ``trainer`` slot a node, so that workers asking for one land on different nodes).
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class LoopbackCluster:
         keep: bool = False,
         object_store_memory: int = OBJECT_STORE_BYTES,
         system_config: dict[str, Any] | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         if root is not None and len(str(root)) > _MAX_ROOT:
             raise ValueError(
@@ -196,6 +199,7 @@ class LoopbackCluster:
         self.head_name = head_name
         self.object_store_memory = object_store_memory
         self.system_config = dict(system_config or {})
+        self.resources = dict(resources or {})
         self._root = Path(root) if root is not None else None
         self._owns_root = root is None and not keep
         self._cluster: Any = None
@@ -311,7 +315,7 @@ class LoopbackCluster:
         (directory / "tmp").mkdir(parents=True)
         args: dict[str, Any] = {
             "num_cpus": num_cpus,
-            "resources": {name: 1},
+            "resources": {**self.resources, name: 1},
             "node_ip_address": LOOPBACK,
             "object_store_memory": self.object_store_memory,
             "env_vars": {NODE_ENV: name, "TMPDIR": str(directory / "tmp")},
