@@ -186,8 +186,8 @@ def train_storage(run_dir: str | None, phase: str) -> str | None:
 def run_name(base_model: str, rows: Sequence[Mapping[str, Any]], settings: TrainSettings) -> str:
     """The Ray Train run's name: ``finetune-`` and a hash of what the training depends on (the
     examples, the base model's config and weights, the settings but ``max_failures`` and where the
-    workers run).  A rerun
-    with the same inputs finds its checkpoints under it; other inputs start a run of their own."""
+    workers run).  A rerun with the same inputs finds its checkpoints under it; other inputs start
+    a run of their own."""
     digest = hashlib.sha256()
     digest.update(json.dumps(base_identity(base_model), sort_keys=True).encode())
     digest.update(
