@@ -14,7 +14,7 @@ the same, while the two-node run's workers and trials are found on both nodes (b
 every node of the loopback cluster has the address 127.0.0.1).  Each node of the harness works in
 a folder of its own, so a stage reading a local path only the driver sees would fail here.
 
-About ten minutes on two cores (two runs, each starting the student twice).  ``-m "not multinode"``
+About 8.5 minutes on two cores (two runs, each starting the student twice).  ``-m "not multinode"``
 leaves it out.
 """
 
