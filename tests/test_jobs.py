@@ -152,6 +152,7 @@ DATASETS = [
     "curate/deduped",
     "curate/curated",
     "curate/split/train",
+    "curate/split/val",
     "curate/split/test",
 ]
 
@@ -163,11 +164,12 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     return done
 
 
-def contents(run: Path) -> dict[str, tuple[str, list[str]]]:
-    """Each dataset's config hash and trace ids (fingerprints also name the folder, which differs)."""
+def contents(run: str | Path) -> dict[str, tuple[str, list[str]]]:
+    """Each dataset's config hash and trace ids (fingerprints also name the folder, which differs);
+    ``run`` a local folder or an ``s3://`` prefix."""
     found = {}
     for name in DATASETS:
-        dataset = Dataset.open(str(run / name))
+        dataset = Dataset.open(f"{run}/{name}")
         found[name] = (dataset.manifest.config_hash, sorted(dataset.to_arrow().column("id").to_pylist()))
     return found
 

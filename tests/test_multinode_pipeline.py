@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -32,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from test_jobs import _free_port, contents
 from tooldistill import store
 from tooldistill.optimize.testing import ReflectionServer, make_traces
 from tooldistill.schema import trace_to_json
@@ -44,15 +44,7 @@ pytest.importorskip("trl", reason="the finetune phase needs trl and peft (the cp
 
 TOOLDISTILL = Path(sys.executable).parent / "tooldistill"
 ROOT = Path(__file__).parent.parent
-DATASETS = ["traces", "curate/embedded", "curate/deduped", "curate/curated", "curate/split/train",
-            "curate/split/val", "curate/split/test"]  # fmt: skip
 KEY = "td-multinode-pipeline-key-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(folder: Path, reflection: str) -> Path:
@@ -140,14 +132,6 @@ def run_on(address: str, config: Path, out: str, folder: Path) -> str:
 
 def read_json(uri: str) -> Any:
     return json.loads(store.read_file(uri))
-
-
-def contents(run: str) -> dict[str, tuple[str, list[str]]]:
-    found = {}
-    for name in DATASETS:
-        dataset = store.Dataset.open(f"{run}/{name}")
-        found[name] = (dataset.manifest.config_hash, sorted(dataset.to_arrow().column("id").to_pylist()))
-    return found
 
 
 def test_the_pipeline_on_two_nodes_equals_it_on_one(s3_server: str, tmp_path: Path) -> None:

@@ -277,6 +277,10 @@ def test_a_grpo_run_in_ray_train_is_interrupted_resumed_merged_and_served(
     new, record = reward_phase(traces, options, "rw", start, student, folder, host, events.append, threads=2)
     training = record["training"]
     assert training["steps"] == 2 and training["resumed_from_step"] == 1
+    import ray
+
+    (worker,) = training["placement"]  # one worker, on this session's one Ray node
+    assert worker["rank"] == 0 and worker["node_id"] == ray.get_runtime_context().get_node_id()
     logged = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     steps = [e for e in logged if "step" in e]
     assert [e["step"] for e in steps] == [1, 2]  # step 1 was not trained twice

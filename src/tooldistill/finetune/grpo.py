@@ -694,6 +694,8 @@ def reward_phase(
                 "generation": "vllm" if options.use_vllm() else "transformers",
                 "device": "gpu" if options.use_gpu else "cpu",
                 "workers": options.workers,
+                # where each worker trained (rank, node address and Ray node id, device)
+                "placement": result.placement,
                 "settings": options.model_dump(mode="json"),
                 "reward_curve": [{"step": s, "reward": r} for s, r in result.curve],
             },
