@@ -22,6 +22,7 @@ from tooldistill.finetune.train import (
     run_name,
     run_sft,
     train,
+    undeclared,
 )
 
 pytest.importorskip("trl", reason="weight distillation needs trl and peft (the cpu extra)")
@@ -81,6 +82,9 @@ def test_storage_run_name_retries_and_the_placement_line(tmp_path: Path, s3_serv
     assert run_name("some/model", rows, placed) == name
     assert "resources_per_worker" not in SETTINGS.model_dump()
     assert placed.model_dump()["resources_per_worker"] == {"trainer": 1}
+    # a resource no node declares (a typo, or a node type not up yet) is said before the wait
+    assert undeclared({"trainer": 1}, {"CPU": 2.0, "trainer": 2.0}) == []
+    assert undeclared({"trainer": 1, "trainr": 1}, {"CPU": 2.0, "trainer": 0.5}) == ["trainer", "trainr"]
     # a rerun of a finished training goes on from its last checkpoint: nothing left to train (the
     # trainer itself would train one step past the end), nothing loaded
     done = tmp_path / "checkpoint-6"

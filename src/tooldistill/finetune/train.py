@@ -609,6 +609,12 @@ def follow_log(
         stop.wait(1.0)
 
 
+def undeclared(wanted: Mapping[str, float], declared: Mapping[str, float]) -> list[str]:
+    """The custom resources in ``wanted`` of which the cluster (``ray.cluster_resources()``) has
+    less than one worker asks for: its workers would wait for a node that declares them."""
+    return sorted(name for name, amount in wanted.items() if float(declared.get(name, 0)) < amount)
+
+
 @dataclass
 class Fitted:
     """What :func:`fit_on_ray` hands back: Ray Train's result, its final metrics, where the workers
@@ -660,6 +666,15 @@ def fit_on_ray(
         note(shown[-1])
 
     ensure_ray()
+    import ray
+
+    missing = undeclared(settings.resources_per_worker, ray.cluster_resources())
+    if missing:
+        note(
+            f"no node of the cluster declares {', '.join(missing)} (training.resources_per_worker): "
+            "the workers wait until one that does joins (an autoscaler's node type, or ray start "
+            "--resources)"
+        )
     train_log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stop = threading.Event()
