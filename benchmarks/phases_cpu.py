@@ -11,7 +11,9 @@ the figures then say little about what GEPA can do, and the JSON says who reflec
 Writes ``benchmarks/results/phases_cpu.json``: the baseline and every phase's test match rate with
 its 95% Wilson interval, train sizes, metric calls, candidates, dollars and wall time per stage, and
 the margin: the best phase's lower bound minus the baseline's upper bound, in points (a margin
-above 0 is one no interval overlap can call luck).  ``--config configs/deep.yaml --run runs/deep
+above 0 is one no interval overlap can call luck), and the paired comparison of the best phase
+with the baseline on the same traces (``paired_points``: difference, its 95% interval, traces
+gained and lost, McNemar's p).  ``--config configs/deep.yaml --run runs/deep
 --out benchmarks/results/phases_deep.json`` collects the deep schedule the same way.
 
     .venv/bin/python benchmarks/phases_cpu.py [--run runs/demo] [--test-limit 40] [--budget 70]
@@ -60,6 +62,23 @@ def margin_points(summary: dict[str, Any]) -> float | None:
     if best is None or not best["test"].get("ci95") or not summary["baseline"].get("ci95"):
         return None
     return round(100 * (best["test"]["ci95"][0] - summary["baseline"]["ci95"][1]), 1)
+
+
+def paired_points(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The best phase against the baseline on the same test traces, in percentage points: the
+    paired difference with its 95% interval (Newcombe), the traces gained and lost, McNemar's p.
+    A lower bound above 0 is a gain no paired test can call luck."""
+    best = next((p for p in summary["phases"] if p["phase"] == summary["best_phase"]), None)
+    versus = (best or {}).get("test", {}).get("vs_baseline")
+    if not versus or versus.get("difference") is None:
+        return None
+    return {
+        "difference": round(100 * versus["difference"], 1),
+        "ci95": [round(100 * bound, 1) for bound in versus["ci95"]],
+        "gained": versus["gained"],
+        "lost": versus["lost"],
+        "p_value": versus["p_value"],
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -147,6 +166,7 @@ def main() -> None:
         "phases": phases,
         "best_phase": summary["best_phase"],
         "margin_points": margin_points(summary),
+        "paired_points": paired_points(summary),
         "stages": stages,
         "wall_s_this_call": round(time.time() - started, 1),
     }

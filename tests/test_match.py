@@ -4,7 +4,7 @@ import pytest
 
 from tooldistill.match import compare, parse_message, parse_text, resolve_names
 from tooldistill.match.consistency import consensus, consistency_report
-from tooldistill.match.stats import wilson_interval
+from tooldistill.match.stats import paired_difference, wilson_interval
 from tooldistill.schema import Message, ToolCall, ToolSpec, Trace
 
 WEATHER = {
@@ -254,3 +254,43 @@ def test_wilson_interval():
     assert wilson_interval(0, 0) == (0.0, 0.0)
     low, high = wilson_interval(10, 10)
     assert high == pytest.approx(1.0) and 0.69 < low < 0.73
+
+
+def paired(both: int, gained: int, lost: int, neither: int) -> tuple[dict[str, bool], dict[str, bool]]:
+    """(before, after) verdicts by example id with those cell counts."""
+    before, after = {}, {}
+    cells = [(both, True, True), (gained, False, True), (lost, True, False), (neither, False, False)]
+    for count, was, now in cells:
+        for _ in range(count):
+            before[str(len(before))], after[str(len(after))] = was, now
+    return before, after
+
+
+def test_paired_difference_matches_a_published_table():
+    # a paired 2x2 table (59 both, 6 and 16 discordant, 80 neither) worked in Fagerland, Lydersen and
+    # Laake's "Statistical Analysis of Contingency Tables" (ch. 8): Newcombe's square-and-add interval
+    # -0.1186 to -0.0046 around -0.0621; McNemar's exact test p = 0.052
+    result = paired_difference(*paired(59, 6, 16, 80))
+    assert (result["n"], result["gained"], result["lost"]) == (161, 6, 16)
+    assert result["difference"] == pytest.approx(-0.0621, abs=1e-4)
+    assert result["ci95"] == pytest.approx([-0.1186, -0.0046], abs=1e-4)
+    assert result["p_value"] == pytest.approx(0.0525, abs=1e-3)
+
+
+def test_paired_difference_rests_on_the_discordant_traces():
+    # the demo's finetune phase against its baseline: 14 both, 20 gained, 1 lost, 80 neither
+    gain = paired_difference(*paired(14, 20, 1, 80))
+    assert gain["difference"] == pytest.approx(19 / 115, abs=1e-4)
+    assert 0.05 < gain["ci95"][0] < gain["difference"] < gain["ci95"][1]  # clear of zero
+    assert gain["p_value"] < 1e-4
+    # the same two marginal rates (34/115 against 15/115) from mostly different traces: a wash
+    churn = paired_difference(*paired(0, 34, 15, 66))
+    assert churn["difference"] == gain["difference"]
+    assert churn["p_value"] > 0.005 and churn["ci95"][0] < gain["ci95"][0]
+    # nothing changed: no evidence either way; only ids scored on both sides count
+    before, after = paired(10, 0, 0, 10)
+    before["only-before"] = True
+    same = paired_difference(before, after)
+    assert (same["n"], same["difference"], same["p_value"]) == (20, 0.0, 1.0)
+    assert same["ci95"][0] < 0 < same["ci95"][1]
+    assert paired_difference({}, {})["difference"] is None

@@ -193,9 +193,21 @@ def test_phase1_dspy_bootstraps_demos_and_evaluate_uses_the_artifact(
     program.load(str(folder / "program.json"))
     assert len(program.step.demos) == 2 and program.prompt().demos == tuple(artifact["demos"])
 
+    # the phase against the baseline on the same 9 traces: 3 more right, none lost
+    versus = summary["phases"][0]["test"]["vs_baseline"]
+    assert (versus["n"], versus["gained"] - versus["lost"]) == (9, 3)
+    assert versus["difference"] == pytest.approx(3 / 9, abs=1e-3) and versus["ci95"][0] < versus["difference"]
+
     # a run that is done is skipped, not redone
     again = optimize(config)
     assert again["phases"][0]["test"] == summary["phases"][0]["test"]
+    # a result written before the paired comparison gains it when the phase is skipped
+    result_file = tmp_path / "run" / "phase1" / "result.json"
+    older = json.loads(result_file.read_text())
+    del older["test"]["vs_baseline"]
+    result_file.write_text(json.dumps(older))
+    assert optimize(config)["phases"][0]["test"]["vs_baseline"] == versus
+    assert json.loads(result_file.read_text())["test"]["vs_baseline"] == versus
 
     # `tooldistill evaluate --prompt` sends the demos too
     student, _ = servers

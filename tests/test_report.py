@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from tooldistill import store
 from tooldistill.curate.chain import run_chain
@@ -358,21 +359,35 @@ def test_phase_table_equals_the_phase_results(run_dir: Path, report: Any, texts:
 
     assert rows[0] == ["Baseline", "seed prompt", "—", str(baseline["n"]), pct(baseline["rate"]),
                        f"{baseline['ci95'][0] * 100:.1f}–{baseline['ci95'][1] * 100:.1f}%",
-                       str(baseline["errors"]), "—", names(baseline)]  # fmt: skip
+                       str(baseline["errors"]), "—", "—", names(baseline)]  # fmt: skip
     labels = {"phase1": "phase1 (dspy)", "phase2": "phase2 (gepa)", "phase3": "phase3 (gepa, curated)"}
     caps = {"phase1": 50, "phase2": 50, "phase3": 10}
+    before = {o["trace_id"]: o["match"] for o in read(opt / "baseline.json")["outcomes"]}
     for row, (name, label) in zip(rows[1:], labels.items(), strict=True):
         result = read(opt / name / "result.json")
         test = result["test"]
         low, high = test["ci95"]
+        # the paired comparison, counted here from the two evaluations' answers
+        after = {o["trace_id"]: o["match"] for o in read(opt / name / "test.json")["outcomes"]}
+        gained = sum(1 for t, ok in after.items() if ok and not before[t])
+        lost = sum(1 for t, ok in after.items() if before[t] and not ok)
+        assert gained > lost  # every phase of this run beats the seed prompt on some trace
+        paired = test["vs_baseline"]
+        assert (paired["gained"], paired["lost"], paired["n"]) == (gained, lost, len(after))
+        assert paired["difference"] == pytest.approx(test["rate"] - baseline["rate"], abs=1e-4)
+        chance = binomtest(gained, gained + lost, 0.5).pvalue
+        d_low, d_high = paired["ci95"]
+        assert d_low <= paired["difference"] <= d_high
         assert row[0] == label
         assert row[2] == str(min(caps[name], train_rows))  # the traces it had, not the cap
-        assert row[3:] == [
+        assert [cell.replace("\\[", "[").replace("\\]", "]") for cell in row[3:]] == [
             str(test["n"]),
             pct(test["rate"]),
             f"{low * 100:.1f}–{high * 100:.1f}%",
             str(test["errors"]),
-            f"{(test['rate'] - baseline['rate']) * 100:+.1f} pp",
+            f"{paired['difference'] * 100:+.1f} pp [{d_low * 100:+.1f} to {d_high * 100:+.1f}] "
+            f"({gained} gained, {lost} lost)",
+            "< 0.0001" if chance < 1e-4 else f"{chance:.4f}".rstrip("0").rstrip("."),
             names(test),
         ]
         assert f"<td>{html.escape(label)}</td>" in page

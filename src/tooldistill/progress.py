@@ -108,7 +108,42 @@ def rate_text(summary: Mapping[str, Any]) -> str:
     context = obj(summary.get("context"))
     if number(context.get("cut")) or number(context.get("skipped")):
         text += f"; context policy: {count(context.get('cut') or 0)} cut, {count(context.get('skipped') or 0)} skipped"
-    return text
+    versus = versus_text(summary.get("vs_baseline"))
+    return f"{text}; {versus}" if versus else text
+
+
+def points(value: Any, unit: str = " pp") -> str:
+    """A difference of two rates in percentage points: ``+16.5 pp``."""
+    n = number(value)
+    return f"{n * 100:+.1f}{unit}" if n is not None else DASH
+
+
+def p_value(value: Any) -> str:
+    """A p-value to four places: ``0.0106``, ``< 0.0001``."""
+    n = number(value)
+    if n is None:
+        return DASH
+    return "< 0.0001" if n < 1e-4 else f"{n:.4f}".rstrip("0").rstrip(".") or "0"
+
+
+def versus_text(versus: Any) -> str:
+    """A phase against the baseline on the same traces (``match.stats.paired_difference``):
+    ``vs baseline +16.5 pp [+9.4 to +24.0], 20 gained, 1 lost, McNemar p < 0.0001``; empty when
+    there is none."""
+    part = obj(versus)
+    if number(part.get("difference")) is None:
+        return ""
+    chance = p_value(part.get("p_value"))
+    ci = part.get("ci95")
+    span = (
+        f" [{points(ci[0], '')} to {points(ci[1], '')}]"
+        if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci)
+        else ""
+    )
+    return (
+        f"vs baseline {points(part.get('difference'))}{span}, {count(part.get('gained'))} gained, "
+        f"{count(part.get('lost'))} lost, McNemar p {chance if chance.startswith('<') else '= ' + chance}"
+    )
 
 
 def optimize_progress(

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tooldistill import runlock
 from tooldistill.cli.common import console, dtype_option, fail, hold_output, user_errors
-from tooldistill.progress import optimize_progress
+from tooldistill.progress import optimize_progress, versus_text
 
 if TYPE_CHECKING:
     from tooldistill.optimize.run import OptimizeConfig
@@ -30,13 +30,16 @@ def _user_errors() -> Iterator[None]:
         yield
 
 
-def _rate(test: dict[str, Any] | None) -> str:
+def _rate(test: dict[str, Any] | None, versus: bool = True) -> str:
     if not test or test.get("rate") is None:
         return "-"
     low, high = test["ci95"]
     errors = int(test.get("errors") or 0)
     beside = f", {errors} endpoint errors not counted" if errors else ""
-    return f"{test['rate']:.1%} ({low:.1%}-{high:.1%}, n={test['n']}{beside})"
+    paired = versus_text(test.get("vs_baseline")) if versus else ""
+    return f"{test['rate']:.1%} ({low:.1%}-{high:.1%}, n={test['n']}{beside})" + (
+        f"; {paired}" if paired else ""
+    )
 
 
 def _show(line: str) -> None:
@@ -111,13 +114,23 @@ def optimize_command(config_path: str, phase: str, run_dir: str | None, sets: tu
         except OptimizeError as error:
             fail(error)
     table = Table(title=f"optimize → {summary['run_dir']}", title_justify="left")
-    for column in ("phase", "optimizer", "train", "test match rate (95% CI)", "demo messages"):
-        table.add_column(column, justify="left" if column in ("phase", "optimizer") else "right")
-    table.add_row("baseline", "-", "-", _rate(summary["baseline"]), "-")
+    columns = (
+        "phase",
+        "optimizer",
+        "train",
+        "test match rate (95% CI)",
+        "vs baseline (paired)",
+        "demo messages",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("phase", "optimizer", columns[4]) else "right")
+    table.add_row("baseline", "-", "-", _rate(summary["baseline"]), "-", "-")
     for row in summary["phases"]:
+        paired = versus_text(row["test"].get("vs_baseline")).removeprefix("vs baseline ") or "-"
         table.add_row(
-            row["phase"], row["kind"], str(row["train"]), _rate(row["test"]), str(row["demo_messages"])
-        )
+            row["phase"], row["kind"], str(row["train"]), _rate(row["test"], versus=False), paired,
+            str(row["demo_messages"]),
+        )  # fmt: skip
     console.print(table)
     console.print(f"best: {summary['best_phase']}; artifact: {summary['artifact']}", highlight=False)
 

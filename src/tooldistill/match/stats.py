@@ -32,6 +32,55 @@ def rate(successes: int, total: int) -> dict[str, Any]:
     }
 
 
+def paired_difference(before: Mapping[str, bool], after: Mapping[str, bool]) -> dict[str, Any]:
+    """How much ``after`` beats ``before`` on the same examples, and whether that could be luck.
+
+    Both map an example's id to whether it matched; only ids in both count (an example one side
+    did not score says nothing about the difference).  Two evaluations of the same traces are
+    paired: an example both got right or both got wrong says nothing about which is better, so the
+    test and the interval rest on the discordant ones: ``gained`` (wrong before, right after) and
+    ``lost`` (right before, wrong after).  ``difference`` is the rate after minus the rate before,
+    ``ci95`` its 95% interval by Newcombe's hybrid score method for paired proportions (1998,
+    method 10: the two Wilson intervals combined through the pairs' correlation, with his
+    continuity correction of it), and ``p_value`` the exact two-sided McNemar test (the gained ones
+    as a binomial draw from the discordant ones at one half).  Far tighter than asking whether two
+    Wilson intervals overlap, which treats two evaluations of the same traces as independent."""
+    from scipy.stats import binomtest
+
+    ids = sorted(set(before) & set(after))
+    n = len(ids)
+    both = sum(1 for i in ids if before[i] and after[i])
+    gained = sum(1 for i in ids if after[i] and not before[i])
+    lost = sum(1 for i in ids if before[i] and not after[i])
+    neither = n - both - gained - lost
+    entry: dict[str, Any] = {"n": n, "both": both, "gained": gained, "lost": lost, "neither": neither}
+    if not n:
+        return {**entry, "difference": None, "ci95": None, "p_value": None}
+    p_after, p_before = (both + gained) / n, (both + lost) / n
+    low_after, high_after = wilson_interval(both + gained, n)
+    low_before, high_before = wilson_interval(both + lost, n)
+    # the pairs' correlation, shrunk toward zero by n/2 when positive (Newcombe's correction)
+    spread = (both + gained) * (lost + neither) * (both + lost) * (gained + neither)
+    cross: float = both * neither - gained * lost
+    cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
+    phi = cross / math.sqrt(spread) if spread else 0.0
+    below = (p_after - low_after) ** 2 - 2 * phi * (p_after - low_after) * (high_before - p_before)
+    below += (high_before - p_before) ** 2
+    above = (high_after - p_after) ** 2 - 2 * phi * (high_after - p_after) * (p_before - low_before)
+    above += (p_before - low_before) ** 2
+    difference = p_after - p_before
+    low = max(-1.0, difference - math.sqrt(max(0.0, below)))
+    high = min(1.0, difference + math.sqrt(max(0.0, above)))
+    discordant = gained + lost
+    p_value = binomtest(gained, discordant, 0.5).pvalue if discordant else 1.0
+    return {
+        **entry,
+        "difference": round(difference, 4),
+        "ci95": [round(low, 4), round(high, 4)],
+        "p_value": float(f"{p_value:.3g}"),
+    }
+
+
 def tool_pairs(predicted: Sequence[str], expected: Sequence[str]) -> list[tuple[str, str]]:
     """(expected, predicted) name pairs for a confusion table: same names paired first, then the
     leftovers in order, then missing (predicted ``(none)``) and extra (expected ``(none)``)."""

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tooldistill import store
 from tooldistill.layout import OptimizeLayout, PhaseLayout
+from tooldistill.match.stats import paired_difference
 from tooldistill.optimize.config import (  # noqa: F401  (re-exported: the config's models)
     OPTIONAL_DATA,
     DataSettings,
@@ -146,6 +147,24 @@ def ensure_baseline(
     return baseline, False
 
 
+def versus_baseline(layout: OptimizeLayout, outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """A phase's test answers against the baseline's on the same traces: the paired difference,
+    its interval and McNemar's p (``match.stats.paired_difference``); None without a baseline."""
+    baseline = read_json(layout.baseline)
+    if not baseline or not baseline.get("outcomes") or not outcomes:
+        return None
+    return paired_difference(_verdicts(baseline["outcomes"]), _verdicts(outcomes))
+
+
+def _verdicts(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
+    """Trace id -> matched, for the answers a match rate counts (no endpoint error, not skipped)."""
+    return {
+        str(o["trace_id"]): bool(o.get("match"))
+        for o in outcomes
+        if not o.get("error") and not o.get("skipped")
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # phases
 
@@ -179,6 +198,14 @@ def run_phase(
         student = kind.on_skip(ctx, done)
         if student is not None:
             done["student"] = student.model_dump(mode="json")
+        if isinstance(done.get("test"), dict) and "vs_baseline" not in done["test"]:
+            # a result from before the paired comparison: it gains one, kept for the report
+            finished = read_json(paths.test)
+            versus = versus_baseline(_layout(config), (finished or {}).get("outcomes") or [])
+            if versus is not None:
+                stored = read_json(paths.result) or {}
+                stored.setdefault("test", {})["vs_baseline"] = done["test"]["vs_baseline"] = versus
+                write_json(paths.result, stored)
         progress({"phase": phase.name, "event": "skipped", "test": done.get("test")})
         return dict(done)
     marker = read_json(paths.key)
@@ -202,7 +229,11 @@ def run_phase(
     summary, outcomes = evaluate_prompt(
         prompt, test, student, Path(paths.test_answers), earlier, progress, phase.name
     )
-    write_json(paths.test, {"summary": summary, "outcomes": [o.to_json() for o in outcomes]})
+    answers = [o.to_json() for o in outcomes]
+    write_json(paths.test, {"summary": summary, "outcomes": answers})
+    versus = versus_baseline(layout, answers)
+    if versus is not None:
+        summary["vs_baseline"] = versus
     result = {
         **({"student": output.student.model_dump(mode="json")} if output.student is not None else {}),
         **output.record,

@@ -21,7 +21,9 @@ from tooldistill.report.sections.format import (
     not_run,
     number,
     obj,
+    p_value,
     pct,
+    points,
 )
 from tooldistill.report.sections.reading import LAYOUT, Unreadable, dataset_rows
 
@@ -151,6 +153,24 @@ def _errors_cell(test: Mapping[str, Any]) -> str:
     return count(errors) if errors is not None else DASH
 
 
+def _versus_cells(row: PhaseRow, rate: float, base_rate: float | None) -> tuple[str, str]:
+    """(Δ vs baseline, McNemar p) of a row: the paired comparison where the phase recorded one
+    (``test.vs_baseline``), else the plain difference of the rates."""
+    if row.name == BASELINE or base_rate is None:
+        return DASH, DASH
+    paired = obj(obj(row.test).get("vs_baseline"))
+    if number(paired.get("difference")) is None:
+        return f"{(rate - base_rate) * 100:+.1f} pp", DASH
+    ci = paired.get("ci95")
+    span = (
+        f" [{points(ci[0], '')} to {points(ci[1], '')}]"
+        if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci)
+        else ""
+    )
+    counts = f" ({count(paired.get('gained'))} gained, {count(paired.get('lost'))} lost)"
+    return points(paired.get("difference")) + span + counts, p_value(paired.get("p_value"))
+
+
 def phases_section(ctx: Context) -> Section:
     section = Section("phases", "Match rate per phase")
     if not ctx.run.has(OPTIMIZE.root):
@@ -182,22 +202,22 @@ def phases_section(ctx: Context) -> Section:
         if row.test is None or number(row.test.get("rate")) is None:
             table_rows.append(
                 [row.label, f"{row.method}: {row.problem or 'no match rate'}", row.train, DASH, DASH, DASH,
-                 _errors_cell(row.test) if row.test else DASH, DASH, *[DASH for _ in also]]
+                 _errors_cell(row.test) if row.test else DASH, DASH, DASH, *[DASH for _ in also]]
             )  # fmt: skip
             continue
         rate = float(row.test["rate"])
-        delta = DASH if row.name == BASELINE or base_rate is None else f"{(rate - base_rate) * 100:+.1f} pp"
+        delta, chance = _versus_cells(row, rate, base_rate)
         table_rows.append(
             [row.label, row.method, row.train, count(row.test.get("n")), pct(rate),
-             interval(row.test.get("ci95")), _errors_cell(row.test), delta, *also_cells(row.test)]
+             interval(row.test.get("ci95")), _errors_cell(row.test), delta, chance, *also_cells(row.test)]
         )  # fmt: skip
     rate_header = f"Match rate ({_mode_name(mode)})" if mode else "Match rate"
     section.add(
         Table(
-            ["", "Method", "Train examples", "Test n", rate_header, "95% interval", "Errors", "Δ vs baseline",
-             *[f"{_mode_name(m).capitalize()} (95%)" for m in also]],
+            ["", "Method", "Train examples", "Test n", rate_header, "95% interval", "Errors",
+             "Δ vs baseline (paired 95%)", "McNemar p", *[f"{_mode_name(m).capitalize()} (95%)" for m in also]],
             table_rows,
-            {2, 3, 4, 6, 7, *range(8, 8 + len(also))},
+            {2, 3, 4, 6, 7, 8, *range(9, 9 + len(also))},
         )
     )  # fmt: skip
     if also:
@@ -224,7 +244,11 @@ def phases_section(ctx: Context) -> Section:
                 if mode
                 else "optimizer's match mode"
             )
-            + "; the interval is the Wilson 95% score interval. Errors: test "
+            + "; the interval is the Wilson 95% score interval. Δ vs baseline: the phase's rate minus "
+            "the baseline's on the same test traces, with the 95% interval of that paired difference "
+            "(Newcombe's hybrid score method); McNemar p: the exact McNemar test of the traces one got "
+            "right and the other wrong, the chance of a split at least that lopsided if the phase were "
+            "no better than the baseline. Errors: test "
             "requests the student's endpoint failed, left out of the test n (not counted as misses). "
             "Train examples: the traces the phase learned from (its cap, or fewer when the split is "
             "smaller)."
@@ -240,14 +264,14 @@ def phases_section(ctx: Context) -> Section:
     else:
         section.add(Text("Teacher consistency ceiling: not measured (no teacher samples in this run)."))
     if measured:
-        points = [
+        bars = [
             (r.short, float(r.test["rate"]), *_ci(r.test), int(number(r.test.get("errors")) or 0))
             for r in measured
             if r.test is not None
         ]
         ctx.figure(
             ctx.report.match_rates_figure,
-            lambda path: figures.match_rates(path, points, ceiling, ctx.shared.ceiling_label),
+            lambda path: figures.match_rates(path, bars, ceiling, ctx.shared.ceiling_label),
             f"Match rate ({_mode_name(mode)}) per phase with 95% intervals"
             if mode
             else "Match rate per phase with 95% intervals",
