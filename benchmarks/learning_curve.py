@@ -218,6 +218,21 @@ def rate(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: summary.get(k) for k in ("n", "matched", "rate", "ci95")}
 
 
+def paired(work: Path, n: int) -> dict[str, Any] | None:
+    """The point's test answers against the base student's on the same traces (the paired
+    difference, its interval, McNemar's p: ``optimize.run.versus_baseline``); None when the work
+    folder no longer holds them."""
+    from tooldistill.layout import OptimizeLayout
+    from tooldistill.optimize.run import versus_baseline
+
+    answers = work / "optimize" / f"n{n}" / "test.json"
+    if not answers.exists():
+        return None
+    return versus_baseline(
+        OptimizeLayout(str(work / "optimize")), json.loads(answers.read_text())["outcomes"]
+    )
+
+
 def run_point(n: int, config: dict[str, Any], work: Path, pool: dict[str, Any]) -> dict[str, Any]:
     folder = work / "learning_curve"
     folder.mkdir(parents=True, exist_ok=True)
@@ -263,6 +278,7 @@ def run_point(n: int, config: dict[str, Any], work: Path, pool: dict[str, Any]) 
         "wall_s": wall,
         "full_chain": rate(test),
         "tool_names": rate((test.get("also") or {}).get("names")),
+        "vs_baseline": paired(work, n),
         "errors": test.get("errors"),
         "measured": datetime.date.today().isoformat(),
     }
@@ -303,6 +319,19 @@ def pct(value: dict[str, Any] | None) -> str:
     return f"{100 * value['rate']:.1f}% [{100 * low:.1f}–{100 * high:.1f}]"
 
 
+def versus(paired: dict[str, Any] | None) -> str:
+    """``+16.5 pp [+9.4, +24.0], 20 gained / 1 lost, p < 0.0001``, or a dash."""
+    if not paired or paired.get("difference") is None:
+        return "—"
+    low, high = paired["ci95"]
+    p = paired["p_value"]
+    chance = "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}".rstrip("0").rstrip(".")
+    return (
+        f"{paired['difference'] * 100:+.1f} pp [{low * 100:+.1f}, {high * 100:+.1f}], "
+        f"{paired['gained']} gained / {paired['lost']} lost, {chance}"
+    )
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -320,23 +349,23 @@ def markdown(report: dict[str, Any], image: str | None = None) -> str:
     points = report.get("points") or []
     lines = [
         "| training traces | examples (calls + no-calls) | tokens | train time | tokens/s | full chain [95%] "
-        "| tool names [95%] |",
-        "|---|---|---|---|---|---|---|",
+        "| vs base student, paired [95%] | tool names [95%] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     baseline = report.get("baseline") or {}
     if baseline:
-        lines.append(f"| 0 (base student) | — | — | — | — | {pct(baseline.get('full_chain'))} "
+        lines.append(f"| 0 (base student) | — | — | — | — | {pct(baseline.get('full_chain'))} | — "
                      f"| {pct(baseline.get('tool_names'))} |")  # fmt: skip
     for p in points:
         beyond = f" ({p['beyond_car']} beyond CaR)" if p.get("beyond_car") else ""
         lines.append(
             f"| {p['examples']}{beyond} | {p['trained_examples']} ({p['calls']} + {p['no_calls']}) "
             f"| {p['tokens']:,} | {duration(p['seconds'])} | {p['tokens_per_s']} | {pct(p['full_chain'])} "
-            f"| {pct(p['tool_names'])} |"
+            f"| {versus(p.get('vs_baseline'))} | {pct(p['tool_names'])} |"
         )
     if not points:
         for n in report.get("planned", []):
-            lines.append(f"| {n} | — | — | — | — | — | — |")
+            lines.append(f"| {n} | — | — | — | — | — | — | — |")
         lines.append("")
         lines.append("*Not measured yet: the command above fills this table.*")
         return "\n".join(lines)
@@ -479,6 +508,9 @@ def main() -> int:
                 ) + "".join(f" --set {item}" for item in args.overrides),
             }
         )  # fmt: skip
+        for point in kept:  # a point measured before the paired comparison: from its answers
+            if point.get("vs_baseline") is None:
+                point["vs_baseline"] = paired(work, point["examples"])
         done = {p["examples"] for p in kept if not p.get("errors")}  # failed requests: asked again
         for n in points:
             if n in done:
