@@ -319,19 +319,6 @@ def pct(value: dict[str, Any] | None) -> str:
     return f"{100 * value['rate']:.1f}% [{100 * low:.1f}–{100 * high:.1f}]"
 
 
-def versus(paired: dict[str, Any] | None) -> str:
-    """``+16.5 pp [+9.4, +24.0], 20 gained / 1 lost, p < 0.0001``, or a dash."""
-    if not paired or paired.get("difference") is None:
-        return "—"
-    low, high = paired["ci95"]
-    p = paired["p_value"]
-    chance = "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}".rstrip("0").rstrip(".")
-    return (
-        f"{paired['difference'] * 100:+.1f} pp [{low * 100:+.1f}, {high * 100:+.1f}], "
-        f"{paired['gained']} gained / {paired['lost']} lost, {chance}"
-    )
-
-
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -346,6 +333,8 @@ def sparkline(values: list[float]) -> str:
 
 def markdown(report: dict[str, Any], image: str | None = None) -> str:
     """The table (and sparkline) that ``--render-docs`` writes between the markers."""
+    from tooldistill.progress import versus_text
+
     points = report.get("points") or []
     lines = [
         "| training traces | examples (calls + no-calls) | tokens | train time | tokens/s | full chain [95%] "
@@ -361,7 +350,7 @@ def markdown(report: dict[str, Any], image: str | None = None) -> str:
         lines.append(
             f"| {p['examples']}{beyond} | {p['trained_examples']} ({p['calls']} + {p['no_calls']}) "
             f"| {p['tokens']:,} | {duration(p['seconds'])} | {p['tokens_per_s']} | {pct(p['full_chain'])} "
-            f"| {versus(p.get('vs_baseline'))} | {pct(p['tool_names'])} |"
+            f"| {versus_text(p.get('vs_baseline')).removeprefix('vs baseline ') or '—'} | {pct(p['tool_names'])} |"
         )
     if not points:
         for n in report.get("planned", []):

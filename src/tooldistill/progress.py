@@ -118,6 +118,13 @@ def points(value: Any, unit: str = " pp") -> str:
     return f"{n * 100:+.1f}{unit}" if n is not None else DASH
 
 
+def points_interval(ci: Any) -> str:
+    """An interval of a difference in points, `` [+9.4 to +24.0]``; empty without one."""
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci):
+        return f" [{points(ci[0], '')} to {points(ci[1], '')}]"
+    return ""
+
+
 def p_value(value: Any) -> str:
     """A p-value to four places: ``0.0106``, ``< 0.0001``."""
     n = number(value)
@@ -134,14 +141,8 @@ def versus_text(versus: Any) -> str:
     if number(part.get("difference")) is None:
         return ""
     chance = p_value(part.get("p_value"))
-    ci = part.get("ci95")
-    span = (
-        f" [{points(ci[0], '')} to {points(ci[1], '')}]"
-        if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci)
-        else ""
-    )
     return (
-        f"vs baseline {points(part.get('difference'))}{span}, {count(part.get('gained'))} gained, "
+        f"vs baseline {points(part.get('difference'))}{points_interval(part.get('ci95'))}, {count(part.get('gained'))} gained, "
         f"{count(part.get('lost'))} lost, McNemar p {chance if chance.startswith('<') else '= ' + chance}"
     )
 

@@ -8,10 +8,34 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tooldistill.progress import DASH, count, errors, interval, number, obj, p_value, pct, points, rate_text
+from tooldistill.progress import (
+    DASH,
+    count,
+    errors,
+    interval,
+    number,
+    obj,
+    p_value,
+    pct,
+    points,
+    points_interval,
+    rate_text,
+)
 from tooldistill.report.document import NOT_RUN, Section
 
-__all__ = ["DASH", "count", "errors", "interval", "number", "obj", "p_value", "pct", "points", "rate_text"]
+__all__ = [
+    "DASH",
+    "count",
+    "errors",
+    "interval",
+    "number",
+    "obj",
+    "p_value",
+    "pct",
+    "points",
+    "points_interval",
+    "rate_text",
+]
 
 
 def general(value: Any) -> str:

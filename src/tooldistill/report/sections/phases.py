@@ -24,6 +24,7 @@ from tooldistill.report.sections.format import (
     p_value,
     pct,
     points,
+    points_interval,
 )
 from tooldistill.report.sections.reading import LAYOUT, Unreadable, dataset_rows
 
@@ -161,13 +162,8 @@ def _versus_cells(row: PhaseRow, rate: float, base_rate: float | None) -> tuple[
     paired = obj(obj(row.test).get("vs_baseline"))
     if number(paired.get("difference")) is None:
         return f"{(rate - base_rate) * 100:+.1f} pp", DASH
-    ci = paired.get("ci95")
-    span = (
-        f" [{points(ci[0], '')} to {points(ci[1], '')}]"
-        if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci)
-        else ""
-    )
     counts = f" ({count(paired.get('gained'))} gained, {count(paired.get('lost'))} lost)"
+    span = points_interval(paired.get("ci95"))
     return points(paired.get("difference")) + span + counts, p_value(paired.get("p_value"))
 
 
