@@ -141,10 +141,10 @@ def versus_text(versus: Any) -> str:
     if number(part.get("difference")) is None:
         return ""
     chance = p_value(part.get("p_value"))
-    return (
-        f"vs baseline {points(part.get('difference'))}{points_interval(part.get('ci95'))}, {count(part.get('gained'))} gained, "
-        f"{count(part.get('lost'))} lost, McNemar p {chance if chance.startswith('<') else '= ' + chance}"
-    )
+    chance = chance if chance.startswith("<") else f"= {chance}"
+    difference = points(part.get("difference")) + points_interval(part.get("ci95"))
+    counts = f"{count(part.get('gained'))} gained, {count(part.get('lost'))} lost"
+    return f"vs baseline {difference}, {counts}, McNemar p {chance}"
 
 
 def optimize_progress(
