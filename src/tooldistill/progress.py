@@ -119,7 +119,7 @@ def points(value: Any, unit: str = " pp") -> str:
 
 
 def points_interval(ci: Any) -> str:
-    """An interval of a difference in points, `` [+9.4 to +24.0]``; empty without one."""
+    """An interval of a difference in points, `` [+9.2 to +24.2]``; empty without one."""
     if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(v) is not None for v in ci):
         return f" [{points(ci[0], '')} to {points(ci[1], '')}]"
     return ""
@@ -135,7 +135,7 @@ def p_value(value: Any) -> str:
 
 def versus_text(versus: Any) -> str:
     """A phase against the baseline on the same traces (``match.stats.paired_difference``):
-    ``vs baseline +16.5 pp [+9.4 to +24.0], 20 gained, 1 lost, McNemar p < 0.0001``; empty when
+    ``vs baseline +16.5 pp [+9.2 to +24.2], 20 gained, 1 lost, McNemar p < 0.0001``; empty when
     there is none."""
     part = obj(versus)
     if number(part.get("difference")) is None:
