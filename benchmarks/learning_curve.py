@@ -223,14 +223,9 @@ def paired(work: Path, n: int) -> dict[str, Any] | None:
     difference, its interval, McNemar's p: ``optimize.run.versus_baseline``); None when the work
     folder no longer holds them."""
     from tooldistill.layout import OptimizeLayout
-    from tooldistill.optimize.run import versus_baseline
+    from tooldistill.optimize.run import phase_versus_baseline
 
-    answers = work / "optimize" / f"n{n}" / "test.json"
-    if not answers.exists():
-        return None
-    return versus_baseline(
-        OptimizeLayout(str(work / "optimize")), json.loads(answers.read_text())["outcomes"]
-    )
+    return phase_versus_baseline(OptimizeLayout(str(work / "optimize")), f"n{n}")
 
 
 def run_point(n: int, config: dict[str, Any], work: Path, pool: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +345,7 @@ def markdown(report: dict[str, Any], image: str | None = None) -> str:
         lines.append(
             f"| {p['examples']}{beyond} | {p['trained_examples']} ({p['calls']} + {p['no_calls']}) "
             f"| {p['tokens']:,} | {duration(p['seconds'])} | {p['tokens_per_s']} | {pct(p['full_chain'])} "
-            f"| {versus_text(p.get('vs_baseline')).removeprefix('vs baseline ') or '—'} | {pct(p['tool_names'])} |"
+            f"| {versus_text(p.get('vs_baseline'), label='') or '—'} | {pct(p['tool_names'])} |"
         )
     if not points:
         for n in report.get("planned", []):

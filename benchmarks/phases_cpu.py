@@ -129,13 +129,12 @@ def main() -> None:
     phases = []
     for phase in summary["phases"]:
         detail = json.loads((run / "optimize" / phase["phase"] / "result.json").read_text())
-        answers = run / "optimize" / phase["phase"] / "test.json"
-        if "vs_baseline" not in phase["test"] and answers.exists():  # a run from before the comparison
+        if "vs_baseline" not in phase["test"]:  # a run from before the comparison: from its answers
             from tooldistill.layout import OptimizeLayout
-            from tooldistill.optimize.run import versus_baseline
+            from tooldistill.optimize.run import phase_versus_baseline
 
-            outcomes = json.loads(answers.read_text())["outcomes"]
-            phase["test"]["vs_baseline"] = versus_baseline(OptimizeLayout(str(run / "optimize")), outcomes)
+            layout = OptimizeLayout(str(run / "optimize"))
+            phase["test"]["vs_baseline"] = phase_versus_baseline(layout, phase["phase"])
         progress = detail.get("progress") or {}
         phases.append(
             {

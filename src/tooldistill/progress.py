@@ -133,10 +133,10 @@ def p_value(value: Any) -> str:
     return "< 0.0001" if n < 1e-4 else f"{n:.4f}".rstrip("0").rstrip(".") or "0"
 
 
-def versus_text(versus: Any) -> str:
+def versus_text(versus: Any, label: str = "vs baseline ") -> str:
     """A phase against the baseline on the same traces (``match.stats.paired_difference``):
-    ``vs baseline +16.5 pp [+9.2 to +24.2], 20 gained, 1 lost, McNemar p < 0.0001``; empty when
-    there is none."""
+    ``vs baseline +16.5 pp [+9.2 to +24.2], 20 gained, 1 lost, McNemar p < 0.0001`` (``label``
+    first: a table's column names it instead); empty when there is none."""
     part = obj(versus)
     if number(part.get("difference")) is None:
         return ""
@@ -144,7 +144,7 @@ def versus_text(versus: Any) -> str:
     chance = chance if chance.startswith("<") else f"= {chance}"
     difference = points(part.get("difference")) + points_interval(part.get("ci95"))
     counts = f"{count(part.get('gained'))} gained, {count(part.get('lost'))} lost"
-    return f"vs baseline {difference}, {counts}, McNemar p {chance}"
+    return f"{label}{difference}, {counts}, McNemar p {chance}"
 
 
 def optimize_progress(

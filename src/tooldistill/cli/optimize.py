@@ -126,7 +126,7 @@ def optimize_command(config_path: str, phase: str, run_dir: str | None, sets: tu
         table.add_column(column, justify="left" if column in ("phase", "optimizer", columns[4]) else "right")
     table.add_row("baseline", "-", "-", _rate(summary["baseline"]), "-", "-")
     for row in summary["phases"]:
-        paired = versus_text(row["test"].get("vs_baseline")).removeprefix("vs baseline ") or "-"
+        paired = versus_text(row["test"].get("vs_baseline"), label="") or "-"
         table.add_row(
             row["phase"], row["kind"], str(row["train"]), _rate(row["test"], versus=False), paired,
             str(row["demo_messages"]),

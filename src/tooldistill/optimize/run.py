@@ -156,6 +156,13 @@ def versus_baseline(layout: OptimizeLayout, outcomes: Sequence[Mapping[str, Any]
     return paired_difference(_verdicts(baseline["outcomes"]), _verdicts(outcomes))
 
 
+def phase_versus_baseline(layout: OptimizeLayout, phase: str) -> dict[str, Any] | None:
+    """``versus_baseline`` of a finished phase, from the answers in its ``test.json`` (a result
+    written before the comparison existed); None when they are not there."""
+    finished = read_json(layout.phase(phase).test)
+    return versus_baseline(layout, (finished or {}).get("outcomes") or [])
+
+
 def _verdicts(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
     """Trace id -> matched, for the answers a match rate counts (no endpoint error, not skipped)."""
     return {
@@ -195,17 +202,15 @@ def run_phase(
     )  # fmt: skip
     done = read_json(paths.result)
     if done and done.get("key") == key:
+        if isinstance(done.get("test"), dict) and "vs_baseline" not in done["test"]:
+            # a result from before the paired comparison: it gains one, kept for the report
+            versus = phase_versus_baseline(_layout(config), phase.name)
+            if versus is not None:
+                done["test"]["vs_baseline"] = versus
+                write_json(paths.result, done)
         student = kind.on_skip(ctx, done)
         if student is not None:
             done["student"] = student.model_dump(mode="json")
-        if isinstance(done.get("test"), dict) and "vs_baseline" not in done["test"]:
-            # a result from before the paired comparison: it gains one, kept for the report
-            finished = read_json(paths.test)
-            versus = versus_baseline(_layout(config), (finished or {}).get("outcomes") or [])
-            if versus is not None:
-                stored = read_json(paths.result) or {}
-                stored.setdefault("test", {})["vs_baseline"] = done["test"]["vs_baseline"] = versus
-                write_json(paths.result, stored)
         progress({"phase": phase.name, "event": "skipped", "test": done.get("test")})
         return dict(done)
     marker = read_json(paths.key)
