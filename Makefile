@@ -15,7 +15,16 @@ CLAUDE_CODE ?= @anthropic-ai/claude-code@2.1.328
 
 .PHONY: demo test lint env tools clean
 
+# The environment takes ~5 GiB and pip unpacks wheels beside it; a full test run writes ~1 GiB more
+# (runs, the Claude Code CLI). Say so up front rather than fail with ENOSPC halfway through pip.
+MIN_FREE_GIB ?= 10
+
 $(BIN)/.installed: pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(MIN_FREE_GIB) ]; then \
+		echo "make: only $$free GiB free on the disk holding $(CURDIR); the environment needs about $(MIN_FREE_GIB) GiB (set MIN_FREE_GIB to override)" >&2; \
+		exit 1; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# The CPU build of torch first, so sentence-transformers does not pull a CUDA build.
