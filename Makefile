@@ -20,9 +20,9 @@ CLAUDE_CODE ?= @anthropic-ai/claude-code@2.1.328
 MIN_FREE_GIB ?= 10
 
 $(BIN)/.installed: pyproject.toml
-	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	@free=$$(df -Pk $(dir $(abspath $(VENV))) | awk 'NR==2 {print int($$4 / 1048576)}'); \
 	if [ "$$free" -lt $(MIN_FREE_GIB) ]; then \
-		echo "make: only $$free GiB free on the disk holding $(CURDIR); the environment needs about $(MIN_FREE_GIB) GiB (set MIN_FREE_GIB to override)" >&2; \
+		echo "make: only $$free GiB free on the disk holding $(dir $(abspath $(VENV))); the environment needs about $(MIN_FREE_GIB) GiB (set MIN_FREE_GIB to override)" >&2; \
 		exit 1; \
 	fi
 	$(PYTHON) -m venv $(VENV)
