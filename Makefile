@@ -15,7 +15,7 @@ CLAUDE_CODE ?= @anthropic-ai/claude-code@2.1.328
 
 .PHONY: demo test lint env tools clean
 
-# The environment takes ~5 GiB and pip unpacks wheels beside it; a full test run writes ~1 GiB more
+# The environment takes ~5.8 GiB once pip has unpacked it; a full test run peaks ~0.5 GiB above that
 # (runs, the Claude Code CLI). Say so up front rather than fail with ENOSPC halfway through pip.
 MIN_FREE_GIB ?= 10
 
